@@ -1,0 +1,106 @@
+"""What an update rule is: its tensor math, the state it keeps and the scalars it needs each step.
+
+A rule is written once, as a pure function in torch ops that reads like the paper:
+
+    @rule(state={"m": "exp_avg", "v": "exp_avg_sq"}, scalars=bias_corrections)
+    def adam(h, θ, g, m, v):
+        m = h.beta1 * m + (1 - h.beta1) * g
+        ...
+        return θ, m, v
+
+`h` holds the hyperparameters of the parameter group, the flags derived from them and the per-step
+scalars. Boolean entries are *static*: the rule may branch on them (`if h.amsgrad:`), and each
+combination is traced and compiled once. Float entries are *dynamic*: they reach compiled code as
+arguments, so a changing lr never recompiles. The engine runs the same function eagerly per tensor,
+traced into `torch._foreach_*` calls, or traced into one generated C kernel (see `paths.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from types import SimpleNamespace
+from typing import Callable, Mapping
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class State:
+    """One per-parameter state tensor of a rule."""
+
+    key: str  # its name in optimizer.state[p]: torch's name where torch has the optimizer
+    when: str | None = None  # a flag of h that must be true for the state to exist
+    init: Callable[[torch.Tensor, SimpleNamespace], torch.Tensor] | None = None  # default: zeros like θ
+
+    def create(self, θ: torch.Tensor, h: SimpleNamespace) -> torch.Tensor:
+        if self.init is None:
+            return torch.zeros_like(θ, memory_format=torch.contiguous_format)
+        return self.init(θ, h)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """An update rule and what it declares about itself."""
+
+    name: str
+    update: Callable  # (h, θ, g, *states) -> (θ, *states); a state not kept is passed and returned as None
+    state: Mapping[str, State]  # paper symbol -> State, in the order `update` takes them
+    scalars: Callable | None = None  # (h, t, previous scalar state) -> dict of per-step scalars
+    flags: Mapping[str, Callable] = dataclasses.field(default_factory=dict)  # static flags from hparams
+    scalar_state: Mapping[str, float] = dataclasses.field(default_factory=dict)  # e.g. NAdam's μ product
+    traceable: bool = True  # False: the math is not elementwise (+ per-tensor sums); per-tensor path only
+
+    def with_flags(self, hyper: Mapping) -> SimpleNamespace:
+        """The namespace `h` for a parameter group: hyperparameters plus the flags derived from them."""
+        h = SimpleNamespace(**hyper)
+        for name, derive in self.flags.items():
+            setattr(h, name, bool(derive(h)))
+        return h
+
+    def kept(self, h: SimpleNamespace) -> dict[str, State]:
+        """The states this rule keeps under the flags in h."""
+        return {sym: s for sym, s in self.state.items() if s.when is None or getattr(h, s.when)}
+
+    def step_scalars(self, h: SimpleNamespace, t: int, scalar_state: Mapping[str, float]) -> dict:
+        """Per-step scalars for update number t (1-based), computed once outside the tensor math."""
+        return dict(self.scalars(h, t, dict(scalar_state))) if self.scalars else {}
+
+    def apply(self, h: SimpleNamespace, θ, g, *states):
+        """The update, with what every rule shares around it: `maximize` ascends the objective."""
+        if getattr(h, "maximize", False):
+            g = -g
+        return self.update(h, θ, g, *states)
+
+    def source(self) -> list[str]:
+        """The source lines of the rule: its per-step scalars, then its update."""
+        parts = [self.scalars, self.update] if self.scalars else [self.update]
+        return [line for fn in parts for line in inspect.getsource(fn).splitlines() + [""]]
+
+
+def rule(
+    *,
+    state: Mapping[str, str | State] | None = None,
+    scalars: Callable | None = None,
+    flags: Mapping[str, Callable] | None = None,
+    scalar_state: Mapping[str, float] | None = None,
+    traceable: bool = True,
+) -> Callable[[Callable], Rule]:
+    """Declare an update rule; see the module docstring."""
+
+    def declare(update: Callable) -> Rule:
+        states = {sym: s if isinstance(s, State) else State(s) for sym, s in (state or {}).items()}
+        taken = list(inspect.signature(update).parameters)[3:]
+        if taken != list(states):
+            raise TypeError(f"rule {update.__name__} takes states {taken} but declares {list(states)}")
+        return Rule(
+            name=update.__name__,
+            update=update,
+            state=states,
+            scalars=scalars,
+            flags=dict(flags or {}),
+            scalar_state=dict(scalar_state or {}),
+            traceable=traceable,
+        )
+
+    return declare
