@@ -46,7 +46,7 @@ static inline uint16_t bf16_store(float f) {  /* round to nearest even, as torch
 """
 
 INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "gt": ">", "ge": ">=", "lt": "<", "le": "<=",
-         "eq": "==", "ne": "!=", "and": "&", "or": "|"}
+         "eq": "==", "ne": "!=", "and": "&&", "or": "||"}
 
 
 def _expr(op: str, a: list[str], real: str, reciprocal: bool = False) -> str:
@@ -216,7 +216,7 @@ def _element_pass(graph, p, k, index, slot, npt, rslot, nr, arrays, storage, rea
     used = {id(a) for n in nodes if id(n) not in loads for a in n.args}
     used |= {id(graph.outputs[name]) for name in stores}
     used |= {id(r.args[0]) for r in reduce_here}
-    lines = [f"  /* pass {k} */"]
+    lines = [f"  {{ /* pass {k} */"]
     # Scalars and per-tensor values used per element, cast once to the compute type.
     for n in graph.nodes:
         if id(n) in used and n.kind == SCALAR and n.op != "const":
@@ -273,6 +273,7 @@ def _element_pass(graph, p, k, index, slot, npt, rslot, nr, arrays, storage, rea
             f"      double s = 0; for (int l = 0; l < {LANES}; l++) s += acc[l];",
             f"      part[c * {nr} + {j}] = s; }}",
         ]
+    lines.append("  }")
     lines.append("  }")
     return lines
 

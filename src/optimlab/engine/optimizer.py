@@ -92,7 +92,7 @@ class RuleOptimizer(torch.optim.Optimizer):
             self._prepare(p, h, kept)
         for (step, *carried), bucket in self._buckets(params).items():
             scalars = self.rule.step_scalars(h, int(step) + 1, dict(zip(self.rule.scalar_state, carried)))
-            states = {sym: [self.state[p][s.key] for p in bucket] for sym, s in kept.items()}
+            states = {sym: [self.state[p].get(s.key) for p in bucket] for sym, s in kept.items()}
             paths.run(self.path, self.rule, SimpleNamespace(**vars(h), **scalars), bucket,
                       [p.grad for p in bucket], states)
             torch._foreach_add_([self.state[p]["step"] for p in bucket], 1.0)
@@ -116,7 +116,7 @@ class RuleOptimizer(torch.optim.Optimizer):
                                          else torch.float32)
             state.update(self.rule.scalar_state)
         for s in kept.values():
-            if s.key not in state:  # also a state a flag switched on mid-run (e.g. amsgrad)
+            if s.key not in state and self.rule.keeps(s, p):  # also one a flag switched on mid-run
                 state[s.key] = s.create(p.detach(), h)
 
     def _buckets(self, params: list) -> dict[tuple, list]:

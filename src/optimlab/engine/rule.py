@@ -30,7 +30,9 @@ class State:
     """One per-parameter state tensor of a rule."""
 
     key: str  # its name in optimizer.state[p]: torch's name where torch has the optimizer
-    when: str | None = None  # a flag of h that must be true for the state to exist
+    # When the state exists: always (None), when a flag of h is true (its name), or, for rules that
+    # are not traceable, when a predicate of the parameter holds (e.g. only for matrices).
+    when: str | Callable[[torch.Tensor], bool] | None = None
     init: Callable[[torch.Tensor, SimpleNamespace], torch.Tensor] | None = None  # default: zeros like θ
 
     def create(self, θ: torch.Tensor, h: SimpleNamespace) -> torch.Tensor:
@@ -59,8 +61,13 @@ class Rule:
         return h
 
     def kept(self, h: SimpleNamespace) -> dict[str, State]:
-        """The states this rule keeps under the flags in h."""
-        return {sym: s for sym, s in self.state.items() if s.when is None or getattr(h, s.when)}
+        """The states this rule may keep under the flags in h (per-parameter conditions aside)."""
+        return {sym: s for sym, s in self.state.items() if not isinstance(s.when, str) or getattr(h, s.when)}
+
+    @staticmethod
+    def keeps(s: State, θ: torch.Tensor) -> bool:
+        """Whether parameter θ has state s, given that its group keeps it."""
+        return not callable(s.when) or bool(s.when(θ))
 
     def step_scalars(self, h: SimpleNamespace, t: int, scalar_state: Mapping[str, float]) -> dict:
         """Per-step scalars for update number t (1-based), computed once outside the tensor math."""
@@ -93,6 +100,8 @@ def rule(
         taken = list(inspect.signature(update).parameters)[3:]
         if taken != list(states):
             raise TypeError(f"rule {update.__name__} takes states {taken} but declares {list(states)}")
+        if traceable and any(callable(s.when) for s in states.values()):
+            raise TypeError(f"rule {update.__name__}: per-parameter states need traceable=False")
         return Rule(
             name=update.__name__,
             update=update,

@@ -1,0 +1,34 @@
+"""The catalogue: every optimizer optimlab ships, registered once with what its tests rely on."""
+
+from ..registry import Spec, preset, register
+from .adafactor import Adafactor
+from .adagrad import Adagrad
+from .adam import Adam, AdamW
+from .lamb import LAMB
+from .lion import Lion
+from .nadam import NAdam
+from .radam import RAdam
+from .rmsprop import RMSprop
+from .sgd import SGD
+
+E, NORM, FACTORED = frozenset({"elementwise"}), frozenset({"per-tensor-norm"}), frozenset({"factored"})
+PAPER = "float64 transcription of the paper in tests/references.py"
+
+register(Spec("sgd", SGD, "step against the gradient; momentum averages it", "torch.optim.SGD", E))
+register(Spec("adagrad", Adagrad, "divide by the root of the sum of all squared gradients", "torch.optim.Adagrad", E))
+register(Spec("rmsprop", RMSprop, "divide by the root of an EMA of squared gradients", "torch.optim.RMSprop", E))
+register(Spec("adam", Adam, "momentum over the root of an EMA of g² (L2 decay inside it)", "torch.optim.Adam", E))
+register(Spec("adamw", AdamW, "Adam with weight decay applied to θ directly", "torch.optim.AdamW", E))
+register(Spec("nadam", NAdam, "Adam with Nesterov's look-ahead on the first moment", "torch.optim.NAdam", E))
+register(Spec("radam", RAdam, "Adam that waits until its adaptive lr has tractable variance", "torch.optim.RAdam", E))
+register(Spec("lion", Lion, "step by the sign of an interpolation of momentum and gradient", PAPER, E))
+register(Spec("lamb", LAMB, "AdamW's direction, scaled per tensor by ‖θ‖/‖update‖", PAPER, NORM))
+register(Spec("adafactor", Adafactor, "row and column means of g² instead of all of it; relative steps",
+              "torch.optim.Adafactor", FACTORED))
+
+preset("momentum", "sgd", "SGD with heavy-ball momentum 0.9", momentum=0.9)
+preset("nesterov", "sgd", "SGD with Nesterov momentum 0.9", momentum=0.9, nesterov=True)
+preset("amsgrad", "adam", "Adam whose denominator never shrinks", amsgrad=True)
+preset("adam_no_bias_correction", "adam", "Adam without the 1 − βᵗ corrections", bias_correction=False)
+
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Lion", "LAMB", "Adafactor"]

@@ -1,0 +1,71 @@
+"""Adafactor, as torch.optim.Adafactor (with conv weights factored as matrices by default)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..engine.optimizer import RuleOptimizer, hyperparameters
+from ..engine.rule import State, rule
+from . import _checks
+
+
+def relative_step(h, t, carried):
+    """β̂₂ₜ = 1 − t^c and ρ_t = min(lr, 1/√t) (Shazeer & Stern 2018, Alg. 4; torch's naming)."""
+    return {"beta2_t": 1 - t**h.beta2_decay, "rho": min(h.lr, 1 / t**0.5)}
+
+
+def factored(θ) -> bool:
+    return θ.dim() >= 2
+
+
+def as_matrix(x, h):
+    """The matrix Adafactor factors: (d₀, d₁⋯dₙ) by default, so a conv weight is treated like the
+    same weight flattened; `matrix_view="last_two"` factors each trailing 2-D slice, as torch does."""
+    return x.reshape(x.shape[0], -1) if h.matrix_view == "flatten" else x
+
+
+def row_zeros(θ, h):
+    return torch.zeros_like(as_matrix(θ, h)[..., :1])
+
+
+def col_zeros(θ, h):
+    return torch.zeros_like(as_matrix(θ, h)[..., :1, :])
+
+
+@rule(state={"R": State("row_var", when=factored, init=row_zeros), "C": State("col_var", when=factored, init=col_zeros),
+             "V": State("variance", when=lambda θ: not factored(θ))},
+      scalars=relative_step, traceable=False)
+def adafactor(h, θ, g, R, C, V):
+    """Adafactor (Shazeer & Stern 2018, Alg. 4–5 without momentum), as torch.optim.Adafactor."""
+    eps1 = torch.finfo(θ.dtype).eps if h.eps1 is None else h.eps1
+    α = max(h.eps2, float(θ.norm() / θ.numel() ** 0.5)) * h.rho  # relative step: scaled by RMS(θ)
+    θ = θ * (1 - h.lr * h.weight_decay)
+    if V is None:  # a matrix: keep row and column means of g², O(n + m) instead of O(nm)
+        G2 = as_matrix(g, h) * as_matrix(g, h)
+        R = h.beta2_t * R + (1 - h.beta2_t) * G2.mean(dim=-1, keepdim=True)
+        C = h.beta2_t * C + (1 - h.beta2_t) * G2.mean(dim=-2, keepdim=True)
+        v_hat = (R @ C) / R.mean(dim=-2, keepdim=True).clamp(min=eps1)  # rank-1 estimate of E[g²]
+        v_hat = v_hat.reshape(g.shape)
+    else:
+        V = h.beta2_t * V + (1 - h.beta2_t) * g * g
+        v_hat = V
+    U = g * torch.rsqrt(v_hat.clamp(min=eps1 * eps1))
+    U = U / max(1.0, float(U.norm() / U.numel() ** 0.5) / h.d)  # clip the update's RMS at d
+    θ = θ - α * U
+    return θ, R, C, V
+
+
+class Adafactor(RuleOptimizer):
+    """torch.optim.Adafactor's rule and hyperparameters, plus `matrix_view` (see `as_matrix`)."""
+
+    rule = adafactor
+    unpack = {"eps": ("eps1", "eps2")}
+    checks = {"lr": _checks.nonnegative, "weight_decay": _checks.nonnegative, "d": _checks.positive,
+              "beta2_decay": lambda v: None if isinstance(v, (int, float)) and v <= 0 else "must be ≤ 0",
+              "matrix_view": _checks.one_of("flatten", "last_two"),
+              "eps": lambda v: None if isinstance(v, tuple) and len(v) == 2 and (v[0] is None or v[0] >= 0)
+              and v[1] >= 0 else "must be a pair (eps1 ≥ 0 or None, eps2 ≥ 0)"}
+
+    def __init__(self, params, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, *,
+                 maximize=False, matrix_view="flatten", path="auto"):
+        super().__init__(params, path, **hyperparameters(locals()))

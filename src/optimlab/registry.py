@@ -1,0 +1,155 @@
+"""The registry: one declarative spec per optimizer, and the names people use for them.
+
+    optimlab.available()                       registered names, sorted
+    optimlab.create("adamw", params, lr=3e-4)  an optimizer by name
+    optimlab.spec("adamw")                     its spec: class, defaults, reference, capabilities, state
+    optimlab.resolve("sgd:lr=0.01,momentum=0.9")   a name or preset with hyperparameters, as text
+
+Every generic test runs over every spec, so a new optimizer gets all of them by registering.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+from types import SimpleNamespace
+
+import torch
+
+from .engine.optimizer import RuleOptimizer
+
+CAPABILITIES = {
+    "elementwise": "each coordinate's update depends only on that coordinate",
+    "per-tensor-norm": "elementwise, plus norms of whole tensors (a trust ratio)",
+    "factored": "keeps row and column statistics of matrices, not a full second moment",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    name: str
+    cls: type[RuleOptimizer]
+    idea: str  # one line
+    reference: str  # what its tests compare against
+    capabilities: frozenset[str]
+    preset: dict = dataclasses.field(default_factory=dict)  # hyperparameters a preset fixes
+
+    @property
+    def rule(self):
+        return self.cls.rule
+
+    @property
+    def defaults(self) -> dict:
+        """Hyperparameters and their defaults (a preset's values included), from the class signature."""
+        return {**self.cls.defaults_signature(), **self.preset}
+
+    def check_names(self, hyper: dict) -> None:
+        valid = self.defaults
+        for key in hyper:
+            if key not in valid and key != "path":
+                hint = difflib.get_close_matches(key, list(valid), n=1)
+                raise ValueError(
+                    f"{self.name} has no hyperparameter {key!r}"
+                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                    + f"; valid: {', '.join(valid)}, path"
+                )
+
+    def create(self, params, **hyper) -> RuleOptimizer:
+        self.check_names(hyper)
+        return self.cls(params, **{**self.preset, **hyper})
+
+    def hyper(self, **hyper) -> SimpleNamespace:
+        """The static view `h` of the rule under these hyperparameters (flags derived, betas unpacked)."""
+        self.check_names(hyper)
+        values = {}
+        for key, value in {**self.defaults, **hyper}.items():
+            if key in self.cls.unpack:
+                values.update(zip(self.cls.unpack[key], value))
+            else:
+                values[key] = value
+        return self.rule.with_flags(values)
+
+    def state_tensors(self, shape, dtype=torch.float32, **hyper) -> dict[str, tuple[tuple, torch.dtype]]:
+        """The state tensors the rule keeps for one parameter of this shape: key -> (shape, dtype).
+
+        Computed on the meta device from the rule's own declaration; nothing is allocated.
+        """
+        θ = torch.empty(shape, dtype=dtype, device="meta")
+        h = self.hyper(**hyper)
+        kept = {s.key: s.create(θ, h) for s in self.rule.kept(h).values() if self.rule.keeps(s, θ)}
+        return {key: (tuple(t.shape), t.dtype) for key, t in kept.items()}
+
+    def state_bytes(self, shape, dtype=torch.float32, **hyper) -> int:
+        """Bytes of state tensors for one parameter (the 4-byte step counter per tensor not included)."""
+        return sum(torch.Size(s).numel() * d.itemsize for s, d in self.state_tensors(shape, dtype, **hyper).values())
+
+
+_specs: dict[str, Spec] = {}
+presets: dict[str, Spec] = {}
+
+
+def register(spec: Spec) -> Spec:
+    unknown = set(spec.capabilities) - set(CAPABILITIES)
+    if unknown:
+        raise ValueError(f"{spec.name}: unknown capabilities {sorted(unknown)}")
+    (presets if spec.preset else _specs)[spec.name] = spec
+    return spec
+
+
+def preset(name: str, base: str, idea: str, **hyper) -> Spec:
+    """A friendly name for a registered optimizer with some hyperparameters fixed."""
+    return register(dataclasses.replace(_specs[base], name=name, idea=idea, preset=hyper))
+
+
+def available() -> list[str]:
+    """Registered optimizer names, sorted (presets such as 'momentum' are in `presets`)."""
+    return sorted(_specs)
+
+
+def spec(name: str) -> Spec:
+    if name in _specs:
+        return _specs[name]
+    if name in presets:
+        return presets[name]
+    known = sorted([*_specs, *presets])
+    hint = difflib.get_close_matches(name, known, n=1)
+    raise ValueError(
+        f"unknown optimizer {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "") + f"; available: {', '.join(known)}"
+    )
+
+
+def resolve(text: str) -> tuple[Spec, dict]:
+    """'name' or 'name:key=value,key=value' -> (spec, hyperparameters). Values are Python literals."""
+    name, _, rest = text.strip().partition(":")
+    found = spec(name.strip())
+    hyper = {}
+    for item in _split_top_level(rest):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"expected key=value in {text!r}, got {item!r}")
+        try:
+            hyper[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            hyper[key.strip()] = value.strip()  # a bare word, e.g. matrix_view=flatten
+    found.check_names(hyper)
+    return found, hyper
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas outside brackets, so 'betas=(0.9,0.99),lr=1e-3' gives two items."""
+    items, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch in "([" and 1 or ch in ")]" and -1 or 0
+        if ch == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += ch
+    return [i for i in (*items, current) if i.strip()]
+
+
+def create(name: str, params, **hyper) -> RuleOptimizer:
+    """An optimizer by registry name, preset or 'name:key=value,…' text; keyword arguments override."""
+    found, fixed = resolve(name)
+    return found.create(params, **{**fixed, **hyper})
