@@ -34,6 +34,7 @@ class Spec:
     reference: str  # what its tests compare against
     capabilities: frozenset[str]
     preset: dict = dataclasses.field(default_factory=dict)  # hyperparameters a preset fixes
+    base: str = ""  # for a preset: the registered optimizer it configures
 
     @property
     def rule(self):
@@ -63,7 +64,7 @@ class Spec:
         """The static view `h` of the rule under these hyperparameters (flags derived, betas unpacked)."""
         self.check_names(hyper)
         values = {}
-        for key, value in {**self.defaults, **hyper}.items():
+        for key, value in {**self.cls.fixed, **self.defaults, **hyper}.items():
             if key in self.cls.unpack:
                 values.update(zip(self.cls.unpack[key], value))
             else:
@@ -99,7 +100,7 @@ def register(spec: Spec) -> Spec:
 
 def preset(name: str, base: str, idea: str, **hyper) -> Spec:
     """A friendly name for a registered optimizer with some hyperparameters fixed."""
-    return register(dataclasses.replace(_specs[base], name=name, idea=idea, preset=hyper))
+    return register(dataclasses.replace(_specs[base], name=name, idea=idea, preset=hyper, base=base))
 
 
 def available() -> list[str]:

@@ -27,9 +27,12 @@ class RuleOptimizer(torch.optim.Optimizer):
     checks: dict[str, Callable] = {}
     # tuple hyperparameters the rule reads element by element
     unpack: dict[str, tuple[str, ...]] = {"betas": ("beta1", "beta2")}
+    # hyperparameters this class fixes for its rule (AdamW: the Adam rule with decoupled decay)
+    fixed: dict = {}
 
     def __init__(self, params, path: str = "auto", **hyper):
         self._check(hyper)
+        hyper = {**self.fixed, **hyper}
         if path not in paths.PATHS:
             raise ValueError(f"path must be one of {', '.join(paths.PATHS)}; got {path!r}")
         if path in ("foreach", "fused") and not self.rule.traceable:

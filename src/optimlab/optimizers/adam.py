@@ -54,7 +54,8 @@ class AdamW(RuleOptimizer):
 
     rule = adam
     checks = Adam.checks
+    fixed = {"decoupled_weight_decay": True}
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
                  maximize=False, bias_correction=True, path="auto"):
-        super().__init__(params, path, decoupled_weight_decay=True, **hyperparameters(locals()))
+        super().__init__(params, path, **hyperparameters(locals()))

@@ -1,0 +1,34 @@
+"""The command line: `optimlab <verb>`.
+
+Each module in this package adds one verb: it defines `register(subparsers)`, which adds a parser
+and sets `run=` to a function taking the parsed arguments. Modules import heavy libraries inside
+`run`, so `optimlab --help` and `optimlab list` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="optimlab",
+        description="PyTorch optimizers written once, checked against their references, and fast; "
+        "and a lab to see why they behave as they do.",
+    )
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        importlib.import_module(f"{__name__}.{module.name}").register(verbs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except ValueError as err:  # bad names and hyperparameters: one clear line, no traceback
+        print(f"optimlab {args.verb}: {err}", file=sys.stderr)
+        return 2
