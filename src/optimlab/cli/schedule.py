@@ -1,0 +1,140 @@
+"""optimlab schedule NAME key=value ...: print, plot or dump a learning-rate schedule."""
+
+from __future__ import annotations
+
+import json
+
+EPILOG = """\
+the unit is the optimizer update: t = 0 is the first update, and the value at t is the multiplier of
+each param group's base lr for the update that follows t earlier updates.
+
+examples:
+  optimlab schedule                                  list schedules and their arguments
+  optimlab schedule warmup_cosine total_steps=2000 warmup_steps=100 floor=0.1
+  optimlab schedule wsd total_steps=1000 warmup_steps=50 decay_steps=200 shape=1-sqrt --out /tmp/wsd.png
+  optimlab schedule cosine total_steps=500 --warmup 50 --lr 3e-4 --json
+  optimlab schedule multistep milestones=[30,60,80] gamma=0.1 --steps 100
+  optimlab schedule '{"name": "sequence", "schedules": [...], "boundaries": [...]}'   (any describe() output)
+"""
+
+
+def register(verbs) -> None:
+    import argparse
+
+    p = verbs.add_parser("schedule", help="print, plot (--out) or dump (--json) a learning-rate schedule",
+                         description="Evaluate a schedule from optimlab.schedules over optimizer updates "
+                         "t = 0..N and show it as a table, a PNG plot or JSON. Arguments are key=value "
+                         "(Python literals: 100, 0.1, 1e-4, [30,60]); NAME may also be 'name:k=v,...' or a "
+                         "JSON description (for compositions).",
+                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", nargs="?", metavar="NAME", help="schedule name (omit to list them all)")
+    p.add_argument("args", nargs="*", metavar="KEY=VALUE", help="the schedule's arguments, e.g. total_steps=1000")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help="draw t = 0..N (default: the schedule's own length, e.g. total_steps)")
+    p.add_argument("--warmup", type=int, metavar="W", default=0,
+                   help="prepend a linear warmup of W updates (t/W) to the schedule")
+    p.add_argument("--lr", type=float, help="base lr: also show lr = lr * multiplier")
+    p.add_argument("--out", metavar="PATH", help="write a plot (PNG, SVG or PDF, by extension) to PATH")
+    p.add_argument("--json", action="store_true", help="print the values as JSON instead of a table")
+    p.add_argument("--every", type=int, default=1, metavar="K", help="with --json: every K-th update (default 1)")
+    p.set_defaults(run=run)
+
+
+def build(args):
+    from optimlab import schedules
+
+    name = args.name
+    if name.lstrip().startswith("{"):
+        schedule = schedules.from_dict(json.loads(name))
+    else:
+        text = name + (":" if ":" not in name else ",") + ",".join(args.args)
+        schedule = schedules.parse(text)
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0 updates, got {args.warmup}")
+    if args.warmup:
+        schedule = schedules.warmup(schedule, args.warmup)
+    steps = args.steps if args.steps is not None else schedule.horizon
+    if steps is None:
+        raise ValueError(f"{schedule.name} has no natural length; pass --steps N")
+    if steps < 1:
+        raise ValueError(f"--steps must be >= 1 update, got {steps}")
+    if args.every < 1:
+        raise ValueError(f"--every must be >= 1, got {args.every}")
+    return schedule, steps
+
+
+def listing() -> int:
+    from optimlab import schedules
+    from optimlab.schedules.base import REGISTRY, signature
+
+    width = max(map(len, REGISTRY))
+    for name in schedules.available():
+        doc = (REGISTRY[name].__doc__ or "").strip().splitlines()[0]
+        how = "  (compose: --warmup W, or NAME as a JSON description)" if name in ("warmup", "sequence") else ""
+        print(f"{name:<{width}}  {signature(name)}{how}\n{'':<{width}}  {doc}")
+    return 0
+
+
+def run(args) -> int:
+    if args.name is None:
+        return listing()
+    schedule, steps = build(args)
+    ts = list(range(0, steps + 1))
+    values = [schedule(t) for t in ts]
+    kind = "momentum" if schedule.absolute else "multiplier"
+    if args.json:
+        keep = ts[::args.every] if ts[-1] % args.every == 0 else ts[::args.every] + [ts[-1]]
+        out = {"schedule": schedule.describe(), "steps": steps, "unit": "optimizer updates taken",
+               "t": keep, kind: [values[t] for t in keep]}
+        if args.lr is not None and not schedule.absolute:
+            out["lr"] = [args.lr * values[t] for t in keep]
+        print(json.dumps(out))
+    else:
+        table(schedule, ts, values, args.lr, kind)
+    if args.out:
+        plot(schedule, ts, values, args.lr, kind, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def table(schedule, ts, values, lr, kind) -> None:
+    steps = ts[-1]
+    rows = sorted(set(schedule.key_steps(steps)) | {round(i * steps / 10) for i in range(11)})
+    print(f"{schedule!r}")
+    print(f"t = optimizer updates taken, 0..{steps}; value = {kind}" + (f", lr = {lr:g} * multiplier" if lr else ""))
+    print(f"{'t':>8}  {kind:>12}" + (f"  {'lr':>12}" if lr and kind != 'momentum' else ""))
+    marks = set(schedule.key_steps(steps))
+    for t in rows:
+        line = f"{t:>8}  {values[t]:>12.6g}" + (f"  {lr * values[t]:>12.6g}" if lr and kind != "momentum" else "")
+        print(line + ("  <- phase" if t in marks and t not in (0, steps) else ""))
+    print("shape: " + sparkline(values))
+
+
+def sparkline(values, width: int = 60) -> str:
+    bars = "▁▂▃▄▅▆▇█"
+    n = len(values)
+    cols = [values[min(n - 1, round(i * (n - 1) / (width - 1)))] for i in range(min(width, n))]
+    lo, hi = min(values), max(values)
+    span = hi - lo or 1.0
+    return "".join(bars[min(7, int((v - lo) / span * 8))] for v in cols) + f"  [{lo:.3g} .. {hi:.3g}]"
+
+
+def plot(schedule, ts, values, lr, kind, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ys = [lr * v for v in values] if lr and kind != "momentum" else values
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=120)
+    ax.plot(ts, ys, lw=1.8)
+    for t in schedule.key_steps(ts[-1]):
+        if 0 < t < ts[-1]:
+            ax.axvline(t, color="0.8", lw=0.8, ls=":")
+    ax.set_xlabel("t (optimizer updates taken)")
+    ax.set_ylabel("lr" if ys is not values else kind)
+    ax.set_title(repr(schedule), fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
