@@ -113,7 +113,8 @@ def table(schedule, ts, values, lr, kind) -> None:
 def sparkline(values, width: int = 60) -> str:
     bars = "▁▂▃▄▅▆▇█"
     n = len(values)
-    cols = [values[min(n - 1, round(i * (n - 1) / (width - 1)))] for i in range(min(width, n))]
+    k = min(width, n)  # columns
+    cols = [values[round(i * (n - 1) / max(k - 1, 1))] for i in range(k)]
     lo, hi = min(values), max(values)
     span = hi - lo or 1.0
     return "".join(bars[min(7, int((v - lo) / span * 8))] for v in cols) + f"  [{lo:.3g} .. {hi:.3g}]"
