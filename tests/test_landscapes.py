@@ -26,7 +26,8 @@ def grad_beale(x, y):
 
 
 def grad_rastrigin(x, y, A=10.0):
-    return 2 * x + 2 * math.pi * A * torch.sin(2 * math.pi * x), 2 * y + 2 * math.pi * A * torch.sin(2 * math.pi * y)
+    τ = 2 * math.pi
+    return 2 * x + τ * A * torch.sin(τ * x), 2 * y + τ * A * torch.sin(τ * y)
 
 
 def grad_himmelblau(x, y):
@@ -104,7 +105,8 @@ def test_himmelblau_has_four_minima_of_value_zero():
 
 def test_named_minima_and_starts_are_the_issues():
     assert landscapes.get("canyon").start == (1.0, 1.0) and landscapes.get("canyon").minima == ((0.0, 0.0),)
-    assert landscapes.get("rosenbrock").start == (-2.0, 2.0) and landscapes.get("rosenbrock").minima == ((1.0, 1.0),)
+    rosenbrock = landscapes.get("rosenbrock")
+    assert rosenbrock.start == (-2.0, 2.0) and rosenbrock.minima == ((1.0, 1.0),)
     assert landscapes.get("beale").minima == ((3.0, 0.5),)
     assert landscapes.get("saddle").minima == ()  # unbounded below: no minimum, no distance
     assert math.isnan(landscapes.get("saddle").distance((0.0, 0.0)))

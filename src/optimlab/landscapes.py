@@ -33,7 +33,7 @@ class Landscape:
     start: tuple[float, ...]
     window: tuple[tuple[float, float], ...]  # ((x0, x1), (y0, y1)): what the plots show
     minima: tuple[tuple[float, ...], ...] = ()  # global minima (none for the saddle)
-    lr: dict = dataclasses.field(default_factory=dict)  # optimizer name -> default lr ("sgd", "adam" at least)
+    lr: dict = dataclasses.field(default_factory=dict)  # optimizer -> default lr; "sgd" and "adam" at least
     hyper: dict = dataclasses.field(default_factory=dict)  # optimizer name -> other default hyperparameters
     steps: int = 100  # a default race length that shows the point
     about: str = ""  # one line: what to look for
@@ -76,7 +76,8 @@ class Landscape:
         if not self.minima:
             return math.nan
         p = torch.as_tensor(p, dtype=torch.float64)
-        return min(float(torch.linalg.vector_norm(p - torch.tensor(m, dtype=torch.float64))) for m in self.minima)
+        return min(float(torch.linalg.vector_norm(p - torch.tensor(m, dtype=torch.float64)))
+                   for m in self.minima)
 
     def project(self, p: torch.Tensor) -> None:
         """Clamp p onto the feasible box in place (Euclidean projection onto a box is a clamp)."""
@@ -137,7 +138,8 @@ def quadratic(kappa: float = 50.0, angle: float = 0.0) -> Landscape:
 
     # start at u = v = 1 whatever the angle: SGD (rotation-invariant) then runs the same race, Adam does not
     start = (c - s, s + c)
-    formula = f"½({kappa:g}x² + y²)" if angle == 0 else f"½({kappa:g}u² + v²), (u, v) = (x, y) turned {angle:g}°"
+    formula = (f"½({kappa:g}x² + y²)" if angle == 0
+               else f"½({kappa:g}u² + v²), (u, v) = (x, y) turned {angle:g}°")
     return Landscape(
         "quadratic", formula, f, start=start, window=((-1.6, 1.6), (-1.6, 1.6)), minima=((0.0, 0.0),),
         lr={"sgd": 1.9 / kappa, "adam": 0.1}, params={"kappa": kappa, "angle": angle},
@@ -173,7 +175,8 @@ def rastrigin(A: float = 10.0) -> Landscape:
     return Landscape(
         "rastrigin", f"{2 * A:g} + x² − {A:g}cos 2πx + y² − {A:g}cos 2πy", f, start=(2.2, -2.6),
         window=((-4.0, 4.0), (-4.0, 4.0)), minima=((0.0, 0.0),), lr={"sgd": 2e-3, "adam": 0.1}, steps=200,
-        params={"A": A}, about="a local minimum near every integer point: gradient methods stop in the nearest")
+        params={"A": A},
+        about="a local minimum near every integer point: gradient methods stop in the nearest")
 
 
 HIMMELBLAU_MINIMA = ((3.0, 2.0), (-2.805118086952745, 3.131312518250573),
@@ -183,7 +186,8 @@ HIMMELBLAU_MINIMA = ((3.0, 2.0), (-2.805118086952745, 3.131312518250573),
 @_register
 def himmelblau() -> Landscape:
     return Landscape(
-        "himmelblau", "(x² + y − 11)² + (x + y² − 7)²", lambda x, y: (x**2 + y - 11) ** 2 + (x + y**2 - 7) ** 2,
+        "himmelblau", "(x² + y − 11)² + (x + y² − 7)²",
+        lambda x, y: (x**2 + y - 11) ** 2 + (x + y**2 - 7) ** 2,
         start=(0.0, 0.0), window=((-5.0, 5.0), (-5.0, 5.0)), minima=HIMMELBLAU_MINIMA,
         lr={"sgd": 0.01, "adam": 0.1}, steps=200,
         about="four global minima (all 0): which one an optimizer reaches depends on its path")
@@ -211,7 +215,8 @@ def reddi(C: float = 3.0) -> Landscape:
         start=(0.0,), window=((-1.05, 1.05),), minima=((-1.0,),), online=online, bounds=((-1.0, 1.0),),
         # the paper's Theorem 1 setting: β1 = 0, β2 = 1/(1 + C²), step size α/√t
         lr={"sgd": 0.1, "adam": 0.5}, hyper={"adam": {"betas": (0.0, 1 / (1 + C * C))}},
-        schedule=lambda t: 1 / math.sqrt(t), schedule_text="α/√t (the paper's schedule)", steps=1200,  # a whole number of periods
+        schedule=lambda t: 1 / math.sqrt(t), schedule_text="α/√t (the paper's schedule)",
+        steps=1200,  # a whole number of periods: the last point is after a period's two −1 steps
         params={"C": C},
         about="Reddi et al. (2018): the average loss is (C − 2)x/3, best at x = −1; Adam (β1 = 0, "
               "β2 = 1/(1+C²)) forgets the rare large gradient and drifts to +1, AMSGrad's max(v) does not")
@@ -222,7 +227,7 @@ def available() -> list[str]:
 
 
 def get(text) -> Landscape:
-    """A landscape by name, or 'name:key=value,…' (its parameters, plus noise= and seed=); a Landscape as is."""
+    """A landscape by name or 'name:key=value,…' (its parameters, noise=, seed=); a Landscape as is."""
     if isinstance(text, Landscape):
         return text
     if not isinstance(text, str):
@@ -239,7 +244,8 @@ def get(text) -> Landscape:
     for item in filter(str.strip, rest.split(",")):
         key, eq, value = (s.strip() for s in item.partition("="))
         if not eq or key not in valid:
-            raise ValueError(f"landscape {name}: expected key=value with key one of {', '.join(valid)}; got {item!r}")
+            raise ValueError(f"landscape {name}: expected key=value with key one of {', '.join(valid)}; "
+                             f"got {item!r}")
         try:
             kwargs[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -254,6 +260,7 @@ def catalogue() -> str:
     lines = []
     for name in available():
         made = _factories[name]()
-        args = ", ".join(f"{k}={p.default:g}" for k, p in inspect.signature(_factories[name]).parameters.items())
+        signature = inspect.signature(_factories[name]).parameters
+        args = ", ".join(f"{k}={p.default:g}" for k, p in signature.items())
         lines.append(f"{name}{f' ({args})' if args else ''}: {made.formula}; start {_point(made.start)}")
     return "\n".join(lines)

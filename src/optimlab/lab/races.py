@@ -1,0 +1,278 @@
+"""optimlab.lab.race: real optimizers racing on a small landscape, step by step.
+
+    from optimlab.lab import race
+    r = race("canyon", "sgd,momentum,adam", steps=100)
+    r["sgd"].positions[:4]          # (1, 1), (−1, 0.98), (1, 0.9604), (−1, 0.941192): the seed's bounce
+    print(r.format())               # final loss and distance to the minimum, one row per optimizer
+    race("canyon", {"torch adam": torch.optim.Adam, "mine": lambda params: MyOpt(params, lr=0.1)})
+
+An optimizer is a registry name or preset ('momentum'), 'name:key=value,…' text, a
+`torch.optim.Optimizer` class, or a factory `params -> optimizer`. Names and classes that match a
+registered optimizer get the landscape's default learning rate (and, on 'reddi', the paper's betas)
+unless the text says otherwise; a factory is used exactly as the user wrote it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+
+import optimlab
+from optimlab import landscapes
+
+ESCAPED = 1e12  # |θ| beyond this counts as gone (diverged, or off down the saddle): the run stops
+
+
+@dataclasses.dataclass
+class Run:
+    label: str
+    settings: str  # the hyperparameters it ran with, as text
+    positions: np.ndarray  # (steps + 1, dim): the start, then the point after each step
+    losses: np.ndarray  # (steps + 1,): the landscape's (noise-free, average) loss at each point
+    stopped: int | None = None  # the step at which it became non-finite or left |θ| ≤ ESCAPED
+
+    @property
+    def final(self) -> np.ndarray:
+        return self.positions[-1]
+
+
+@dataclasses.dataclass
+class Race:
+    landscape: landscapes.Landscape
+    runs: list[Run]
+    steps: int
+    start: tuple
+
+    @property
+    def labels(self) -> list[str]:
+        return [r.label for r in self.runs]
+
+    def __getitem__(self, label: str) -> Run:
+        for r in self.runs:
+            if r.label == label:
+                return r
+        raise KeyError(f"no optimizer labelled {label!r}; labels: {', '.join(self.labels)}")
+
+    def table(self) -> list[dict]:
+        """One row per optimizer: final loss, gap to the minimum value, distance to the nearest minimum."""
+        best = self.landscape.min_value
+        rows = []
+        for r in self.runs:
+            loss = float(r.losses[-1])
+            rows.append({"optimizer": r.label, "settings": r.settings, "final_loss": loss,
+                         "gap": None if best is None else loss - best,
+                         "distance": _or_none(self.landscape.distance(r.final)),
+                         "final_position": [float(v) for v in r.final], "stopped": r.stopped})
+        return rows
+
+    def format(self) -> str:
+        L = self.landscape
+        head = f"{L.text}: {L.formula}   start {_fmt_point(self.start)}   {self.steps} steps"
+        if L.noise:
+            head += f"   noise σ={L.noise:g} (seed {L.seed})"
+        cells = [("optimizer", "settings", "final loss", "distance to min", "final position")]
+        for row in self.table():
+            stop = f" (gone at step {row['stopped']})" if row["stopped"] else ""
+            dist = "—" if row["distance"] is None else f"{row['distance']:.4g}"
+            cells.append((row["optimizer"], row["settings"], f"{row['final_loss']:.6g}", dist,
+                          _fmt_point(row["final_position"]) + stop))
+        widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+        return "\n".join([head, *lines])
+
+
+def _or_none(x: float):
+    return None if math.isnan(x) else x
+
+
+def _fmt_point(p) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in p) + ")"
+
+
+def split_optimizers(text: str) -> list[str]:
+    """'sgd:lr=0.01,momentum=0.9,adam' -> ['sgd:lr=0.01,momentum=0.9', 'adam'].
+
+    Commas separate optimizers, except that a `key=value` piece continues the optimizer before it.
+    """
+    items: list[str] = []
+    for piece in _split_commas(text):
+        if items and "=" in piece and ":" not in piece.split("=")[0]:
+            items[-1] += "," + piece
+        else:
+            items.append(piece)
+    return [i.strip() for i in items if i.strip()]
+
+
+def _split_commas(text: str) -> list[str]:
+    """Split on commas outside brackets, so betas=(0.9,0.99) stays whole."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch in "([") - (ch in ")]")
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [*out, cur]
+
+
+def landscape_defaults(landscape: landscapes.Landscape, name: str, base: str | None = None) -> dict:
+    """The hyperparameters a landscape suggests for a registered optimizer (or preset of `base`).
+
+    Looked up by name, then by base; failing both, SGD-family optimizers get the landscape's "sgd"
+    learning rate and every other (normalised) optimizer its "adam" one.
+    """
+    base = base or name
+    lr = landscape.lr.get(name, landscape.lr.get(base))
+    if lr is None:
+        lr = landscape.lr["sgd" if base == "sgd" else "adam"]
+    return {"lr": lr, **landscape.hyper.get(name, landscape.hyper.get(base, {}))}
+
+
+def _from_text(text: str, landscape) -> tuple[str, str, Callable]:
+    spec, given = optimlab.resolve(text)
+    suggested = landscape_defaults(landscape, spec.name, spec.base)
+    # the text wins over the preset, the preset over the landscape's suggestions
+    hyper = {k: v for k, v in suggested.items() if k not in spec.preset and k not in given}
+    hyper.update(given)
+    # two numbers: the plain path (the rule as written) beats a kernel call; the core tests that paths agree
+    hyper.setdefault("path", "tensor")
+    shown = {**spec.preset, **hyper}
+    settings = ", ".join(f"{k}={_fmt_value(v)}" for k, v in shown.items() if k != "path")
+    return text.strip(), settings, lambda params: spec.create(params, **hyper)
+
+
+def _fmt_value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, tuple):
+        return "(" + ",".join(_fmt_value(x) for x in v) + ")"
+    return str(v)
+
+
+def _from_class(cls: type, landscape) -> tuple[str, str, Callable]:
+    """A torch.optim.Optimizer class: a registered name (torch.optim.Adam -> 'adam') gets its defaults."""
+    name = cls.__name__.lower()
+    hyper = {}
+    if name in optimlab.available() or name in optimlab.presets:
+        spec = optimlab.spec(name)
+        accepted = inspect.signature(cls.__init__).parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+        hyper = {k: v for k, v in landscape_defaults(landscape, spec.name, spec.base).items()
+                 if takes_any or k in accepted}
+    settings = ", ".join(f"{k}={_fmt_value(v)}" for k, v in hyper.items()) or "its defaults"
+    return cls.__name__, settings, lambda params: cls(params, **hyper)
+
+
+def _entries(optimizers) -> list[tuple[str | None, object]]:
+    if isinstance(optimizers, str):
+        return [(None, t) for t in split_optimizers(optimizers)]
+    if isinstance(optimizers, dict):
+        return list(optimizers.items())
+    if isinstance(optimizers, type) or callable(optimizers):
+        return [(None, optimizers)]
+    entries = []
+    for item in optimizers:
+        entries += [(None, t) for t in split_optimizers(item)] if isinstance(item, str) else [(None, item)]
+    return entries
+
+
+def _build(label: str | None, item, landscape) -> tuple[str, str, Callable]:
+    if isinstance(item, str):
+        made = _from_text(item, landscape)
+    elif isinstance(item, type) and issubclass(item, torch.optim.Optimizer):
+        made = _from_class(item, landscape)
+    elif isinstance(item, torch.optim.Optimizer):
+        raise ValueError("pass the optimizer's class or a factory `lambda params: ...`, not an instance: "
+                         "the race creates the parameters")
+    elif callable(item):
+        name = getattr(item, "__name__", "custom")
+        made = ("custom" if name == "<lambda>" else name), "user factory", item
+    else:
+        raise ValueError(f"an optimizer is a name, 'name:key=value,…', a torch.optim.Optimizer class or a "
+                         f"factory params -> optimizer; got {item!r}")
+    return (label or made[0]), made[1], made[2]
+
+
+def _schedule(schedule, landscape) -> Callable[[int], float] | None:
+    if schedule == "landscape":
+        return landscape.schedule
+    if schedule in (None, "constant"):
+        return None
+    if schedule == "inv_sqrt":
+        return lambda t: 1 / math.sqrt(t)
+    if callable(schedule):
+        return schedule
+    raise ValueError("schedule must be 'landscape', 'constant', 'inv_sqrt' or a function of the step t; "
+                     f"got {schedule!r}")
+
+
+def race(landscape, optimizers, steps: int | None = None, start=None, noise: float | None = None,
+         seed: int | None = None, schedule="landscape", dtype: torch.dtype = torch.float64) -> Race:
+    """Run each optimizer from the same start for `steps` steps; return every position and loss.
+
+    landscape: a name ('canyon'), text ('quadratic:kappa=100'), or a `landscapes.Landscape`.
+    optimizers: 'sgd,momentum,adam', a list of such items / classes / factories, or {label: item}.
+    noise, seed: override the landscape's gradient noise σ and its seed; every optimizer sees the
+    same noise sequence. schedule: the landscape's lr schedule ('landscape'; Reddi's α/√t),
+    'constant', 'inv_sqrt', or t -> multiplier (t = 1, 2, …), applied with torch's LambdaLR.
+    """
+    L = landscapes.get(landscape)
+    if noise is not None or seed is not None:
+        L = L.with_noise(L.noise if noise is None else noise, L.seed if seed is None else seed)
+    steps = L.steps if steps is None else steps
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a whole number ≥ 1, got {steps!r}")
+    start = tuple(float(v) for v in (L.start if start is None else start))
+    if len(start) != L.dim:
+        raise ValueError(f"{L.name} is {L.dim}-D: start needs {L.dim} number(s), got {start}")
+    multiplier = _schedule(schedule, L)
+    built = [_build(label, item, L) for label, item in _entries(optimizers)]
+    if not built:
+        raise ValueError("no optimizers to race")
+    seen: dict[str, int] = {}
+    runs = []
+    for label, settings, make in built:
+        seen[label] = seen.get(label, 0) + 1
+        label = label if seen[label] == 1 else f"{label}#{seen[label]}"
+        positions, stopped = _run(L, make, start, steps, multiplier, dtype)
+        with torch.no_grad():
+            losses = L.loss(torch.from_numpy(positions)).numpy()
+        runs.append(Run(label, settings, positions, losses, stopped))
+    return Race(L, runs, steps, start)
+
+
+def _run(L, make, start, steps, multiplier, dtype) -> tuple[np.ndarray, int | None]:
+    p = torch.tensor(start, dtype=dtype, requires_grad=True)
+    opt = make([p])
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise ValueError(f"the factory returned {type(opt).__name__}, not a torch.optim.Optimizer")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: multiplier(k + 1)) if multiplier else None
+    noise = torch.Generator().manual_seed(L.seed)  # a fresh generator per optimizer: the same noise for all
+    positions = np.full((steps + 1, L.dim), np.nan)
+    positions[0] = start
+    for t in range(1, steps + 1):
+        ξ = L.noise * torch.randn(L.dim, generator=noise, dtype=dtype) if L.noise else None
+
+        def closure():
+            opt.zero_grad()
+            loss = L.loss_at(p, t)
+            # ξ·θ adds exactly ξ to the gradient; drawn once per step, so a closure called twice sees the same
+            (loss if ξ is None else loss + (ξ * p).sum()).backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            L.project(p)
+        if scheduler:
+            scheduler.step()
+        now = p.detach().numpy()
+        if not np.all(np.isfinite(now)) or np.max(np.abs(now)) > ESCAPED:
+            return positions, t
+        positions[t] = now
+    return positions, None
