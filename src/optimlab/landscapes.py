@@ -55,7 +55,7 @@ class Landscape:
         extra = dict(self.params)
         if self.noise:
             extra.update(noise=self.noise, seed=self.seed)
-        return self.name + (":" + ",".join(f"{k}={v!r}" for k, v in extra.items()) if extra else "")
+        return self.name + (":" + ",".join(f"{k}={_num(v)}" for k, v in extra.items()) if extra else "")
 
     def loss(self, p: torch.Tensor) -> torch.Tensor:
         """The objective at points p of shape (..., dim); for an online problem, its average over t."""
@@ -101,6 +101,11 @@ class Landscape:
         if self.noise:
             lines.append(f"  gradients + {self.noise:g}·ξ, ξ ~ N(0, I), seed {self.seed}")
         return "\n".join(lines)
+
+
+def _num(v) -> str:
+    """50.0 -> '50', 0.1 -> '0.1': short, and exact when read back."""
+    return repr(int(v)) if float(v).is_integer() else repr(float(v))
 
 
 def _point(p) -> str:

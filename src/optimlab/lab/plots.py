@@ -32,10 +32,22 @@ def grid(landscape, n: int = 160):
     return X.numpy(), Y.numpy(), Z.numpy()
 
 
+def loss_axis(landscape) -> tuple[str, str]:
+    """The loss panel's scale and label: log(loss − minimum) where there is a minimum to approach;
+    the average loss itself, linear, for an online problem (its iterates hop around the minimum every
+    period, which a log gap turns into noise); symlog where the loss is unbounded below (the saddle)."""
+    if landscape.online:
+        return "linear", "average loss over a period"
+    if landscape.min_value is None:
+        return "symlog", "loss"
+    return "log", "loss − minimum"
+
+
 def loss_curve(landscape, losses: np.ndarray) -> np.ndarray:
-    """What the loss panel plots: loss − min (floored) where there is a minimum, else the loss itself."""
-    best = landscape.min_value
-    return losses if best is None else np.maximum(losses - best, FLOOR)
+    """What the loss panel plots: loss − min (floored) on a log axis, else the loss itself."""
+    if loss_axis(landscape)[0] != "log":
+        return losses
+    return np.maximum(losses - landscape.min_value, FLOOR)
 
 
 def contour_levels(landscape, Z: np.ndarray) -> np.ndarray:
@@ -87,7 +99,7 @@ def race_figure(result, upto: int | None = None):
         if L.bounds:
             ax.axhspan(*L.bounds[0], color="0.93")
         for m in L.minima:
-            ax.axhline(m[0], color="goldenrod", ls="--", lw=1, label="minimum")
+            ax.axhline(m[0], color="k", ls="--", lw=1, label="minimum")
         ax.set(xlim=(0, result.steps), ylim=L.window[0], xlabel="step", ylabel="x")
     for i, run in enumerate(result.runs):
         kw = dict(color=color(i), lw=1.4)
@@ -98,12 +110,11 @@ def race_figure(result, upto: int | None = None):
         curve = loss_curve(L, run.losses)
         ax_loss.plot(steps, curve, label=run.label, **kw)
         heads.append(ax_loss.plot([], [], "o", color=color(i), ms=5)[0])
-    if L.min_value is None:
-        ax_loss.set_yscale("symlog")
-        ax_loss.set_ylabel("loss")
-    else:
-        ax_loss.set_yscale("log")
-        ax_loss.set_ylabel("loss − minimum" + (" (average over t)" if L.online else ""))
+    scale, label = loss_axis(L)
+    ax_loss.set_yscale(scale)
+    ax_loss.set_ylabel(label)
+    if scale == "linear" and L.min_value is not None:
+        ax_loss.axhline(L.min_value, color="k", ls="--", lw=1)
     ax_loss.set_xlabel("step")
     ax_loss.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
@@ -199,8 +210,8 @@ def save_html(result, path, frames: int = 120) -> None:
         fig.add_trace(go.Scatter(x=[result.steps], y=[curve[-1]], mode="markers",
                                  marker=dict(color=c, size=8),
                                  legendgroup=run.label, showlegend=False, hoverinfo="skip"), 1, 2)
-    fig.update_yaxes(type="log" if L.min_value is not None else "linear",
-                     title_text="loss − minimum" if L.min_value is not None else "loss", row=1, col=2)
+    scale, label = loss_axis(L)
+    fig.update_yaxes(type="log" if scale == "log" else "linear", title_text=label, row=1, col=2)
     fig.update_xaxes(title_text="step", row=1, col=2)
     shown = frame_steps(result.steps, frames)
     fig.frames = [go.Frame(name=str(k), traces=moving, data=[

@@ -77,10 +77,12 @@ class Race:
             head += f"   noise σ={L.noise:g} (seed {L.seed})"
         cells = [("optimizer", "settings", "final loss", "distance to min", "final position")]
         for row in self.table():
-            stop = f" (gone at step {row['stopped']})" if row["stopped"] else ""
             dist = "—" if row["distance"] is None else f"{row['distance']:.4g}"
+            if row["stopped"]:  # nothing finite to report: say when it left
+                cells.append((row["optimizer"], row["settings"], "—", "—", f"gone at step {row['stopped']}"))
+                continue
             cells.append((row["optimizer"], row["settings"], f"{row['final_loss']:.6g}", dist,
-                          _fmt_point(row["final_position"]) + stop))
+                          _fmt_point(row["final_position"])))
         widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
         return "\n".join([head, *lines])
