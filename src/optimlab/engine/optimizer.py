@@ -7,6 +7,8 @@ counting, per-step scalars, grouping parameters that share a step count, and the
 
 from __future__ import annotations
 
+import functools
+import inspect
 from types import SimpleNamespace
 from typing import Callable
 
@@ -19,6 +21,12 @@ from .rule import Rule
 def hyperparameters(local_vars: dict) -> dict:
     """An optimizer's keyword arguments from its __init__'s locals()."""
     return {k: v for k, v in local_vars.items() if k not in ("self", "params", "path", "__class__")}
+
+
+@functools.cache
+def _signature_defaults(cls) -> tuple:
+    return tuple((k, p.default) for k, p in inspect.signature(cls.__init__).parameters.items()
+                 if p.default is not inspect.Parameter.empty and k != "path")
 
 
 class RuleOptimizer(torch.optim.Optimizer):
@@ -53,10 +61,11 @@ class RuleOptimizer(torch.optim.Optimizer):
 
     @classmethod
     def defaults_signature(cls) -> dict:
-        import inspect
+        """The hyperparameters a user can set, with their defaults (from __init__'s signature)."""
+        return dict(_signature_defaults(cls))
 
-        return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
-                if p.default is not inspect.Parameter.empty and k != "path"}
+    def __getstate__(self):
+        return {**super().__getstate__(), "path": self.path}  # torch's keeps defaults, state and groups only
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -65,7 +74,7 @@ class RuleOptimizer(torch.optim.Optimizer):
     def hyper(self, group: dict) -> SimpleNamespace:
         """The namespace `h` a rule sees for a parameter group (without per-step scalars)."""
         values = {}
-        for key in self.defaults:
+        for key in [*self.fixed, *(k for k, _ in _signature_defaults(type(self)))]:  # not self.defaults: torch adds keys
             value = group[key]
             if isinstance(value, torch.Tensor):
                 value = value.item()

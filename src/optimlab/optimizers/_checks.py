@@ -5,13 +5,17 @@ from __future__ import annotations
 import math
 import numbers
 
+import torch
+
 
 def _real(v) -> bool:
+    if isinstance(v, torch.Tensor) and v.numel() == 1 and v.is_floating_point():  # torch accepts a tensor lr
+        v = v.item()
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and not math.isnan(v)
 
 
 def nonnegative(v):
-    return None if _real(v) and v >= 0 else "must be a number ≥ 0"
+    return None if _real(v) and float(v) >= 0 else "must be a number ≥ 0"
 
 
 def positive(v):

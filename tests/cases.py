@@ -1,0 +1,95 @@
+"""The test harness shared by the generic tests: tensors, a loss, and the hyperparameter variations.
+
+Every generic test iterates `optimlab.available()`, so a newly registered optimizer is tested by all
+of them. What the tests need to know beyond its spec lives here, in one table.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+import optimlab
+
+# A matrix, a 1-element tensor, a 4-D (conv-like) tensor and a vector.
+SHAPES = [(4, 3), (1,), (2, 3, 2, 2), (7,)]
+
+# A non-default value for each hyperparameter, to show it reaches the math and changes the result.
+TEST_VALUES = {
+    "weight_decay": 0.1, "momentum": 0.9, "dampening": 0.3, "nesterov": True, "amsgrad": True, "maximize": True,
+    "centered": True, "alpha": 0.9, "lr_decay": 0.05, "initial_accumulator_value": 0.3, "eps": 1e-3,
+    "betas": (0.8, 0.95), "momentum_decay": 0.01, "decoupled_weight_decay": True, "bias_correction": False,
+    "beta2_decay": -0.5, "d": 2.0, "matrix_view": "last_two",
+}
+# Where one value is not enough: each element of Adafactor's (ε₁, ε₂) must be shown to act.
+PER_OPTIMIZER = {("adafactor", "eps"): [(3.0, 1e-3), (None, 2.0)]}
+# Flags that only act together with another.
+NEEDS = {"nesterov": {"momentum": 0.9}, "dampening": {"momentum": 0.9}, "decoupled_weight_decay": {"weight_decay": 0.1}}
+# Hyperparameters torch.optim does not have (their references are elsewhere).
+OPTIMLAB_ONLY = {"bias_correction", "matrix_view", "path"}
+
+
+def variations(name: str) -> list[tuple[str, dict, dict]]:
+    """(label, hyperparameters, baseline they are compared with) for every hyperparameter of `name`."""
+    spec = optimlab.spec(name)
+    out = [("defaults", {}, {})]
+    for key, default in spec.defaults.items():
+        if key in spec.preset:
+            continue
+        values = [3 * default] if key == "lr" else PER_OPTIMIZER.get((name, key), [TEST_VALUES.get(key)])
+        if values == [None]:
+            raise KeyError(f"tests/cases.py has no test value for {name}'s hyperparameter {key!r}")
+        base = dict(NEEDS.get(key, {}))
+        out += [(f"{key}={value}", {**base, key: value}, base) for value in values]
+    return out
+
+
+def make_params(dtype=torch.float64, seed=0, shapes=SHAPES) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g, dtype=torch.float64).to(dtype).requires_grad_() for s in shapes]
+
+
+def loss_fn(params, step: int) -> torch.Tensor:
+    """A bowl, a ripple and a seeded linear term that changes every step: gradients change sign and scale."""
+    g = torch.Generator().manual_seed(1000 + step)
+    total = torch.zeros((), dtype=torch.float64)
+    for j, p in enumerate(params):
+        x = p.double()
+        noise = torch.randn(p.shape, generator=g, dtype=torch.float64)
+        total = total + 0.5 * (j + 1) * (x * x).sum() + torch.sin(3 * x).sum() + (noise * x).sum()
+    return total
+
+
+def backward(params, step: int) -> float:
+    for p in params:
+        p.grad = None
+    loss = loss_fn(params, step)
+    loss.backward()
+    return loss.item()
+
+
+def train(make, steps=100, dtype=torch.float64, seed=0, shapes=SHAPES):
+    """Run `make(params)` for `steps` updates on the shared loss; returns (params, optimizer)."""
+    params = make_params(dtype, seed, shapes)
+    opt = make(params)
+    for step in range(steps):
+        backward(params, step)
+        opt.step()
+    return params, opt
+
+
+def snapshot(params, opt) -> tuple[list, dict]:
+    """Copies of the parameters and of every tensor in the optimizer state, for exact comparisons."""
+    state = {i: {k: copy.deepcopy(v) for k, v in opt.state[p].items()} for i, p in enumerate(params) if p in opt.state}
+    return [p.detach().clone() for p in params], state
+
+
+def torch_reference(name: str):
+    """The torch.optim class a spec names as its reference, or None."""
+    ref = optimlab.spec(name).reference
+    return getattr(torch.optim, ref.split(".")[-1]) if ref.startswith("torch.optim.") else None
+
+
+def paths(name: str) -> list[str]:
+    return ["tensor", "foreach", "fused"] if optimlab.spec(name).rule.traceable else ["tensor"]
