@@ -14,7 +14,9 @@ examples:
   optimlab schedule wsd total_steps=1000 warmup_steps=50 decay_steps=200 shape=1-sqrt --out /tmp/wsd.png
   optimlab schedule cosine total_steps=500 --warmup 50 --lr 3e-4 --json
   optimlab schedule multistep milestones=[30,60,80] gamma=0.1 --steps 100
-  optimlab schedule '{"name": "sequence", "schedules": [...], "boundaries": [...]}'   (any describe() output)
+  optimlab schedule '{"name": "sequence", "boundaries": [300],
+                      "schedules": [{"name": "constant"}, {"name": "linear_decay", "total_steps": 100}]}'
+                                                     (compositions: any Schedule.describe() output)
 """
 
 
@@ -32,7 +34,7 @@ def register(verbs) -> None:
     p.add_argument("--steps", type=int, metavar="N",
                    help="draw t = 0..N (default: the schedule's own length, e.g. total_steps)")
     p.add_argument("--warmup", type=int, metavar="W", default=0,
-                   help="prepend a linear warmup of W updates (t/W) to the schedule")
+                   help="prepend a linear warmup of W updates (t/W); the schedule then starts at t = W")
     p.add_argument("--lr", type=float, help="base lr: also show lr = lr * multiplier")
     p.add_argument("--out", metavar="PATH", help="write a plot (PNG, SVG or PDF, by extension) to PATH")
     p.add_argument("--json", action="store_true", help="print the values as JSON instead of a table")
