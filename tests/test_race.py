@@ -150,6 +150,8 @@ def test_divergence_stops_the_run_at_the_predicted_step():
     assert run.stopped == 26
     np.testing.assert_allclose(run.positions[25, 0], (-3.0) ** 25, rtol=1e-12)
     assert np.isnan(run.positions[26:]).all() and "gone at step 26" in r.format()
+    row = r.table()[0]
+    assert row["stopped"] == 26 and row["final_loss"] is None and row["final_position"] is None
 
 
 # --- Reddi et al. (2018), §3: Adam with β1 = 0, β2 = 1/(1 + C²) drifts to the wrong end ------------

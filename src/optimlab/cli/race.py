@@ -67,7 +67,7 @@ def run(args) -> int:
         L = result.landscape
         print(json.dumps({"landscape": L.text, "formula": L.formula, "start": list(result.start),
                           "steps": result.steps, "noise": L.noise, "seed": L.seed, "minima": L.minima,
-                          "rows": result.table()}, indent=2))
+                          "rows": result.table()}, indent=2, ensure_ascii=False))
     else:
         print(result.format())
     wrote = []

@@ -62,12 +62,13 @@ class Race:
         """One row per optimizer: final loss, gap to the minimum value, distance to the nearest minimum."""
         best = self.landscape.min_value
         rows = []
-        for r in self.runs:
-            loss = float(r.losses[-1])
+        for r in self.runs:  # None where there is no number: no minimum, or a run that left (JSON has no NaN)
+            loss = _or_none(float(r.losses[-1]))
             rows.append({"optimizer": r.label, "settings": r.settings, "final_loss": loss,
-                         "gap": None if best is None else loss - best,
+                         "gap": None if best is None or loss is None else loss - best,
                          "distance": _or_none(self.landscape.distance(r.final)),
-                         "final_position": [float(v) for v in r.final], "stopped": r.stopped})
+                         "final_position": None if r.stopped else [float(v) for v in r.final],
+                         "stopped": r.stopped})
         return rows
 
     def format(self) -> str:
