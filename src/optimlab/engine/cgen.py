@@ -142,6 +142,16 @@ def _pass_reads(graph: Graph, stage, write_pass, k) -> set[str]:
     return {name for nid, name in loads.items() if nid not in stored}
 
 
+def traffic(graph: Graph) -> int:
+    """Arrays the fused kernel moves per element, over all passes (loads + stores); × itemsize = bytes."""
+    p = plan(graph)
+    total = 0
+    for k in range(p.passes):
+        _, loads = _pass_nodes(graph, p.stage, p.write_pass, k)
+        total += len(set(loads.values())) + sum(w == k for w in p.write_pass.values())
+    return total
+
+
 def generate(graph: Graph, dtype: torch.dtype, title: str = "") -> str:
     """C source of the kernel `int step(nt, ptr, numel, sc, nthreads)` for parameters of `dtype`."""
     storage, real, load, store = STORAGE[dtype]
