@@ -103,6 +103,9 @@ def plan(model, optimizer: str = "adamw", precision: str = "bf16-mixed", *, zero
         notes.append(f"ZeRO-{zero} on one rank shards nothing: give the number of ranks")
     if batch is None:
         notes.append("activations not included (give batch and seq with a transformer shape)")
+    else:
+        notes.append(f"activations: one micro-batch of {batch} × {seq} tokens, recompute={recompute}, kept by each "
+                     "rank (Korthikanti et al. 2022; embedding and logit activations not counted)")
     return Plan(optimizer, recipe.name, zero, ranks, count, trainable_count, len(shapes), whole, per_rank,
                 tuple(notes))
 
