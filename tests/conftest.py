@@ -5,3 +5,15 @@ import tempfile
 
 # Set before optimlab is imported anywhere: every pytest process (and xdist worker) compiles its own kernels.
 os.environ.setdefault("OPTIMLAB_CACHE_DIR", tempfile.mkdtemp(prefix="optimlab-kernels-"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture
+def float64_default():
+    """torch keeps scalar state (step, NAdam's μ product) in the default dtype: make it float64 for parity."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)

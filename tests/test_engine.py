@@ -14,14 +14,6 @@ from optimlab.engine.graph import TraceError, trace
 from optimlab.engine.rule import rule
 
 
-@pytest.fixture
-def float64_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def test_a_rule_branching_on_a_dynamic_value_is_refused_with_advice():
     @rule(state={"m": "m"})
     def bad(h, θ, g, m):

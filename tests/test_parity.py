@@ -19,12 +19,8 @@ STEPS = 100
 
 
 @pytest.fixture(autouse=True)
-def float64_default():
-    # torch keeps its scalar state (step, NAdam's μ product) in the default dtype: make it float64 too.
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+def _float64(float64_default):
+    """Every parity test runs with float64 as the default dtype (see conftest.py)."""
 
 
 def torch_cases():
