@@ -53,6 +53,8 @@ class Odd(nn.Module):
         self.rms = type("MyRMSNorm", (nn.Module,), {})()  # a custom norm class, with a 2-D weight
         self.rms.weight = nn.Parameter(torch.ones(1, 4))
         self.gain = nn.Parameter(torch.ones(4))  # a 1-D tensor with no telling name
+        self.proj = type("Normalizer", (nn.Module,), {})()  # a class name containing, not ending in, Norm
+        self.proj.weight = nn.Parameter(torch.ones(4, 4))
         self.frozen = nn.Linear(4, 4).requires_grad_(False)
 
 
@@ -61,9 +63,9 @@ def test_decisions_follow_module_type_and_ndim_not_names():
     groups = PG.build(model, lr=1.0, weight_decay=0.5, verbose=False)
     wd = {n: g["weight_decay"] for n, g in by_name(groups).items()}
     assert wd == {"normalizer.weight": 0.5, "normalizer.bias": 0.0, "foo.weight": 0.0, "foo.bias": 0.0,
-                  "table.weight": 0.0, "rms.weight": 0.0, "gain": 0.0}  # frozen.* is in no group
+                  "table.weight": 0.0, "rms.weight": 0.0, "gain": 0.0, "proj.weight": 0.5}  # frozen.*: no group
     assert PG.build(model, 1.0, 0.5, decay_embeddings=True, verbose=False)[-1]["param_names"] == \
-        ["normalizer.weight", "table.weight"]
+        ["normalizer.weight", "table.weight", "proj.weight"]
 
 
 def test_layer_decay_by_depth_and_module_overrides():

@@ -29,8 +29,9 @@ NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalRes
 
 
 def _is_norm(module: nn.Module) -> bool:
-    # custom norms (LlamaRMSNorm, ...) do not subclass torch's: accept the class name too
-    return isinstance(module, NORMS) or re.search(r"norm", type(module).__name__, re.I) is not None
+    # custom norms (LlamaRMSNorm, T5LayerNorm, timm's LayerNorm2d) do not subclass torch's: accept a class
+    # name ending in Norm (not merely containing it: a 'Normalizer' may well be a projection)
+    return isinstance(module, NORMS) or re.search(r"Norm(\d*d)?$", type(module).__name__) is not None
 
 
 def _matches(name: str, pattern: str) -> bool:
