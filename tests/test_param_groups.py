@@ -112,7 +112,7 @@ def test_overlapping_or_unknown_overrides_raise():
 
 def test_check_catches_the_seed_layerwise_recipe_dropping_parameters():
     model = TinyLM()
-    # the seed's configure_layerwise_lr_decay: groups only what matches "layers.{i}." / "layer.{i}." -- here "blocks.{i}."
+    # the seed's configure_layerwise_lr_decay groups only names with "layer.{i}." -- here "blocks.{i}."
     seed_groups = [{"params": [p for n, p in model.named_parameters() if f"blocks.{i}." in n]} for i in range(3)]
     with pytest.raises(ValueError, match=r"dropped \(never trained\): pos, embed.weight, norm.weight, norm.bias, "
                                          r"head.weight"):

@@ -40,7 +40,8 @@ def test_warmup_cosine_is_the_seed_recipe():
 def test_cosine_and_floor_boundaries():
     assert S.cosine(10)(0) == 1.0 and S.cosine(10)(10) == 0.0 and S.cosine(10)(5) == pytest.approx(0.5)
     c = S.cosine(10, floor=0.2)
-    assert c(0) == 1.0 and c(10) == pytest.approx(0.2) and c(5) == pytest.approx(0.6) and c(11) == pytest.approx(0.2)
+    assert c(0) == 1.0 and c(5) == pytest.approx(0.6)
+    assert c(10) == pytest.approx(0.2) and c(11) == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize("shape,mid", [("linear", 0.5), ("cosine", 0.5), ("1-sqrt", 1 - math.sqrt(0.5))])
@@ -242,7 +243,8 @@ def test_loading_sets_the_lr_even_without_the_optimizer_state():
     fresh = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     again = S.attach(fresh, S.cosine(10))
     again.load_state_dict(state)
-    assert fresh.param_groups[0]["lr"] == pytest.approx(S.cosine(10)(4)) and again.get_last_lr() == [S.cosine(10)(4)]
+    assert fresh.param_groups[0]["lr"] == pytest.approx(S.cosine(10)(4))
+    assert again.get_last_lr() == [S.cosine(10)(4)]
     other = S.attach(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), S.cosine(20))
     with pytest.warns(UserWarning, match="checkpoint was saved with"):
         other.load_state_dict(state)

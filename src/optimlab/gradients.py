@@ -272,8 +272,8 @@ class GradNormMonitor:
         if not self.norms:
             return "GradNormMonitor: nothing recorded yet"
         finite = [x for x in self.norms if math.isfinite(x)] or [math.nan]
-        lines = [f"GradNormMonitor: {len(self.norms)} updates recorded"
-                 + (f", clipped to max_norm={self.max_norm:g} at {len(self.clipped)} of them" if self.max_norm else ""),
+        clipped = f", clipped to max_norm={self.max_norm:g} at {len(self.clipped)} of them" if self.max_norm else ""
+        lines = [f"GradNormMonitor: {len(self.norms)} updates recorded{clipped}",
                  f"global grad norm  first {self.norms[0]:.4g}  median {statistics.median(finite):.4g}  "
                  f"min {min(finite):.4g}  max {max(finite):.4g}  last {self.norms[-1]:.4g}"]
         width = max(8, *map(len, self.group_names))

@@ -75,8 +75,8 @@ def find_blocks(model: nn.Module) -> str:
             if len(kids) >= 2 and n > size:
                 best, size = path, n
     if best is None:
-        raise ValueError("no ModuleList/Sequential with two or more parameterised blocks found; pass blocks='path' "
-                         "(e.g. 'encoder.layers') or blocks=callable(name) -> depth")
+        raise ValueError("no ModuleList/Sequential with two or more parameterised blocks found; pass "
+                         "blocks='path' (e.g. 'encoder.layers') or blocks=callable(name) -> depth")
     return best
 
 
@@ -195,7 +195,8 @@ def summary(groups: list[dict], model: nn.Module | None = None, reasons=None, bl
              ", ".join(f"{k} {v}" for k, v in why.items()))
             for i, (g, why) in enumerate(zip(groups, reasons))]
     w = max([5, *(len(r[0]) for r in rows)])
-    lines = [f"{'group':<{w}}  {'tensors':>7}  {'params':>9}  {'lr scale':>8}  {'lr':>9}  {'wd':>6}  no decay because"]
+    lines = [f"{'group':<{w}}  {'tensors':>7}  {'params':>9}  {'lr scale':>8}  {'lr':>9}  {'wd':>6}"
+             "  no decay because"]
     for name, k, n, f, lr, wd, why in rows:
         lr_text = f"{lr:9.3g}" if isinstance(lr, (int, float)) else f"{'-':>9}"
         lines.append(f"{name:<{w}}  {k:>7}  {n:>9,}  {f:>8.4g}  {lr_text}  {wd:>6g}  {why}")
@@ -207,7 +208,8 @@ def summary(groups: list[dict], model: nn.Module | None = None, reasons=None, bl
             lines.append(f"frozen (requires_grad=False, in no group): {len(frozen)} tensors")
     if blocks is not None:
         lines.append(f"layer decay over the blocks of {blocks!r}" if isinstance(blocks, str) and blocks
-                     else "layer decay over the model's own children" if blocks == "" else "layer decay by callable")
+                     else "layer decay over the model's own children" if blocks == ""
+                     else "layer decay by callable")
     if head:
         lines.append(f"head kept out of the matrix groups: {head!r}")
     return "\n".join(lines)

@@ -103,7 +103,8 @@ def table(schedule, ts, values, lr, kind) -> None:
     steps = ts[-1]
     rows = sorted(set(schedule.key_steps(steps)) | {round(i * steps / 10) for i in range(11)})
     print(f"{schedule!r}")
-    print(f"t = optimizer updates taken, 0..{steps}; value = {kind}" + (f", lr = {lr:g} * multiplier" if lr else ""))
+    print(f"t = optimizer updates taken, 0..{steps}; value = {kind}"
+          + (f", lr = {lr:g} * multiplier" if lr else ""))
     print(f"{'t':>8}  {kind:>12}" + (f"  {'lr':>12}" if lr and kind != 'momentum' else ""))
     marks = set(schedule.key_steps(steps))
     for t in rows:

@@ -50,7 +50,8 @@ def whole(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
-def real(name: str, value, low: float = -math.inf, high: float = math.inf, low_open=False, high_open=False) -> float:
+def real(name: str, value, low: float = -math.inf, high: float = math.inf,
+         low_open: bool = False, high_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if value < low or value > high or (low_open and value == low) or (high_open and value == high):
@@ -213,7 +214,8 @@ class Warmup(Schedule):
 
     def key_steps(self, until):
         w = self.warmup_steps
-        return sorted({0, min(w, until)} | {w + m for m in self.schedule.key_steps(max(until - w, 0)) if w + m <= until})
+        inner = self.schedule.key_steps(max(until - w, 0))
+        return sorted({0, min(w, until)} | {w + m for m in inner if w + m <= until})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -86,7 +86,8 @@ class OneCycle(_OneCycleBase):
         low = initial / self.final_div_factor
         points = ([(initial, 1.0), (1.0, initial), (initial, low)] if self.three_phase
                   else [(initial, 1.0), (1.0, low)])
-        return _anneal_phases(t, _phase_ends(self.total_steps, self.pct_start, self.three_phase), points, self.anneal)
+        ends = _phase_ends(self.total_steps, self.pct_start, self.three_phase)
+        return _anneal_phases(t, ends, points, self.anneal)
 
 
 @register("one_cycle_momentum")
@@ -110,7 +111,8 @@ class OneCycleMomentum(_OneCycleBase):
     def value(self, t):
         lo, hi = self.low, self.high
         points = [(hi, lo), (lo, hi), (hi, hi)] if self.three_phase else [(hi, lo), (lo, hi)]
-        return _anneal_phases(t, _phase_ends(self.total_steps, self.pct_start, self.three_phase), points, self.anneal)
+        ends = _phase_ends(self.total_steps, self.pct_start, self.three_phase)
+        return _anneal_phases(t, ends, points, self.anneal)
 
 
 MODES = ("triangular", "triangular2", "exp_range")

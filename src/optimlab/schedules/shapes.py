@@ -86,7 +86,8 @@ class WSD(Schedule):
         decay = round(0.2 * total) if self.decay_steps is None else self.decay_steps
         decay, warm = whole("decay_steps", decay), whole("warmup_steps", self.warmup_steps, 0)
         if warm + decay > total:
-            raise ValueError(f"warmup_steps + decay_steps ({warm} + {decay}) must not exceed total_steps ({total})")
+            raise ValueError(f"warmup_steps + decay_steps ({warm} + {decay}) "
+                             f"must not exceed total_steps ({total})")
         self._set(total_steps=total, warmup_steps=warm, decay_steps=decay,
                   shape=choice("shape", self.shape, tuple(COOLDOWNS)), floor=real("floor", self.floor, 0.0, 1.0))
 
@@ -257,7 +258,8 @@ class CosineRestarts(Schedule):
 
     def __post_init__(self):
         self._set(period=whole("period", self.period), mult=whole("mult", self.mult),
-                  floor=real("floor", self.floor, 0.0, 1.0), decay=real("decay", self.decay, 0.0, 1.0, low_open=True))
+                  floor=real("floor", self.floor, 0.0, 1.0),
+                  decay=real("decay", self.decay, 0.0, 1.0, low_open=True))
 
     def _cycle(self, t):  # (cycle index, updates since its start, its length)
         if self.mult == 1:
