@@ -107,6 +107,14 @@ def test_explicit_hyperparameters_win_over_the_landscape_and_presets_over_it_too
     np.testing.assert_allclose(r["adam:lr=0.01"].positions[1], [0.99, 0.99], atol=1e-8)
 
 
+def test_an_explicit_path_is_honoured_and_agrees_with_the_plain_one():
+    # races default to path="tensor" (two numbers: no kernel overhead); an explicit path is honoured
+    r = race("canyon", "adam,adam:path=foreach,momentum,momentum:path=foreach", steps=50)
+    assert r.runs[1].settings == "lr=0.1, path=foreach"
+    np.testing.assert_array_equal(r.runs[0].positions, r.runs[1].positions)
+    np.testing.assert_array_equal(r.runs[2].positions, r.runs[3].positions)
+
+
 def test_user_classes_and_factories_race_too():
     r = race("canyon", {"torch SGD": torch.optim.SGD, "torch Adam": torch.optim.Adam,
                         "slow": lambda params: torch.optim.SGD(params, lr=0.001), "ours": "adam"}, steps=30)

@@ -146,7 +146,7 @@ def _from_text(text: str, landscape) -> tuple[str, str, Callable]:
     # two numbers: the plain path (the rule as written) beats a kernel call; the core tests that paths agree
     hyper.setdefault("path", "tensor")
     shown = {**spec.preset, **hyper}
-    settings = ", ".join(f"{k}={_fmt_value(v)}" for k, v in shown.items() if k != "path")
+    settings = ", ".join(f"{k}={_fmt_value(v)}" for k, v in shown.items() if k != "path" or "path" in given)
     return text.strip(), settings, lambda params: spec.create(params, **hyper)
 
 
