@@ -32,26 +32,34 @@ def col_zeros(θ, h):
     return torch.zeros_like(as_matrix(θ, h)[..., :1, :])
 
 
+def rms(x) -> float:
+    return float(torch.linalg.vector_norm(x)) / x.numel() ** 0.5
+
+
+def mean_square(G, dim: int):
+    """Mean of G² along dim, without materialising G²."""
+    return torch.linalg.vector_norm(G, dim=dim, keepdim=True).square_() / G.shape[dim]
+
+
 @rule(state={"R": State("row_var", when=factored, init=row_zeros), "C": State("col_var", when=factored, init=col_zeros),
              "V": State("variance", when=lambda θ: not factored(θ))},
       scalars=relative_step, traceable=False)
 def adafactor(h, θ, g, R, C, V):
     """Adafactor (Shazeer & Stern 2018, Alg. 4–5 without momentum), as torch.optim.Adafactor."""
     eps1 = torch.finfo(θ.dtype).eps if h.eps1 is None else h.eps1
-    α = max(h.eps2, float(θ.norm() / θ.numel() ** 0.5)) * h.rho  # relative step: scaled by RMS(θ)
-    θ = θ * (1 - h.lr * h.weight_decay)
+    α = max(h.eps2, rms(θ)) * h.rho  # relative step: scaled by RMS(θ)
     if V is None:  # a matrix: keep row and column means of g², O(n + m) instead of O(nm)
-        G2 = as_matrix(g, h) * as_matrix(g, h)
-        R = h.beta2_t * R + (1 - h.beta2_t) * G2.mean(dim=-1, keepdim=True)
-        C = h.beta2_t * C + (1 - h.beta2_t) * G2.mean(dim=-2, keepdim=True)
-        v_hat = (R @ C) / R.mean(dim=-2, keepdim=True).clamp(min=eps1)  # rank-1 estimate of E[g²]
+        G = as_matrix(g, h)
+        R = h.beta2_t * R + (1 - h.beta2_t) * mean_square(G, -1)
+        C = h.beta2_t * C + (1 - h.beta2_t) * mean_square(G, -2)
+        v_hat = (R / R.mean(dim=-2, keepdim=True).clamp(min=eps1)) @ C  # rank-1 estimate of E[g²]
         v_hat = v_hat.reshape(g.shape)
     else:
         V = h.beta2_t * V + (1 - h.beta2_t) * g * g
         v_hat = V
-    U = g * torch.rsqrt(v_hat.clamp(min=eps1 * eps1))
-    U = U / max(1.0, float(U.norm() / U.numel() ** 0.5) / h.d)  # clip the update's RMS at d
-    θ = θ - α * U
+    U = v_hat.clamp(min=eps1 * eps1).rsqrt_().mul_(g)  # U = g/√v̂ (in place on the clamp's temporary)
+    U *= α / max(1.0, rms(U) / h.d)  # clip the update's RMS at d, then take the relative step
+    θ = θ * (1 - h.lr * h.weight_decay) - U
     return θ, R, C, V
 
 
