@@ -149,6 +149,8 @@ def test_instances_and_bad_arguments_are_refused():
         race("canyon", "sgd", steps=0)
     with pytest.raises(ValueError, match="unknown landscape"):
         race("valley", "sgd")
+    with pytest.raises(ValueError, match="a list or a dict"):
+        race("canyon", 42)
 
 
 def test_divergence_stops_the_run_at_the_predicted_step():

@@ -179,6 +179,8 @@ def _entries(optimizers) -> list[tuple[str | None, object]]:
         return list(optimizers.items())
     if isinstance(optimizers, type) or callable(optimizers):
         return [(None, optimizers)]
+    if not isinstance(optimizers, (list, tuple)):
+        raise ValueError(f"optimizers: a text such as 'sgd,momentum,adam', a list or a dict; got {optimizers!r}")
     entries = []
     for item in optimizers:
         entries += [(None, t) for t in split_optimizers(item)] if isinstance(item, str) else [(None, item)]
@@ -231,7 +233,8 @@ def race(landscape, optimizers, steps: int | None = None, start=None, noise: flo
     steps = L.steps if steps is None else steps
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a whole number ≥ 1, got {steps!r}")
-    start = tuple(float(v) for v in (L.start if start is None else start))
+    start = L.start if start is None else (start,) if isinstance(start, (int, float)) else start
+    start = tuple(float(v) for v in start)
     if len(start) != L.dim:
         raise ValueError(f"{L.name} is {L.dim}-D: start needs {L.dim} number(s), got {start}")
     multiplier = _schedule(schedule, L)
