@@ -294,13 +294,10 @@ class GradNormMonitor:
     def plot(self, path: str | None = None):
         """Global and per-group norms (log scale) with flagged steps, and the update ratios; saved to
         `path` if given. Returns the matplotlib Figure."""
-        import matplotlib
+        from matplotlib.figure import Figure  # no pyplot: the caller's backend (a notebook's) is left alone
 
-        if path is not None:
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5.5), dpi=110, sharex=True)
+        fig = Figure(figsize=(8, 5.5), dpi=110)
+        top, bottom = fig.subplots(2, 1, sharex=True)
         for i, name in enumerate(self.group_names if len(self.group_names) > 1 else []):
             top.plot(self.steps, [n[i] for n in self.group_norms], lw=0.8, alpha=0.7, label=f"group {name}")
         top.plot(self.steps, self.norms, color="k", lw=1.4, label="global")
@@ -325,5 +322,4 @@ class GradNormMonitor:
         fig.tight_layout()
         if path is not None:
             fig.savefig(path)
-            plt.close(fig)
         return fig

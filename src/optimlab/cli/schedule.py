@@ -124,13 +124,11 @@ def sparkline(values, width: int = 60) -> str:
 
 
 def plot(schedule, ts, values, lr, kind, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot, no GUI backend needed
 
     ys = [lr * v for v in values] if lr and kind != "momentum" else values
-    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=120)
+    fig = Figure(figsize=(7, 3.2), dpi=120)
+    ax = fig.subplots()
     ax.plot(ts, ys, lw=1.8)
     for t in schedule.key_steps(ts[-1]):
         if 0 < t < ts[-1]:
@@ -141,4 +139,3 @@ def plot(schedule, ts, values, lr, kind, path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
