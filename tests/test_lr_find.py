@@ -106,7 +106,8 @@ def test_ramp_is_geometric_and_keeps_group_ratios():
 
     result = lr_find(nn.ParameterList([w_head, w_body]), optimizer, loss, start_lr=1e-4, end_lr=1e2, steps=7)
     assert result.stop == "completed" and len(result.lrs) == 7
-    np.testing.assert_allclose(result.lrs, [1e-4, 1e-3, 1e-2, 1e-1, 1, 10, 100], rtol=1e-12)  # by hand: ×10 a step
+    by_hand = [1e-4, 1e-3, 1e-2, 1e-1, 1, 10, 100]  # ×10 an update
+    np.testing.assert_allclose(result.lrs, by_hand, rtol=1e-12)
     np.testing.assert_allclose([s[0] for s in seen], result.lrs, rtol=1e-12)
     np.testing.assert_allclose([s[1] for s in seen], np.array(result.lrs) * 0.1, rtol=1e-12)
     assert [g["lr"] for g in optimizer.param_groups] == [1.0, 0.1]  # restored
@@ -114,7 +115,8 @@ def test_ramp_is_geometric_and_keeps_group_ratios():
 
 def test_smoothing_is_a_bias_corrected_average():
     model, loss = constant_losses([2.0, 4.0, 1.0])
-    result = lr_find(model, torch.optim.SGD(model.parameters(), lr=1), loss, steps=3, smoothing=0.5, diverge=100)
+    sgd = torch.optim.SGD(model.parameters(), lr=1)
+    result = lr_find(model, sgd, loss, steps=3, smoothing=0.5, diverge=100)
     # by hand, a = 0.5 a + 0.5 x, corrected by 1 − 0.5^t: a1 = 1 → 2; a2 = 2.5 → 3.333…; a3 = 1.75 → 2
     np.testing.assert_allclose(result.smoothed, [2.0, 2.5 / 0.75, 1.75 / 0.875])
     assert result.losses == [2.0, 4.0, 1.0]
@@ -126,7 +128,8 @@ def test_stops_when_the_smoothed_loss_exceeds_diverge_times_its_best():
     result = lr_find(model, torch.optim.SGD(model.parameters(), lr=1), loss, steps=7, smoothing=1.0)
     assert result.stop == "diverged" and result.losses == values[:5]  # 4.125 > 4 × 1.0; 3.875 is not
     model, loss = constant_losses(values)
-    result = lr_find(model, torch.optim.SGD(model.parameters(), lr=1), loss, steps=7, smoothing=1.0, diverge=5)
+    sgd = torch.optim.SGD(model.parameters(), lr=1)
+    result = lr_find(model, sgd, loss, steps=7, smoothing=1.0, diverge=5)
     assert result.stop == "completed" and len(result.losses) == 7
 
 
@@ -153,7 +156,8 @@ def test_suggestions_on_a_curve_with_known_answers():
 def test_valley_ignores_a_flat_noisy_start_and_anything_after_the_minimum():
     rng = np.random.default_rng(0)
     lrs = list(np.logspace(-7, 1, 81))
-    curve = np.concatenate([2.3 + 0.01 * rng.standard_normal(50), np.linspace(2.2, 0.7, 20), np.linspace(1, 9, 11)])
+    flat = 2.3 + 0.01 * rng.standard_normal(50)
+    curve = np.concatenate([flat, np.linspace(2.2, 0.7, 20), np.linspace(1, 9, 11)])
     picks = suggest(lrs, list(curve))
     assert 50 <= picks["valley"].index <= 69  # inside the falling stretch, not in the noise before it
     assert 50 <= picks["steepest"].index <= 69 and picks["minimum/10"].index == 69
@@ -180,8 +184,8 @@ def test_batches_and_a_criterion_instead_of_a_loss_function():
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(16, 4, generator=g), torch.randn(16, 1, generator=g)) for _ in range(3)]
     model = nn.Linear(4, 1)
-    result = lr_find(model, optimlab.create("adam", model.parameters()), batch_loss(model, batches, nn.MSELoss()),
-                     steps=10, diverge=1e9)
+    loss = batch_loss(model, batches, nn.MSELoss())
+    result = lr_find(model, optimlab.create("adam", model.parameters()), loss, steps=10, diverge=1e9)
     assert result.stop == "completed" and len(result.losses) == 10
     assert result.losses[0] == pytest.approx(nn.MSELoss()(model(batches[0][0]), batches[0][1]).item())
 

@@ -48,7 +48,8 @@ def test_seed_70b_times_16_bytes_is_the_total_not_the_optimizer_state():
 def test_seed_7b_fp32_adam_total_includes_gradients():
     """Seed 003: weights 28 GB + Adam states 56 GB = '84 GB minimum'. It leaves out the 28 GB of gradients."""
     p = plan(7e9, "adam", "fp32")
-    assert (p.parameters, p.gradients, p.optimizer_state - STEP, p.master_weights) == (28 * GB, 28 * GB, 56 * GB, 0)
+    parts = (p.parameters, p.gradients, p.optimizer_state - STEP, p.master_weights)
+    assert parts == (28 * GB, 28 * GB, 56 * GB, 0)
     assert p.total_bytes == 112 * GB + STEP
 
 
@@ -75,7 +76,8 @@ def test_lion_keeps_half_of_adams_state_not_a_third():
 
 def test_adafactor_factored_state_is_rows_plus_columns_not_a_buffer():
     """Seeds: '~4 bytes/param' (000) and '~1 buffer ... SVD' (003). Adafactor keeps a row and a column
-    mean of g² per matrix: (n + m) numbers, no SVD; the ~4 B/param of seed 000's ~8 total is the master copy."""
+    mean of g² per matrix: (n + m) numbers, no SVD; the ~4 B/param in seed 000's ~8 total is the master
+    copy."""
     p = plan([(4096, 4096)], "adafactor", "bf16-mixed")
     assert p.optimizer_state == (4096 + 4096) * 4 + STEP
     assert p.total_bytes / 4096**2 == pytest.approx(8.0, abs=0.01)  # 2 + 2 + ~0 + 4
@@ -91,7 +93,8 @@ def test_adafactor_factored_state_is_rows_plus_columns_not_a_buffer():
 ])
 def test_zero_stages_shard_what_deepspeed_shards(zero, divided):
     n = 8 * 10**9
-    whole = {"parameters": 2 * n, "gradients": 2 * n, "optimizer_state": 8 * n + STEP, "master_weights": 4 * n}
+    whole = {"parameters": 2 * n, "gradients": 2 * n, "optimizer_state": 8 * n + STEP,
+             "master_weights": 4 * n}
     p = plan(n, "adamw", "bf16-mixed", zero=zero, ranks=4)
     for component, size in whole.items():
         assert getattr(p, component) == (-(-size // 4) if component in divided else size), component
@@ -104,7 +107,7 @@ def test_zero_on_one_rank_changes_nothing():
 # --- the state each optimizer actually allocates -------------------------------------------------------
 
 class Mixed(nn.Module):
-    """Every shape the rules treat differently: a conv (4-D), a 3-D tensor, matrices, vectors, a frozen part."""
+    """Every shape the rules treat differently: a conv (4-D), a 3-D tensor, matrices, vectors, frozen ones."""
 
     def __init__(self, frozen=False):
         super().__init__()
@@ -138,11 +141,11 @@ def test_frozen_parameters_get_no_gradient_state_or_master():
 
 
 def test_a_meta_device_model_plans_like_a_real_one():
+    size = dict(d_model=64, nhead=4, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=128,
+                batch_first=True)
     with torch.device("meta"):
-        meta = nn.Transformer(d_model=64, nhead=4, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=128,
-                              batch_first=True)
-    real = nn.Transformer(d_model=64, nhead=4, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=128,
-                          batch_first=True)
+        meta = nn.Transformer(**size)
+    real = nn.Transformer(**size)
     assert plan(meta, "adafactor").whole == plan(real, "adafactor").whole
 
 
@@ -158,8 +161,8 @@ def test_published_parameter_counts():
 def test_transformer_shape_matches_real_torch_layers():
     """The GPT layout is torch's own: an embedding, nn.TransformerEncoderLayer blocks, a final LayerNorm."""
     h, layers, vocab = 32, 3, 50
-    real = nn.Sequential(nn.Embedding(vocab, h), *[nn.TransformerEncoderLayer(h, 4, 4 * h) for _ in range(layers)],
-                         nn.LayerNorm(h), nn.Linear(h, vocab, bias=False))
+    blocks = [nn.TransformerEncoderLayer(h, 4, 4 * h) for _ in range(layers)]
+    real = nn.Sequential(nn.Embedding(vocab, h), *blocks, nn.LayerNorm(h), nn.Linear(h, vocab, bias=False))
     shape = Transformer(layers, h, vocab, heads=4, tied=False)
     assert sorted(shape.shapes()) == sorted(tuple(p.shape) for p in real.parameters())
     assert plan(shape, "adafactor", "fp32").optimizer_state == measured_state_bytes(real, "adafactor", "fp32")
@@ -173,7 +176,8 @@ def test_activations_follow_korthikanti_et_al():
     assert plan(model, batch=b, seq=s, recompute="selective").activations == L * 34 * s * b * h
     assert plan(model, batch=b, seq=s, recompute="full").activations == L * 2 * s * b * h
     # fp32: every 2-byte activation doubles, the 1-byte dropout masks (2sbh + as²b) do not: 66sbh + 9as²b
-    assert plan(model, "adamw", "fp32", batch=b, seq=s).activations == L * (66 * s * b * h + 9 * a * s * s * b)
+    fp32 = plan(model, "adamw", "fp32", batch=b, seq=s)
+    assert fp32.activations == L * (66 * s * b * h + 9 * a * s * s * b)
     sharded = plan(model, zero=3, ranks=4, batch=b, seq=s)
     assert sharded.activations == sharded.whole["activations"]  # each rank keeps its own micro-batch's
 
@@ -235,11 +239,12 @@ def test_cli_json_is_per_rank_with_every_component(capsys):
 
 
 def test_cli_models_shapes_and_checks(capsys):
-    assert main(["memory", "--task", "digits", "--optimizer", "adafactor", "--precision", "fp32", "--check"]) == 0
+    args = ["memory", "--task", "digits", "--optimizer", "adafactor", "--precision", "fp32", "--check"]
+    assert main(args) == 0
     assert "matches the plan" in capsys.readouterr().out
     assert main(["memory", "--layers", "12", "--hidden", "768", "--vocab", "50257", "--positions", "1024",
                  "--precision", "fp32", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["parameter_count"] == 124_439_808
-    assert main(["memory", "--model", "torch.nn:Linear"]) == 2  # a factory that needs arguments: one clean line
+    assert main(["memory", "--model", "torch.nn:Linear"]) == 2  # a factory needing arguments: one clean line
     assert main(["memory", "--params", "13e9", "--ranks", "8"]) == 2
     assert "ZeRO stage 0 shard nothing" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
+from torch import Tensor
 
 RULES = {
     "steepest": "where the smoothed loss falls fastest per unit of log lr",
@@ -59,7 +60,7 @@ class LRFind:
         return "\n".join(rows)
 
     def plot(self, path=None, ax=None):
-        """Loss against lr (log axis), the suggestions marked. Writes `path` when given; returns the figure."""
+        """Loss against lr (log axis), suggestions marked. Writes `path` when given; returns the figure."""
         from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
 
         fig = ax.figure if ax is not None else Figure(figsize=(7, 4.2), layout="constrained")
@@ -83,7 +84,7 @@ class LRFind:
         return fig
 
 
-def lr_find(target, optimizer="adamw", loss: Callable[[int], torch.Tensor] | None = None, *,
+def lr_find(target, optimizer="adamw", loss: Callable[[int], Tensor] | None = None, *,
             start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100, smoothing: float = 0.05,
             diverge: float = 4.0) -> LRFind:
     """Run the range test and restore everything it touched.
@@ -103,11 +104,12 @@ def lr_find(target, optimizer="adamw", loss: Callable[[int], torch.Tensor] | Non
 
         optimizer = optimlab.create(optimizer, model.parameters())
     with _Restored(model, optimizer):
-        lrs, losses, smoothed, stop = _ramp(model, optimizer, loss, start_lr, end_lr, steps, smoothing, diverge)
+        lrs, losses, smoothed, stop = _ramp(model, optimizer, loss, start_lr, end_lr, steps, smoothing,
+                                            diverge)
     return LRFind(lrs, losses, smoothed, stop, suggest(lrs, smoothed))
 
 
-def batch_loss(model: torch.nn.Module, batches: Iterable, criterion: Callable) -> Callable[[int], torch.Tensor]:
+def batch_loss(model: torch.nn.Module, batches: Iterable, criterion: Callable) -> Callable[[int], Tensor]:
     """A `loss(step)` from (inputs, targets) batches, e.g. a DataLoader, cycled when exhausted."""
     stream = itertools.cycle(batches) if isinstance(batches, (list, tuple)) else _repeat(batches)
 
@@ -184,7 +186,7 @@ def _group_ratios(optimizer) -> list[float]:
     if base <= 0:
         if all(float(g["lr"]) == 0 for g in optimizer.param_groups):
             return [1.0] * len(optimizer.param_groups)
-        raise ValueError("the first parameter group has lr 0, so the other groups' lr ratios to it are undefined")
+        raise ValueError("the first parameter group has lr 0: the other groups' ratios to it are undefined")
     return [float(g["lr"]) / base for g in optimizer.param_groups]
 
 
@@ -212,7 +214,7 @@ class _Restored:
         return self
 
     def __exit__(self, *exc):
-        self.model.load_state_dict(self.weights)  # copies into the same tensors: the optimizer still holds them
+        self.model.load_state_dict(self.weights)  # copies into the same tensors, which the optimizer holds
         self.optimizer.load_state_dict(self.optimizer_state)
         for p, grad in self.grads:
             p.grad = grad
@@ -227,12 +229,13 @@ class _Restored:
 def _model_and_loss(target, loss):
     if isinstance(target, torch.nn.Module):
         if loss is None:
-            raise ValueError("lr_find(model, optimizer, loss): give loss(step) -> tensor, e.g. batch_loss(model, loader, "
-                             "criterion)")
+            raise ValueError("lr_find(model, optimizer, loss): give loss(step) -> tensor, e.g. "
+                             "batch_loss(model, loader, criterion)")
         return target, loss
     if hasattr(target, "model") and hasattr(target, "loss"):  # an optimlab.tasks Problem
         return target.model, loss or target.loss
-    raise ValueError(f"lr_find needs a torch.nn.Module or an optimlab.tasks Problem, got {type(target).__name__}")
+    raise ValueError(f"lr_find needs a torch.nn.Module or an optimlab.tasks Problem, "
+                     f"got {type(target).__name__}")
 
 
 def check_ramp(start_lr, end_lr, steps, smoothing, diverge) -> None:
@@ -244,7 +247,8 @@ def check_ramp(start_lr, end_lr, steps, smoothing, diverge) -> None:
     if not 0 < smoothing <= 1:
         raise ValueError(f"smoothing must be in (0, 1] (the weight of each new loss), got {smoothing}")
     if not diverge > 1:
-        raise ValueError(f"diverge must be > 1 (stop when the smoothed loss exceeds diverge × its best), got {diverge}")
+        raise ValueError(f"diverge must be > 1 (stop when the smoothed loss exceeds diverge × its best), "
+                         f"got {diverge}")
 
 
 def _repeat(batches: Iterable):
@@ -254,4 +258,5 @@ def _repeat(batches: Iterable):
             empty = False
             yield batch
         if empty:
-            raise ValueError("batch_loss: no batches (empty, or a one-pass iterator that ran out: pass a list or a DataLoader)")
+            raise ValueError("batch_loss: no batches (empty, or a one-pass iterator that ran out: "
+                             "pass a list or a DataLoader)")

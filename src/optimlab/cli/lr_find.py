@@ -6,14 +6,15 @@ import json
 
 
 def register(verbs) -> None:
-    p = verbs.add_parser("lr-find", help="LR range test (Smith 2017) on a built-in task: suggestions and a plot",
-                         description="Train a fresh model from optimlab.tasks for up to STEPS updates while the "
-                         "learning rate grows geometrically from START_LR to END_LR; stop when the smoothed loss "
-                         "exceeds DIVERGE times its best. Prints three suggestions (steepest descent of the smoothed "
-                         "loss, the middle of its longest valley, and the lr of its minimum divided by 10) and, "
-                         "with --out, writes the curve with the suggestions marked. The model and optimizer are "
-                         "restored afterwards; in Python: optimlab.lr_find.lr_find(model_or_problem, optimizer, "
-                         "loss). Runs single-threaded: tiny models are fastest that way.")
+    p = verbs.add_parser(
+        "lr-find", help="LR range test (Smith 2017) on a built-in task: suggestions and a plot",
+        description="Train a fresh model from optimlab.tasks for up to STEPS updates while the learning rate "
+        "grows geometrically from START_LR to END_LR; stop when the smoothed loss exceeds DIVERGE times its "
+        "best. Prints three suggestions (steepest descent of the smoothed loss, the middle of its longest "
+        "valley, and the lr of its minimum divided by 10) and, with --out, writes the curve with the "
+        "suggestions marked. The model and optimizer are restored afterwards; in Python: "
+        "optimlab.lr_find.lr_find(model_or_problem, optimizer, loss). Runs single-threaded: tiny models are "
+        "fastest that way.")
     p.add_argument("--optimizer", default="adamw",
                    help="registry name, preset or name:key=value,… e.g. 'sgd:momentum=0.9' (default adamw)")
     p.add_argument("--task", default="digits", help="an optimlab.tasks task (default digits)")
@@ -45,13 +46,13 @@ def run(args) -> int:
     if args.out:
         result.plot(args.out)
     if args.json:
-        print(json.dumps({"optimizer": args.optimizer, "task": args.task, "seed": args.seed, "stop": result.stop,
-                          "suggestions": result.suggestions, "lrs": result.lrs, "losses": result.losses,
-                          "smoothed": result.smoothed}, indent=2))
+        print(json.dumps({"optimizer": args.optimizer, "task": args.task, "seed": args.seed,
+                          "stop": result.stop, "suggestions": result.suggestions, "lrs": result.lrs,
+                          "losses": result.losses, "smoothed": result.smoothed}, indent=2))
         return 0
     low = result.picks["minimum/10"]
-    print(f"LR range test: {args.optimizer} on {args.task} (seed {args.seed}), lr {args.start_lr:g} → {args.end_lr:g} "
-          f"over at most {args.steps} updates")
+    print(f"LR range test: {args.optimizer} on {args.task} (seed {args.seed}), "
+          f"lr {args.start_lr:g} → {args.end_lr:g} over at most {args.steps} updates")
     print(f"{result.stop} after {len(result.lrs)} updates; lowest smoothed loss {low.loss:.4g} at lr "
           f"{result.lrs[low.index]:.3g}\n")
     print(result.table())

@@ -37,33 +37,39 @@ in 16-bit, less with --recompute selective or full.
 
 
 def register(verbs) -> None:
-    p = verbs.add_parser("memory", help="bytes for params, grads, optimizer state, master weights; ZeRO per rank",
+    p = verbs.add_parser("memory", help="bytes of params, grads, optimizer state, master weights; per rank",
                          description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_argument_group("the model (one of)")
     source.add_argument("--params", metavar="N", help="a parameter count: 13e9, 13B, 125M, 7_000_000_000")
     source.add_argument("--task", help="a model from optimlab.tasks (e.g. digits)")
     source.add_argument("--model", metavar="MODULE:FACTORY",
-                        help="a torch module built by a no-argument callable, e.g. torchvision.models:resnet50")
+                        help="a torch module built by a no-argument callable, "
+                        "e.g. torchvision.models:resnet50")
     source.add_argument("--layers", type=int, help="transformer layers")
     source.add_argument("--hidden", type=int, help="transformer hidden size h")
     source.add_argument("--vocab", type=int, help="vocabulary size")
     shape = p.add_argument_group("transformer options")
-    shape.add_argument("--heads", type=int, help="attention heads (needed for activations with --recompute none)")
+    shape.add_argument("--heads", type=int,
+                       help="attention heads (needed for activations with --recompute none)")
     shape.add_argument("--ffn", type=int, help="MLP width (default 4 × hidden)")
     shape.add_argument("--mlp", choices=("gelu", "swiglu"), default="gelu", help="MLP kind (default gelu)")
-    shape.add_argument("--no-bias", action="store_true", help="no biases, RMSNorm (Llama); default: GPT's biases")
+    shape.add_argument("--no-bias", action="store_true",
+                       help="no biases, RMSNorm (Llama); default: GPT's biases")
     shape.add_argument("--untied", action="store_true", help="a separate output projection (default: tied)")
     shape.add_argument("--positions", type=int, default=0, help="learned position embeddings (GPT-2: 1024)")
-    p.add_argument("--optimizer", default="adamw", help="registry name, preset or name:key=value,… (default adamw)")
+    p.add_argument("--optimizer", default="adamw",
+                   help="registry name, preset or name:key=value,… (default adamw)")
     p.add_argument("--precision", default="bf16-mixed",
                    help="fp32, bf16-mixed, fp16-mixed or bf16 (default bf16-mixed)")
     p.add_argument("--zero", type=int, default=0, help="ZeRO stage 0–3 (default 0: nothing sharded)")
-    p.add_argument("--ranks", type=int, default=1, help="data-parallel ranks the ZeRO stage shards over (default 1)")
+    p.add_argument("--ranks", type=int, default=1,
+                   help="data-parallel ranks the ZeRO stage shards over (default 1)")
     p.add_argument("--batch", type=int, help="micro-batch per rank, for activations (with --seq)")
     p.add_argument("--seq", type=int, help="sequence length, for activations (with --batch)")
     p.add_argument("--recompute", default="none", help="activation recomputation: none, selective or full")
     p.add_argument("--check", action="store_true",
-                   help="with --task or --model: run one real step and compare the state it allocates (small models)")
+                   help="with --task or --model: run one real step and compare the state it allocates "
+                   "(small models)")
     p.add_argument("--json", action="store_true", help="print a JSON object (total_bytes is per rank)")
     p.set_defaults(run=run)
 
@@ -81,8 +87,8 @@ def run(args) -> int:
         print(result.table())
         if check:
             verdict = "matches the plan" if check["matches"] else "DIFFERS from the plan"
-            print(f"check: one real {args.optimizer} step allocated {check['measured_bytes']:,} bytes of optimizer "
-                  f"state (plan: {check['planned_bytes']:,}): {verdict}")
+            print(f"check: one real {args.optimizer} step allocated {check['measured_bytes']:,} bytes of "
+                  f"optimizer state (plan: {check['planned_bytes']:,}): {verdict}")
     return 0 if check is None or check["matches"] else 1
 
 
@@ -105,11 +111,13 @@ def _model(args):
     from optimlab.memory import Transformer
 
     shape = [args.layers, args.hidden, args.vocab]
-    given = [name for name, value in (("--params", args.params), ("--task", args.task), ("--model", args.model),
-                                      ("a transformer shape", any(v is not None for v in shape))) if value]
+    sources = (("--params", args.params), ("--task", args.task), ("--model", args.model),
+               ("a transformer shape", any(v is not None for v in shape)))
+    given = [name for name, value in sources if value]
     if len(given) != 1:
-        raise ValueError("give exactly one model: --params N, --task NAME, --model MODULE:FACTORY, or --layers, "
-                         "--hidden and --vocab" + (f" (got {' and '.join(given)})" if given else ""))
+        got = f" (got {' and '.join(given)})" if given else ""
+        raise ValueError("give exactly one model: --params N, --task NAME, --model MODULE:FACTORY, or "
+                         f"--layers, --hidden and --vocab{got}")
     if args.check and (args.params is not None or args.layers or args.hidden or args.vocab):
         raise ValueError("--check needs a real model (--task or --model), not a count or a shape")
     if args.params is not None:
@@ -127,7 +135,8 @@ def _model(args):
             with torch.device("meta"):  # shapes only: a 70B model costs nothing to plan
                 model = factory()
         except TypeError as err:
-            raise ValueError(f"--model {args.model}: {err} (the factory is called with no arguments)") from None
+            raise ValueError(f"--model {args.model}: {err} (the factory is called with no arguments)") \
+                from None
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"--model {args.model} built a {type(model).__name__}, not a torch.nn.Module")
         return model, factory
@@ -140,7 +149,8 @@ def _model(args):
 def _factory(text: str):
     module, _, name = text.partition(":")
     if not module or not name:
-        raise ValueError(f"--model: expected MODULE:FACTORY such as torchvision.models:resnet50, got {text!r}")
+        raise ValueError(f"--model: expected MODULE:FACTORY such as torchvision.models:resnet50, "
+                         f"got {text!r}")
     try:
         factory = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as err:

@@ -17,5 +17,5 @@ from .precision import PRECISIONS, Precision, recipe
 from .report import format_bytes
 from .transformer import RECOMPUTE, Transformer
 
-__all__ = ["plan", "Plan", "Transformer", "measured_state_bytes", "parameter_shapes", "PRECISIONS", "Precision",
-           "recipe", "format_bytes", "COMPONENTS", "SHARDED_FROM", "RECOMPUTE"]
+__all__ = ["plan", "Plan", "Transformer", "measured_state_bytes", "parameter_shapes", "PRECISIONS",
+           "Precision", "recipe", "format_bytes", "COMPONENTS", "SHARDED_FROM", "RECOMPUTE"]

@@ -46,11 +46,13 @@ class Plan:
         raise AttributeError(name)
 
     def as_dict(self) -> dict:
-        return {"optimizer": self.optimizer, "precision": self.precision, "zero": self.zero, "ranks": self.ranks,
+        return {"optimizer": self.optimizer, "precision": self.precision, "zero": self.zero,
+                "ranks": self.ranks,
                 "parameter_count": self.parameter_count, "trainable_count": self.trainable_count,
                 "tensors": self.tensors, "per_rank": self.ranks > 1,
                 **{f"{c}_bytes": self.per_rank[c] for c in COMPONENTS}, "total_bytes": self.total_bytes,
-                "whole_model": {**{f"{c}_bytes": self.whole[c] for c in COMPONENTS}, "total_bytes": self.whole_bytes},
+                "whole_model": {**{f"{c}_bytes": self.whole[c] for c in COMPONENTS},
+                                "total_bytes": self.whole_bytes},
                 "bytes_per_parameter": {c: self.whole[c] / self.parameter_count for c in COMPONENTS},
                 "notes": list(self.notes)}
 
@@ -97,15 +99,16 @@ def plan(model, optimizer: str = "adamw", precision: str = "bf16-mixed", *, zero
     }
     per_rank = {c: -(-b // ranks) if zero >= SHARDED_FROM.get(c, 4) else b for c, b in whole.items()}
     if "factored" in spec.capabilities and not isinstance(model, (torch.nn.Module, Transformer, list, tuple)):
-        notes.append(f"{spec.name} factors matrices, but a bare count has no shapes: its state is counted as for "
-                     "one flat vector (an upper bound); give a model or a transformer shape")
+        notes.append(f"{spec.name} factors matrices, but a bare count has no shapes: its state is counted "
+                     "as for one flat vector (an upper bound); give a model or a transformer shape")
     if zero and ranks == 1:
         notes.append(f"ZeRO-{zero} on one rank shards nothing: give the number of ranks")
     if batch is None:
         notes.append("activations not included (give batch and seq with a transformer shape)")
     else:
-        notes.append(f"activations: one micro-batch of {batch} × {seq} tokens, recompute={recompute}, kept by each "
-                     "rank (Korthikanti et al. 2022; embedding and logit activations not counted)")
+        notes.append(f"activations: one micro-batch of {batch} × {seq} tokens, recompute={recompute}, "
+                     "kept by each rank (Korthikanti et al. 2022; embedding and logit activations not "
+                     "counted)")
     return Plan(optimizer, recipe.name, zero, ranks, count, trainable_count, len(shapes), whole, per_rank,
                 tuple(notes))
 
@@ -164,4 +167,5 @@ def measured_state_bytes(model: torch.nn.Module, optimizer: str = "adamw", preci
         p.grad = torch.full_like(p, 1e-3)
     opt = optimlab.create(optimizer, params)
     opt.step()
-    return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+    tensors = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
+    return sum(t.numel() * t.element_size() for t in tensors)

@@ -28,8 +28,10 @@ def table(plan) -> str:
         return f"{_amount(n, DECIMAL):>11} {_amount(n, BINARY):>12}"
 
     sharded = plan.zero > 0
-    head = f"{'':<16} {'B/param':>8}  {'whole model':^23}"
-    lines = [_title(plan), "", head + (f"  {f'per rank (ZeRO-{plan.zero}, {plan.ranks} ranks)':^23}" if sharded else "")]
+    head = f"{'':<16} {'B/param':>8}  {'whole model':^24}"
+    if sharded:
+        head += f"  {f'per rank (ZeRO-{plan.zero}, {plan.ranks} ranks)':^24}"
+    lines = [_title(plan), "", head]
     for c in COMPONENTS:
         if c == "activations" and not plan.whole[c]:
             continue

@@ -51,7 +51,8 @@ class Transformer:
         def linear(out_features, in_features):
             return [(out_features, in_features)] + ([(out_features,)] if self.bias else [])
 
-        mlp = linear(f, h) + linear(h, f) if self.mlp == "gelu" else linear(f, h) + linear(f, h) + linear(h, f)
+        up = linear(f, h) if self.mlp == "gelu" else linear(f, h) + linear(f, h)  # SwiGLU: gate and up
+        mlp = up + linear(h, f)
         layer = norm + linear(3 * h, h) + linear(h, h) + norm + mlp
         embeddings = [(self.vocab, h)] + ([(self.positions, h)] if self.positions else [])
         head = [] if self.tied else [(self.vocab, h)]
@@ -81,7 +82,7 @@ class Transformer:
         per_layer = (5 * e + 1) * s * b * h + 2 * e * s * b * h + mlp
         if recompute == "none":
             if self.heads is None:
-                raise ValueError("activations without recomputation need the number of attention heads (heads=…, "
-                                 "--heads): the attention scores take a·s² per sequence")
+                raise ValueError("activations without recomputation need the number of attention heads "
+                                 "(heads=…, --heads): the attention scores take a·s² per sequence")
             per_layer += (2 * e + 1) * self.heads * s * s * b
         return self.layers * per_layer
