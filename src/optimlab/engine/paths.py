@@ -34,26 +34,23 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def static_key(h: SimpleNamespace) -> tuple:
-    """What a traced graph depends on: every entry of h that is not a number."""
-    return tuple(sorted((k, v) for k, v in vars(h).items() if not _is_number(v)))
+    """What a traced graph depends on: every entry of h that is not a number (bool is not a number here)."""
+    return tuple(sorted((k, v) for k, v in vars(h).items() if type(v) not in (int, float)))
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def graph_of(rule: Rule, h: SimpleNamespace) -> Graph:
-    key = (rule.name, static_key(h))
+def graph_of(rule: Rule, h: SimpleNamespace, static: tuple | None = None) -> Graph:
+    key = (rule.name, static_key(h) if static is None else static)
     if key not in _graphs:
         _graphs[key] = trace(rule, h, list(rule.kept(h)))
     return _graphs[key]
 
 
-def kernel_of(rule: Rule, h: SimpleNamespace, dtype: torch.dtype) -> native.Kernel:
-    key = (rule.name, static_key(h), dtype)
+def kernel_of(rule: Rule, h: SimpleNamespace, dtype: torch.dtype, static: tuple | None = None) -> native.Kernel:
+    static = static_key(h) if static is None else static
+    key = (rule.name, static, dtype)
     if key not in _kernels:
-        graph = graph_of(rule, h)
-        flags = ", ".join(f"{k}={v}" for k, v in static_key(h) if isinstance(v, bool))
+        graph = graph_of(rule, h, static)
+        flags = ", ".join(f"{k}={v}" for k, v in static if isinstance(v, bool))
         source = cgen.generate(graph, dtype, title=f"{rule.name}({flags})")
         _kernels[key] = native.Kernel(source, len(graph.arrays), graph.scalars)
     return _kernels[key]
@@ -216,7 +213,8 @@ def _scalar_arg(a):
 
 
 def run_fused(rule: Rule, h, params, grads, states) -> None:
-    kernel = kernel_of(rule, h, params[0].dtype)
-    graph = graph_of(rule, h)
+    static = static_key(h)
+    kernel = kernel_of(rule, h, params[0].dtype, static)
+    graph = graph_of(rule, h, static)
     arrays = {"θ": params, "g": [g.contiguous() for g in grads], **states}
     kernel([arrays[name] for name in graph.arrays], h)
