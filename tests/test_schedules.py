@@ -222,9 +222,6 @@ def test_resume_gives_the_same_lrs_and_weights(kind):
     model2, opt2, sched2 = make_run(kind)
     model2.load_state_dict(ckpt["model"])
     opt2.load_state_dict(ckpt["opt"])
-    # Core bug, reported: torch's Optimizer.__setstate__ adds defaults["differentiable"], which
-    # RuleOptimizer.hyper() then looks up in the group (KeyError). Not a schedule matter; undo it here.
-    opt2.defaults.pop("differentiable", None) if kind == "optimlab" else None
     sched2.load_state_dict(ckpt["sched"])
     assert sched2.last_epoch == 12
     train(model2, opt2, sched2, 12, 30, resumed)
