@@ -1,4 +1,4 @@
-"""optimlab.gradients: clipping against hand computations and torch, AGC against a float64 loop, the monitor."""
+"""optimlab.gradients: clipping against hand computations and torch, AGC against a float64 loop, monitor."""
 
 import logging
 import math
@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from optimlab.gradients import (GradNormMonitor, adaptive_clip_grad_, clip_grad_norm_, clip_grad_value_, grad_norm,
-                                unitwise_norm)
+from optimlab.gradients import (GradNormMonitor, adaptive_clip_grad_, clip_grad_norm_, clip_grad_value_,
+                                grad_norm, unitwise_norm)
 
 
 def two_params(g1=(3.0, 4.0), g2=(12.0,)):
@@ -96,7 +96,7 @@ def test_agc_matches_the_reference_on_linear_conv_and_bias():
     assert unitwise_norm(torch.ones(4, 3, 2, 2)).flatten().tolist() == pytest.approx([math.sqrt(12)] * 4)
 
 
-# --- the monitor ----------------------------------------------------------------------------------------------
+# --- the monitor ---------------------------------------------------------------------------------------
 
 def toy(seed=0):
     torch.manual_seed(seed)

@@ -1,4 +1,4 @@
-"""optimlab.param_groups: decay by module type and ndim, layer decay, overrides, matrix split, and the checks."""
+"""optimlab.param_groups: decay by module type and ndim, layer decay, overrides, matrix split, checks."""
 
 import pytest
 import torch
@@ -63,19 +63,21 @@ def test_decisions_follow_module_type_and_ndim_not_names():
     groups = PG.build(model, lr=1.0, weight_decay=0.5, verbose=False)
     wd = {n: g["weight_decay"] for n, g in by_name(groups).items()}
     assert wd == {"normalizer.weight": 0.5, "normalizer.bias": 0.0, "foo.weight": 0.0, "foo.bias": 0.0,
-                  "table.weight": 0.0, "rms.weight": 0.0, "gain": 0.0, "proj.weight": 0.5}  # frozen.*: no group
+                  "table.weight": 0.0, "rms.weight": 0.0, "gain": 0.0, "proj.weight": 0.5}  # no frozen.*
     assert PG.build(model, 1.0, 0.5, decay_embeddings=True, verbose=False)[-1]["param_names"] == \
         ["normalizer.weight", "table.weight", "proj.weight"]
 
 
 def test_layer_decay_by_depth_and_module_overrides():
     model = TinyLM()
-    groups = PG.build(model, lr=1e-3, weight_decay=0.1, layer_decay=0.5, lr_scale={"head": 10.0}, verbose=False)
+    groups = PG.build(model, lr=1e-3, weight_decay=0.1, layer_decay=0.5, lr_scale={"head": 10.0},
+                      verbose=False)
     lr = {n: g["lr"] for n, g in by_name(groups).items()}
     # depths: embed, pos 0; blocks.i -> i + 1; norm, head 4 (the top, scale 1)
     assert lr["embed.weight"] == lr["pos"] == pytest.approx(1e-3 * 0.5 ** 4)
     for i in range(3):
-        assert lr[f"blocks.{i}.attn.weight"] == lr[f"blocks.{i}.ln1.bias"] == pytest.approx(1e-3 * 0.5 ** (3 - i))
+        expected = pytest.approx(1e-3 * 0.5 ** (3 - i))
+        assert lr[f"blocks.{i}.attn.weight"] == lr[f"blocks.{i}.ln1.bias"] == expected
     assert lr["norm.weight"] == pytest.approx(1e-3) and lr["head.weight"] == pytest.approx(1e-2)
     assert all(g["lr"] == pytest.approx(1e-3 * g["lr_factor"]) for g in groups)
     names = [g["name"] for g in groups]
@@ -113,9 +115,10 @@ def test_overlapping_or_unknown_overrides_raise():
 def test_check_catches_the_seed_layerwise_recipe_dropping_parameters():
     model = TinyLM()
     # the seed's configure_layerwise_lr_decay groups only names with "layer.{i}." -- here "blocks.{i}."
-    seed_groups = [{"params": [p for n, p in model.named_parameters() if f"blocks.{i}." in n]} for i in range(3)]
-    with pytest.raises(ValueError, match=r"dropped \(never trained\): pos, embed.weight, norm.weight, norm.bias, "
-                                         r"head.weight"):
+    seed_groups = [{"params": [p for n, p in model.named_parameters() if f"blocks.{i}." in n]}
+                   for i in range(3)]
+    with pytest.raises(ValueError, match=r"dropped \(never trained\): pos, embed.weight, norm.weight, "
+                                         r"norm.bias, head.weight"):
         PG.check(model, seed_groups)
     twice = [{"params": list(model.parameters())}, {"params": [model.head.weight]}]
     with pytest.raises(ValueError, match=r"placed twice: head.weight \(groups \[0, 1\]\)"):
@@ -125,7 +128,7 @@ def test_check_catches_the_seed_layerwise_recipe_dropping_parameters():
 
 @pytest.mark.parametrize("make", [lambda g: optimlab.create("adamw", g), lambda g: torch.optim.AdamW(g)])
 def test_groups_drive_the_optimizer(make):
-    """With zero gradients AdamW's step is pure decay: θ(1 - lr·wd) where wd applies, θ unchanged elsewhere."""
+    """With zero gradients AdamW's step is pure decay: θ(1 - lr·wd) where wd applies, else θ unchanged."""
     model = TinyLM()
     groups = PG.build(model, lr=0.1, weight_decay=0.5, layer_decay=0.5, verbose=False)
     opt = make(groups)
@@ -142,7 +145,8 @@ def test_groups_drive_the_optimizer(make):
 def test_summary_table(capsys):
     PG.build(TinyLM(), lr=1e-3, weight_decay=0.1, layer_decay=0.5, verbose=True)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["group", "tensors", "params", "lr", "scale", "lr", "wd", "no", "decay", "because"]
+    header = ["group", "tensors", "params", "lr", "scale", "lr", "wd", "no", "decay", "because"]
+    assert lines[0].split() == header
     first = lines[1].split()
     assert first[:6] == ["depth0/no_decay", "2", "528", "0.0625", "6.25e-05", "0"]  # 50*8 + 16*8 params
     assert lines[1].endswith("embedding 1, name 1") or lines[1].endswith("name 1, embedding 1")

@@ -17,7 +17,7 @@ from optimlab import schedules as S
 from optimlab.cli import main
 
 
-# --- closed forms at first, last, end of warmup and each milestone ---------------------------------------------
+# --- closed forms at first, last, end of warmup and each milestone --------------------------------------
 
 def test_warmup_cosine_is_the_seed_recipe():
     s = S.warmup_cosine(total_steps=100_000, warmup_steps=2000, floor=0.1)
@@ -85,7 +85,7 @@ def test_composition():
     assert seq.key_steps(100) == [0, 5, 15]
 
 
-# --- monotonicity where it should hold ---------------------------------------------------------------------------
+# --- monotonicity where it should hold ------------------------------------------------------------------
 
 @settings(max_examples=40, deadline=None)
 @given(total=st.integers(2, 3000), frac=st.floats(0, 0.9), floor=st.floats(0, 1))
@@ -98,8 +98,9 @@ def test_warmup_cosine_rises_then_falls_within_bounds(total, frac, floor):
     assert all(min(floor, 0.0 if warm else floor) - 1e-12 <= v <= 1.0 for v in values)
 
 
-@pytest.mark.parametrize("s,peak", [(S.cosine(50, 0.1), 0), (S.linear_decay(50), 0), (S.polynomial(50, 3.0), 0),
-                                    (S.step(7), 0), (S.multistep([5, 9, 30]), 0), (S.exponential(0.95), 0),
+@pytest.mark.parametrize("s,peak", [(S.cosine(50, 0.1), 0), (S.linear_decay(50), 0),
+                                    (S.polynomial(50, 3.0), 0), (S.step(7), 0),
+                                    (S.multistep([5, 9, 30]), 0), (S.exponential(0.95), 0),
                                     (S.inverse_sqrt(3), 3), (S.wsd(80, 0, 30, "1-sqrt"), 0),
                                     (S.wsd(80, 0, 30, "cosine"), 0), (S.one_cycle(60, 0.05), 2)])
 def test_decays_never_increase_after_the_peak(s, peak):
@@ -108,7 +109,7 @@ def test_decays_never_increase_after_the_peak(s, peak):
     assert all(a >= b - 1e-15 for a, b in zip(values[peak:], values[peak + 1:])), s  # ... then never rises
 
 
-# --- equality with torch's schedulers over many updates ---------------------------------------------------------
+# --- equality with torch's schedulers over many updates -------------------------------------------------
 
 def lrs(make, n, lr=0.5, adam=False):
     """lr (and momentum) used by each of n updates when `make(optimizer)` drives the optimizer."""
@@ -138,8 +139,8 @@ TORCH_TWINS = [
     (lambda o: L.CosineAnnealingWarmRestarts(o, T_0=10, eta_min=0.05), S.cosine_restarts(10, floor=0.1), 100),
     (lambda o: L.CosineAnnealingWarmRestarts(o, T_0=10, T_mult=2), S.cosine_restarts(10, mult=2), 320),
     (lambda o: L.OneCycleLR(o, 0.5, total_steps=100, cycle_momentum=False), S.one_cycle(100), 100),
-    (lambda o: L.OneCycleLR(o, 0.5, total_steps=100, pct_start=0.25, anneal_strategy="linear", div_factor=10.0,
-                            final_div_factor=100.0, cycle_momentum=False),
+    (lambda o: L.OneCycleLR(o, 0.5, total_steps=100, pct_start=0.25, anneal_strategy="linear",
+                            div_factor=10.0, final_div_factor=100.0, cycle_momentum=False),
      S.one_cycle(100, 0.25, div_factor=10, final_div_factor=100, anneal="linear"), 100),
     (lambda o: L.OneCycleLR(o, 0.5, total_steps=90, three_phase=True, cycle_momentum=False),
      S.one_cycle(90, three_phase=True), 90),
@@ -185,7 +186,7 @@ def test_groups_keep_their_ratios():
         sched.step()
 
 
-# --- resume: a checkpoint at update k continues exactly as the uninterrupted run --------------------------------
+# --- resume: a checkpoint at update k continues exactly as the uninterrupted run ------------------------
 
 def make_run(kind):
     torch.manual_seed(0)
@@ -247,10 +248,11 @@ def test_loading_sets_the_lr_even_without_the_optimizer_state():
         other.load_state_dict(state)
 
 
-# --- descriptions, errors, CLI --------------------------------------------------------------------------------
+# --- descriptions, errors, CLI -------------------------------------------------------------------------
 
-EXAMPLES = [S.constant(0.3), S.linear_warmup(5), S.cosine(10, 0.1), S.warmup_cosine(100, 10), S.wsd(100, 5, 20),
-            S.linear_decay(9), S.polynomial(9, 2.0), S.step(3), S.multistep([2, 5]), S.exponential(0.9),
+EXAMPLES = [S.constant(0.3), S.linear_warmup(5), S.cosine(10, 0.1), S.warmup_cosine(100, 10),
+            S.wsd(100, 5, 20), S.linear_decay(9), S.polynomial(9, 2.0), S.step(3), S.multistep([2, 5]),
+            S.exponential(0.9),
             S.inverse_sqrt(4), S.cosine_restarts(5, 2), S.one_cycle(50), S.one_cycle_momentum(50),
             S.cyclical(3), S.cyclical_momentum(3), S.sequence([S.constant(), S.cosine(5)], [3])]
 
@@ -294,11 +296,13 @@ def test_bad_arguments_raise_value_error(make, match):
 
 def test_parse_text_form():
     assert S.parse("multistep:milestones=[30,60,80],gamma=0.5") == S.multistep([30, 60, 80], 0.5)
-    assert S.parse("wsd:total_steps=100,decay_steps=10,shape=1-sqrt") == S.wsd(100, decay_steps=10, shape="1-sqrt")
+    expected = S.wsd(100, decay_steps=10, shape="1-sqrt")
+    assert S.parse("wsd:total_steps=100,decay_steps=10,shape=1-sqrt") == expected
 
 
 def test_cli_json_matches_the_schedule(capsys):
-    assert main(["schedule", "warmup_cosine", "total_steps=40", "warmup_steps=8", "--lr", "0.01", "--json"]) == 0
+    assert main(["schedule", "warmup_cosine", "total_steps=40", "warmup_steps=8", "--lr", "0.01",
+                 "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     s = S.warmup_cosine(40, 8)
     assert out["t"] == list(range(41)) and out["multiplier"] == [s(t) for t in range(41)]
@@ -312,7 +316,8 @@ def test_cli_table_plot_and_errors(capsys, tmp_path):
     assert main(["schedule", "multistep", "milestones=[3,6]", "gamma=0.5", "--steps", "8"]) == 0
     text = capsys.readouterr().out
     rows = {line.split()[0]: line.split()[1:] for line in text.splitlines()[3:-1]}
-    assert rows["3"] == ["0.5", "<-", "phase"] and rows["6"] == ["0.25", "<-", "phase"] and rows["8"] == ["0.25"]
+    assert rows["3"] == ["0.5", "<-", "phase"] and rows["6"] == ["0.25", "<-", "phase"]
+    assert rows["8"] == ["0.25"]
     assert text.splitlines()[-1].startswith("shape: ███▃▃▃▁▁▁")
     png = tmp_path / "s.png"
     assert main(["schedule", "one_cycle", "total_steps=50", "--out", str(png)]) == 0

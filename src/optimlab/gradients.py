@@ -34,7 +34,8 @@ def _params(params) -> list[torch.Tensor]:
 
 
 def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return float(value)
 
@@ -126,7 +127,8 @@ class GradNormMonitor:
 
     LOGGED = 10  # events of each kind written to the log; all are kept in `events`
 
-    def __init__(self, model: torch.nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None, *,
+    def __init__(self, model: torch.nn.Module | None = None,
+                 optimizer: torch.optim.Optimizer | None = None, *,
                  max_norm: float | None = None, window: int = 100, spike_factor: float = 5.0,
                  vanish_below: float = 1e-7, min_history: int = 10, ratio_every: int = 1,
                  skip_nonfinite: bool = False, log_events: bool = True):
@@ -171,7 +173,8 @@ class GradNormMonitor:
         grads = [[p.grad for p in ps if p.grad is not None] for ps in self.groups]
         flat = [g for gs in grads for g in gs]
         per = self._per_tensor_norms(flat)
-        norms = torch.stack([n.to(per[0].device, torch.float64) for n in per]).tolist() if flat else []  # 1 copy
+        # the one host copy of this update
+        norms = torch.stack([n.to(per[0].device, torch.float64) for n in per]).tolist() if flat else []
         group_norms, i = [], 0
         for gs in grads:
             group_norms.append(math.sqrt(sum(x * x for x in norms[i:i + len(gs)])))
@@ -209,7 +212,8 @@ class GradNormMonitor:
             buckets.setdefault((g.device, g.dtype), []).append(i)
         per: list = [None] * len(flat)
         for (_, dtype), idx in buckets.items():
-            out = torch._foreach_norm([flat[i] for i in idx], 2, dtype=torch.promote_types(dtype, torch.float32))
+            wide = torch.promote_types(dtype, torch.float32)
+            out = torch._foreach_norm([flat[i] for i in idx], 2, dtype=wide)
             for i, n in zip(idx, out):
                 per[i] = n
         self._order = [i for idx in buckets.values() for i in idx]
@@ -272,7 +276,8 @@ class GradNormMonitor:
         if not self.norms:
             return "GradNormMonitor: nothing recorded yet"
         finite = [x for x in self.norms if math.isfinite(x)] or [math.nan]
-        clipped = f", clipped to max_norm={self.max_norm:g} at {len(self.clipped)} of them" if self.max_norm else ""
+        clipped = (f", clipped to max_norm={self.max_norm:g} at {len(self.clipped)} of them"
+                   if self.max_norm else "")
         lines = [f"GradNormMonitor: {len(self.norms)} updates recorded{clipped}",
                  f"global grad norm  first {self.norms[0]:.4g}  median {statistics.median(finite):.4g}  "
                  f"min {min(finite):.4g}  max {max(finite):.4g}  last {self.norms[-1]:.4g}"]
@@ -302,12 +307,12 @@ class GradNormMonitor:
             top.plot(self.steps, [n[i] for n in self.group_norms], lw=0.8, alpha=0.7, label=f"group {name}")
         top.plot(self.steps, self.norms, color="k", lw=1.4, label="global")
         colors = {"spike": "tab:red", "vanishing": "tab:blue", "nonfinite": "tab:purple"}
-        ceiling = max([x for x in self.norms if math.isfinite(x)] or [1.0])  # where non-finite steps are drawn
+        ceiling = max([x for x in self.norms if math.isfinite(x)] or [1.0])  # non-finite steps drawn here
         for kind, color in colors.items():
             hits = [e for e in self.events if e.kind == kind]
             if hits:
-                top.scatter([e.step for e in hits], [e.norm if math.isfinite(e.norm) else ceiling for e in hits],
-                            color=color, zorder=3, label=kind)
+                ys = [e.norm if math.isfinite(e.norm) else ceiling for e in hits]
+                top.scatter([e.step for e in hits], ys, color=color, zorder=3, label=kind)
         top.set_yscale("log")
         top.set_ylabel("gradient norm")
         top.legend(fontsize=7)

@@ -144,7 +144,8 @@ def build(model: nn.Module, lr: float, weight_decay: float = 0.0, *, layer_decay
         p, (module, local) = params[n], owners[n]
         reason = no_decay_reason(n, p, module, local, patterns, decay_embeddings)
         key = _override(n, lr_scale)
-        factor = (layer_decay ** (top - depth[n]) if layer_decay is not None else 1.0) * lr_scale.get(key, 1.0)
+        layer = layer_decay ** (top - depth[n]) if layer_decay is not None else 1.0
+        factor = layer * lr_scale.get(key, 1.0)
         matrix = (split_matrices and p.ndim >= 2 and reason is None and not (head and _matches(n, head)))
         decays = weight_decay > 0 and reason is None
         parts = ([f"depth{depth[n]}"] if layer_decay is not None else []) + ([key] if key else []) \
@@ -164,7 +165,8 @@ def build(model: nn.Module, lr: float, weight_decay: float = 0.0, *, layer_decay
     check(model, out)
     if verbose:
         print(summary(out, model, reasons=[reasons[id(g)] for g in out],
-                      blocks=blocks if layer_decay is not None else None, head=head if split_matrices else None))
+                      blocks=blocks if layer_decay is not None else None,
+                      head=head if split_matrices else None))
     return out
 
 

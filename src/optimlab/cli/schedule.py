@@ -30,7 +30,8 @@ def register(verbs) -> None:
                          "JSON description (for compositions).",
                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", nargs="?", metavar="NAME", help="schedule name (omit to list them all)")
-    p.add_argument("args", nargs="*", metavar="KEY=VALUE", help="the schedule's arguments, e.g. total_steps=1000")
+    p.add_argument("args", nargs="*", metavar="KEY=VALUE",
+                   help="the schedule's arguments, e.g. total_steps=1000")
     p.add_argument("--steps", type=int, metavar="N",
                    help="draw t = 0..N (default: the schedule's own length, e.g. total_steps)")
     p.add_argument("--warmup", type=int, metavar="W", default=0,
@@ -38,7 +39,8 @@ def register(verbs) -> None:
     p.add_argument("--lr", type=float, help="base lr: also show lr = lr * multiplier")
     p.add_argument("--out", metavar="PATH", help="write a plot (PNG, SVG or PDF, by extension) to PATH")
     p.add_argument("--json", action="store_true", help="print the values as JSON instead of a table")
-    p.add_argument("--every", type=int, default=1, metavar="K", help="with --json: every K-th update (default 1)")
+    p.add_argument("--every", type=int, default=1, metavar="K",
+                   help="with --json: every K-th update (default 1)")
     p.set_defaults(run=run)
 
 
@@ -72,7 +74,8 @@ def listing() -> int:
     width = max(map(len, REGISTRY))
     for name in schedules.available():
         doc = (REGISTRY[name].__doc__ or "").strip().splitlines()[0]
-        how = "  (compose: --warmup W, or NAME as a JSON description)" if name in ("warmup", "sequence") else ""
+        compose = name in ("warmup", "sequence")
+        how = "  (compose: --warmup W, or NAME as a JSON description)" if compose else ""
         print(f"{name:<{width}}  {signature(name)}{how}\n{'':<{width}}  {doc}")
     return 0
 
@@ -108,7 +111,8 @@ def table(schedule, ts, values, lr, kind) -> None:
     print(f"{'t':>8}  {kind:>12}" + (f"  {'lr':>12}" if lr and kind != 'momentum' else ""))
     marks = set(schedule.key_steps(steps))
     for t in rows:
-        line = f"{t:>8}  {values[t]:>12.6g}" + (f"  {lr * values[t]:>12.6g}" if lr and kind != "momentum" else "")
+        line = f"{t:>8}  {values[t]:>12.6g}"
+        line += f"  {lr * values[t]:>12.6g}" if lr and kind != "momentum" else ""
         print(line + ("  <- phase" if t in marks and t not in (0, steps) else ""))
     print("shape: " + sparkline(values))
 

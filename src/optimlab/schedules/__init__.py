@@ -20,9 +20,10 @@ from .shapes import (WSD, Constant, Cosine, CosineRestarts, Exponential, Inverse
 
 # lower-case constructors, the names the registry, `parse` and the CLI use
 constant, cosine, wsd, linear_decay, polynomial = Constant, Cosine, WSD, LinearDecay, Polynomial
-step, multistep, exponential, inverse_sqrt, cosine_restarts = StepDecay, MultiStep, Exponential, InverseSqrt, \
-    CosineRestarts
-one_cycle, one_cycle_momentum, cyclical, cyclical_momentum = OneCycle, OneCycleMomentum, Cyclical, CyclicalMomentum
+step, multistep, exponential = StepDecay, MultiStep, Exponential
+inverse_sqrt, cosine_restarts = InverseSqrt, CosineRestarts
+one_cycle, one_cycle_momentum = OneCycle, OneCycleMomentum
+cyclical, cyclical_momentum = Cyclical, CyclicalMomentum
 
 
 def available() -> list[str]:
@@ -30,7 +31,8 @@ def available() -> list[str]:
     return sorted(REGISTRY)
 
 
-__all__ = ["Schedule", "ScheduledLR", "attach", "available", "get", "parse", "from_dict", "warmup", "sequence",
-           "constant", "linear_warmup", "cosine", "warmup_cosine", "wsd", "linear_decay", "polynomial", "step",
+__all__ = ["Schedule", "ScheduledLR", "attach", "available", "get", "parse", "from_dict", "warmup",
+           "sequence", "constant", "linear_warmup", "cosine", "warmup_cosine", "wsd", "linear_decay",
+           "polynomial", "step",
            "multistep", "exponential", "inverse_sqrt", "cosine_restarts", "one_cycle", "one_cycle_momentum",
            "cyclical", "cyclical_momentum", "Warmup", "Sequence"]

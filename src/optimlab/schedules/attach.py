@@ -85,7 +85,8 @@ class ScheduledLR(LRScheduler):
             saved = state.pop(key, None)
             now = None if mine is None else mine.describe()
             if saved is not None and saved != now:
-                warnings.warn(f"resuming with {key} {now} but the checkpoint was saved with {saved}", stacklevel=2)
+                warnings.warn(f"resuming with {key} {now} but the checkpoint was saved with {saved}",
+                              stacklevel=2)
         if len(state.get("base_lrs", [])) != len(self.optimizer.param_groups):
             raise ValueError(f"the checkpoint has {len(state.get('base_lrs', []))} param groups' base lrs, "
                              f"the optimizer has {len(self.optimizer.param_groups)} groups")
@@ -98,7 +99,8 @@ class ScheduledLR(LRScheduler):
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
 
-def attach(optimizer: torch.optim.Optimizer, schedule: Schedule, momentum: Schedule | None = None) -> ScheduledLR:
+def attach(optimizer: torch.optim.Optimizer, schedule: Schedule,
+           momentum: Schedule | None = None) -> ScheduledLR:
     """Drive `optimizer`'s lr (all groups, keeping their ratios) with `schedule`; call `.step()` once per
     optimizer update. Works with optimlab's and torch's optimizers. See `ScheduledLR`."""
     return ScheduledLR(optimizer, schedule, momentum)

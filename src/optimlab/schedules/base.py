@@ -134,7 +134,8 @@ def get(name: str, **kwargs) -> Schedule:
     for key in kwargs:
         if key not in accepted:
             hint = difflib.get_close_matches(key, list(accepted), n=1)
-            raise ValueError(f"{name} has no argument {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            did = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ValueError(f"{name} has no argument {key!r}{did}"
                              + f"; its arguments: {signature(name)}")
     missing = [k for k, p in accepted.items() if p.default is inspect.Parameter.empty and k not in kwargs]
     if missing:
@@ -144,7 +145,8 @@ def get(name: str, **kwargs) -> Schedule:
 
 def signature(name: str) -> str:
     params = inspect.signature(REGISTRY[name]).parameters.values()
-    return ", ".join(p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}" for p in params)
+    return ", ".join(p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
+                     for p in params)
 
 
 def literal(text: str):

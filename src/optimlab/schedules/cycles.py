@@ -180,7 +180,7 @@ class Cyclical(_CyclicBase):
 @register("cyclical_momentum")
 @dataclasses.dataclass(frozen=True)
 class CyclicalMomentum(_CyclicBase):
-    """The momentum torch's CyclicLR cycles inversely to the lr: `high` at the bottom of the lr, `low` at its top.
+    """The momentum torch's CyclicLR cycles against the lr: `high` at the lr's bottom, `low` at its top.
 
     Returns momentum values, not lr multipliers: pass as `attach(..., momentum=this)`.
     """

@@ -48,7 +48,8 @@ class Cosine(Schedule):
     floor: float = 0.0
 
     def __post_init__(self):
-        self._set(total_steps=whole("total_steps", self.total_steps), floor=real("floor", self.floor, 0.0, 1.0))
+        self._set(total_steps=whole("total_steps", self.total_steps),
+                  floor=real("floor", self.floor, 0.0, 1.0))
 
     def value(self, t):
         return self.floor + (1.0 - self.floor) * _cos(min(t, self.total_steps) / self.total_steps)
@@ -89,7 +90,8 @@ class WSD(Schedule):
             raise ValueError(f"warmup_steps + decay_steps ({warm} + {decay}) "
                              f"must not exceed total_steps ({total})")
         self._set(total_steps=total, warmup_steps=warm, decay_steps=decay,
-                  shape=choice("shape", self.shape, tuple(COOLDOWNS)), floor=real("floor", self.floor, 0.0, 1.0))
+                  shape=choice("shape", self.shape, tuple(COOLDOWNS)),
+                  floor=real("floor", self.floor, 0.0, 1.0))
 
     def value(self, t):
         if t < self.warmup_steps:
@@ -121,7 +123,8 @@ class LinearDecay(Schedule):
     floor: float = 0.0
 
     def __post_init__(self):
-        self._set(total_steps=whole("total_steps", self.total_steps), floor=real("floor", self.floor, 0.0, 1.0))
+        self._set(total_steps=whole("total_steps", self.total_steps),
+                  floor=real("floor", self.floor, 0.0, 1.0))
 
     def value(self, t):
         return 1.0 - (1.0 - self.floor) * min(t, self.total_steps) / self.total_steps
@@ -148,10 +151,12 @@ class Polynomial(Schedule):
 
     def __post_init__(self):
         self._set(total_steps=whole("total_steps", self.total_steps),
-                  power=real("power", self.power, 0.0, low_open=True), floor=real("floor", self.floor, 0.0, 1.0))
+                  power=real("power", self.power, 0.0, low_open=True),
+                  floor=real("floor", self.floor, 0.0, 1.0))
 
     def value(self, t):
-        return self.floor + (1.0 - self.floor) * (1.0 - min(t, self.total_steps) / self.total_steps) ** self.power
+        left = 1.0 - min(t, self.total_steps) / self.total_steps
+        return self.floor + (1.0 - self.floor) * left ** self.power
 
     @property
     def horizon(self):
@@ -170,7 +175,8 @@ class StepDecay(Schedule):
     gamma: float = 0.1
 
     def __post_init__(self):
-        self._set(step_size=whole("step_size", self.step_size), gamma=real("gamma", self.gamma, 0.0, low_open=True))
+        self._set(step_size=whole("step_size", self.step_size),
+                  gamma=real("gamma", self.gamma, 0.0, low_open=True))
 
     def value(self, t):
         return self.gamma ** (t // self.step_size)
@@ -246,9 +252,10 @@ class InverseSqrt(Schedule):
 class CosineRestarts(Schedule):
     """Cosine with warm restarts (SGDR, Loshchilov & Hutter 2017), periods counted in optimizer updates.
 
-    Cycle i lasts period * mult**i updates; inside it m = floor + (decay**i - floor) * (1 + cos(pi u / T_i)) / 2,
-    u = updates since the restart. decay=1 is torch's CosineAnnealingWarmRestarts(T_0=period, T_mult=mult,
-    eta_min=floor*lr); decay<1 lowers each restart's peak (timm's cycle_decay).
+    Cycle i lasts T_i = period * mult**i updates; inside it
+    m = floor + (decay**i - floor) * (1 + cos(pi u / T_i)) / 2, u = updates since the restart.
+    decay=1 is torch's CosineAnnealingWarmRestarts(T_0=period, T_mult=mult, eta_min=floor*lr);
+    decay<1 lowers each restart's peak (timm's cycle_decay).
     """
 
     period: int
