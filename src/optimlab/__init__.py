@@ -6,9 +6,21 @@
     opt = optimlab.AdamW(model.parameters(), lr=3e-4)      # the classes are real torch optimizers
 """
 
+import importlib
+
+from .lr_find import lr_find
 from .optimizers import SGD, Adafactor, Adagrad, Adam, AdamW, LAMB, Lion, NAdam, RAdam, RMSprop
 from .registry import Spec, available, create, presets, register, resolve, spec
 
-__all__ = ["available", "create", "spec", "resolve", "presets", "register", "Spec",
+# Subpackages load on first use, so `import optimlab` stays light (no plotting, no scikit-learn).
+_LAZY = {"tasks", "memory", "lab", "schedules", "landscapes", "gradients", "param_groups"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+__all__ = ["available", "create", "spec", "resolve", "presets", "register", "Spec", "lr_find",
            "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Lion", "LAMB", "Adafactor"]
 __version__ = "0.1.0"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -42,12 +44,17 @@ def classification_problem(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s
     return Problem(model=model, loss=loss, evaluate=evaluate)
 
 
-def build(seed: int = 0, hidden: int = 64, depth: int = 2, batch_size: int = 64) -> Problem:
+@functools.cache
+def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and labels, read once per process (loading takes up to seconds on a busy machine)."""
     from sklearn.datasets import load_digits
 
     data = load_digits()
-    x = torch.tensor(data.data, dtype=torch.float32)
-    y = torch.tensor(data.target, dtype=torch.long)
+    return torch.tensor(data.data, dtype=torch.float32), torch.tensor(data.target, dtype=torch.long)
+
+
+def build(seed: int = 0, hidden: int = 64, depth: int = 2, batch_size: int = 64) -> Problem:
+    x, y = _digits()
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
     width = x.shape[1]
