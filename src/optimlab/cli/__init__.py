@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -32,3 +33,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # bad names and hyperparameters: one clear line, no traceback
         print(f"optimlab {args.verb}: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `optimlab list | head`: the reader left; not an error
+        sys.stdout = open(os.devnull, "w")  # keep Python's exit flush from failing again
+        return 0
