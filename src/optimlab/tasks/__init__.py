@@ -53,3 +53,4 @@ def available() -> list[str]:
 
 
 from . import digits  # noqa: E402,F401  (registers the built-in tasks)
+from . import charlm  # noqa: E402,F401  (a tiny character-level transformer on pydoc_data.topics)
