@@ -1,0 +1,111 @@
+"""ε = 1e-8 vs 1e-6 when Adam's state is stored in bf16 (and, as a control, in fp16).
+
+The digits MLP is cast to the low-precision dtype, so its optimizer state (m, v) has that dtype too
+(optimlab computes each step in fp32 and rounds once when storing). bf16 keeps fp32's 8 exponent bits
+(smallest normal ≈ 1.2e-38) with 8 bits of mantissa; fp16 has 5 exponent bits (smallest subnormal
+≈ 6e-8), so (1 − β₂)·g² underflows to 0 in fp16 once |g| < ~8e-3, but essentially never in bf16.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+import optimlab
+from optimlab.tasks import digits
+
+from .common import Ablation, Panel, Result, Settings, fmt, median, median_curve, spread, train
+
+EPS = (1e-8, 1e-6)
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+LR, SAMPLE = 1e-3, 10
+
+
+class Cast(nn.Module):
+    """Run a model in `dtype` on fp32 inputs, returning fp32 logits (so the loss is computed in fp32)."""
+
+    def __init__(self, net: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.net = net.to(dtype)
+        self.dtype = dtype
+
+    def forward(self, x):
+        return self.net(x.to(self.dtype)).float()
+
+
+def low_precision_problem(seed: int, dtype: torch.dtype):
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.data, dtype=torch.float32)
+    y = torch.tensor(data.target, dtype=torch.long)
+    model = Cast(digits.build(seed=seed).model, dtype)
+    return digits.classification_problem(model, x, y, seed, 64, digits.VALIDATION)
+
+
+class UnderflowCounter:
+    """After each step: the share of v entries stored as exactly 0 while m is not (v̂ has underflowed)."""
+
+    def __init__(self, optimizer):
+        self.optimizer, self.hits, self.total = optimizer, 0, 0
+
+    def __call__(self, step: int) -> None:  # called before each step, so it sees the state after the last
+        for state in self.optimizer.state.values():
+            if "exp_avg_sq" in state:
+                self.hits += int(((state["exp_avg_sq"] == 0) & (state["exp_avg"] != 0)).sum())
+                self.total += state["exp_avg_sq"].numel()
+
+    @property
+    def share(self) -> float:
+        return self.hits / max(self.total, 1)
+
+
+def run(settings: Settings) -> Result:
+    seeds = settings.n_seeds(full=5, quick=2)
+    steps = 150 if settings.quick else 300
+    final, curves, underflow = {}, {}, {}
+    for dname, dtype in DTYPES.items():
+        for eps in EPS:
+            runs, shares = [], []
+            for seed in range(seeds):
+                problem = low_precision_problem(seed, dtype)
+                opt = optimlab.create("adam", problem.model.parameters(), lr=LR, eps=eps)
+                counter = UnderflowCounter(opt)
+                runs.append(train(problem, opt, steps, every=SAMPLE, before=counter))
+                shares.append(counter.share)
+            final[dname, eps] = [c[-1] if math.isfinite(c[-1]) else math.inf for c in runs]
+            curves[dname, eps] = median_curve(runs)
+            underflow[dname, eps] = median(shares)
+    ratios = [a / b for a, b in zip(final["bf16", 1e-8], final["bf16", 1e-6])]
+    ratio = median(ratios)
+    fp16_bad = sum(not math.isfinite(a) or a > 2 * b for a, b in zip(final["fp16", 1e-8], final["fp16", 1e-6]))
+    verdict = "confirmed" if ratio > 1.1 else "refuted"
+    summary = (f"with bf16 state ε 1e-8 ends with {ratio:.3f}× the loss of ε 1e-6 "
+               f"({fmt(median(final['bf16', 1e-8]))} vs {fmt(median(final['bf16', 1e-6]))}) and v never underflows "
+               f"({underflow['bf16', 1e-8]:.2%} of entries): bf16 has fp32's exponent range; the seed's reason is "
+               f"fp16's: there v underflows ({underflow['fp16', 1e-6]:.0%}–{underflow['fp16', 1e-8]:.0%} of entries) and ε 1e-8 fails in {fp16_bad} of "
+               f"{seeds} seeds ({fmt(median(final['fp16', 1e-8]))} vs {fmt(median(final['fp16', 1e-6]))} with 1e-6)")
+    xs = [i * SAMPLE for i in range(len(curves["bf16", 1e-8]))]
+    panel = Panel("ε with low-precision Adam state (digits)", "step", "training loss",
+                  {f"{d}, ε={e:g}" + (" (diverged)" if math.isinf(curves[d, e][-1]) else ""): (xs, curves[d, e])
+                   for d in DTYPES for e in EPS},
+                  logy=True)
+    details = {f"loss_{d}_eps{e:g}": median(final[d, e]) for d in DTYPES for e in EPS}
+    details.update({f"v_underflow_share_{d}_eps{e:g}": underflow[d, e] for d in DTYPES for e in EPS})
+    details.update({"fp16_eps1e-8_failed_seeds": fp16_bad, "seeds": seeds})
+    return Result("eps-bf16", ratio, "×", verdict, summary, spread(ratios), details, panel)
+
+
+ABLATION = Ablation(
+    name="eps-bf16",
+    removed="ε = 1e-6 for low-precision state (back to the default 1e-8)",
+    claim="'For mixed-precision (bf16), some recipes use ε = 1e-6 because v̂ can underflow below 1e-8 in bf16' "
+    "(seed 000)",
+    measure="final full-split training loss of the digits MLP with bf16 parameters and Adam state, ε 1e-8 ÷ ε 1e-6, "
+    "per seed, median over 5 seeds (lr 1e-3, 300 steps); with the share of v entries stored as 0 while m ≠ 0, "
+    "and the same in fp16 as a control",
+    rule="confirmed if ε 1e-8 ends with > 1.1× the loss of ε 1e-6 in bf16, refuted otherwise",
+    run=run,
+)
