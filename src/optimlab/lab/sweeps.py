@@ -209,7 +209,8 @@ class Sweep:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        finite = [v for o in self.optimizers for r in self.runs[o] for v in r if math.isfinite(v)]
+        # the axes follow the medians: one wild seed (see the shading) should not flatten every curve
+        finite = [v for o in self.optimizers for v in self.median(o) if math.isfinite(v)]
         top = max(finite) * 3 if finite else 10.0
         bottom = min(finite) / 3 if finite else 0.1
         for k, o in enumerate(self.optimizers):
@@ -219,7 +220,7 @@ class Sweep:
             hi = [max((v for v in r if math.isfinite(v)), default=math.nan) for r in self.runs[o]]
             ax.fill_between(self.lrs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
             gone = [lr for lr, v in zip(self.lrs, med) if math.isinf(v)]
-            ax.plot(gone, [top] * len(gone), "x", color=line.get_color(), ms=7)
+            ax.plot(gone, [top * 1.25 ** k] * len(gone), "x", color=line.get_color(), ms=7)
             if (b := self.band(o)) is not None:
                 y = bottom * (1.35 ** k)
                 ax.plot(b, [y, y], "-|", color=line.get_color(), lw=5, ms=9, alpha=0.6, solid_capstyle="butt")
@@ -227,7 +228,7 @@ class Sweep:
                             fontsize=7, color=line.get_color())
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_ylim(bottom / 1.5, top * 1.5)
+        ax.set_ylim(bottom / 1.5, top * 1.25 ** len(self.optimizers) * 1.2)
         ax.set_xlabel("learning rate")
         ax.set_ylabel(f"final {self.metric}")
         ax.set_title(f"{self.task}, {self.steps} steps, {self.seeds} seed(s); bars: within {self.factor:g}× of "
