@@ -8,7 +8,7 @@ from torch import nn
 import optimlab
 from optimlab.tasks import digits
 
-from .common import Ablation, Panel, Result, Settings, fmt, median, median_curve, spread, train
+from .common import Ablation, Panel, Result, Settings, digits_data, fmt, median, median_curve, spread, train
 
 EVERY_NTH = 25  # one corrupted batch in 25
 GAIN = 20.0  # its inputs are 20× too large (as if a preprocessing step had been skipped)
@@ -30,11 +30,7 @@ class InputGain(nn.Module):
 
 
 def spiky_problem(seed: int):
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.data, dtype=torch.float32)
-    y = torch.tensor(data.target, dtype=torch.long)
+    x, y = digits_data()
     model = InputGain(digits.build(seed=seed).model)  # same init as the digits task for this seed
     problem = digits.classification_problem(model, x, y, seed, 64, digits.VALIDATION)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import statistics
 from typing import Callable, Iterable
@@ -63,6 +64,15 @@ class Ablation:
     run: Callable[[Settings], Result]
 
 
+@functools.cache
+def digits_data() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits as (images, labels) tensors, read once per process."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return torch.tensor(data.data, dtype=torch.float32), torch.tensor(data.target, dtype=torch.long)
+
+
 def train(problem, optimizer, steps: int, *, every: int = 0, schedule=None, clip: float | None = None,
           before: Callable[[int], None] | None = None) -> list[float]:
     """Run `steps` updates; return the full-split training loss at steps 0, every, 2·every, …, steps.
@@ -70,6 +80,7 @@ def train(problem, optimizer, steps: int, *, every: int = 0, schedule=None, clip
     A non-finite minibatch loss ends the run (the rest of the curve is inf).
     """
     curve: list[float] = []
+    diverged = False
     for step in range(steps):
         if every and step % every == 0:
             curve.append(problem.evaluate()["train_loss"])
@@ -78,6 +89,7 @@ def train(problem, optimizer, steps: int, *, every: int = 0, schedule=None, clip
         optimizer.zero_grad()
         loss = problem.loss(step)
         if not torch.isfinite(loss):
+            diverged = True
             break
         loss.backward()
         if clip is not None:
@@ -85,10 +97,11 @@ def train(problem, optimizer, steps: int, *, every: int = 0, schedule=None, clip
         optimizer.step()
         if schedule is not None:
             schedule.step()
-    final = problem.evaluate()["train_loss"]
-    final = final if math.isfinite(final) else math.inf
-    expected = (steps // every + 1) if every else 1
-    return [*curve, *[math.inf] * (expected - 1 - len(curve)), final] if every else [final]
+    final = math.inf if diverged else problem.evaluate()["train_loss"]
+    curve = [v if math.isfinite(v) else math.inf for v in [*curve, final]]
+    if not every:
+        return curve[-1:]
+    return [*curve[:-1], *[math.inf] * (steps // every - (len(curve) - 1)), curve[-1]]
 
 
 def linear_warmup(optimizer, steps: int):
