@@ -35,7 +35,8 @@ def register(verbs) -> None:
     p.add_argument("--factor", type=float, default=2.0,
                    help="the band holds lrs whose median final loss is ≤ factor × the best (default 2)")
     p.add_argument("--metric", default="val_loss", choices=["val_loss", "train_loss"],
-                   help="final loss compared: held-out (default) or full training split")
+                   help="final loss compared: held-out (default: it has a floor, so 'within 2× of the best' "
+                   "means something) or the full training split (heads to 0 on digits)")
     p.add_argument("--workers", "-j", type=int, default=None,
                    help="parallel processes, one thread each (default: the number of CPUs)")
     p.add_argument("--out", default=None, metavar="PNG", help="write the loss-vs-lr plot here")
