@@ -29,8 +29,10 @@ def test_parse_lrs_log_grid_and_lists():
 
 
 def test_split_optimizers_keeps_hyperparameters_with_their_optimizer():
-    assert split_optimizers("sgd:momentum=0.9,nesterov=True,adam") == ["sgd:momentum=0.9,nesterov=True", "adam"]
-    assert split_optimizers(["sgd,adam:betas=(0.9,0.95)", "adamw"]) == ["sgd", "adam:betas=(0.9,0.95)", "adamw"]
+    text = "sgd:momentum=0.9,nesterov=True,adam"
+    assert split_optimizers(text) == ["sgd:momentum=0.9,nesterov=True", "adam"]
+    items = ["sgd,adam:betas=(0.9,0.95)", "adamw"]
+    assert split_optimizers(items) == ["sgd", "adam:betas=(0.9,0.95)", "adamw"]
     assert split_optimizers("sgd,momentum=0.9") == ["sgd:momentum=0.9"]
     with pytest.raises(ValueError, match="needs an optimizer before it"):
         split_optimizers("momentum=0.9,adam")
@@ -110,18 +112,19 @@ def test_parallel_processes_give_identical_results():
 
 
 def test_bad_arguments_raise_value_errors():
-    for kwargs, match in [(dict(optimizers="sgd:lr=0.1"), "sets lr"), (dict(optimizers="nope"), "unknown optimizer"),
-                          (dict(task="mnist"), "unknown task"), (dict(metric="val_accuracy"), "metric"),
-                          (dict(factor=1.0), "factor"), (dict(steps=0), "steps"), (dict(seeds=1.5), "seeds"),
-                          (dict(task="digits:width=3"), "no option 'width'"), (dict(optimizers="adam,adam"), "twice")]:
+    cases = [(dict(optimizers="sgd:lr=0.1"), "sets lr"), (dict(optimizers="nope"), "unknown optimizer"),
+             (dict(task="mnist"), "unknown task"), (dict(metric="val_accuracy"), "metric"),
+             (dict(factor=1.0), "factor"), (dict(steps=0), "steps"), (dict(seeds=1.5), "seeds"),
+             (dict(task="digits:width=3"), "no option 'width'"), (dict(optimizers="adam,adam"), "twice")]
+    for kwargs, match in cases:
         with pytest.raises(ValueError, match=match):
             sweep(**{"lrs": "1e-3,1e-2", "steps": 1, "seeds": 1, **kwargs})
 
 
 def test_cli_prints_the_same_numbers_and_writes_the_plot(tmp_path, capsys):
     out = tmp_path / "sweep.png"
-    assert main(["sweep", "-o", "adam", "--lrs", "1e-2,1e-1", "--steps", "10", "--seeds", "1", "--workers", "1",
-                 "--metric", "train_loss", "--json", "--out", str(out)]) == 0
+    assert main(["sweep", "-o", "adam", "--lrs", "1e-2,1e-1", "--steps", "10", "--seeds", "1",
+                 "--workers", "1", "--metric", "train_loss", "--json", "--out", str(out)]) == 0
     data = json.loads(capsys.readouterr().out)
     direct = sweep("adam", lrs="1e-2,1e-1", steps=10, seeds=1, metric="train_loss")
     assert data["optimizers"]["adam"]["runs"] == direct.runs["adam"]

@@ -19,7 +19,8 @@ def register(verbs) -> None:
         "one line. --out DIR writes DIR/breakit.png (one panel per ablation) and DIR/breakit.json. "
         "--list describes each ablation: what is removed, the claim, the number measured, the verdict rule."
         "\n\nexample: optimlab breakit bias-correction decoupled-decay --out /tmp/breakit",
-        epilog="ablations: bias-correction, warmup, decoupled-decay, clipping, beta2, eps-bf16 (all by default). "
+        epilog="ablations: bias-correction, warmup, decoupled-decay, clipping, beta2, eps-bf16 (all by "
+        "default). "
         "Each takes seconds to a few tens of seconds on one CPU thread; --workers runs them in parallel "
         "processes; --quick uses fewer seeds and shorter runs (as the tests do).")
     p.add_argument("names", nargs="*", metavar="NAME", help="ablations to run (default: all)")

@@ -1,4 +1,4 @@
-"""optimlab sweep: final loss across a log grid of learning rates, per optimizer, and the good band's width."""
+"""optimlab sweep: final loss over a log grid of learning rates, per optimizer, and the good band's width."""
 
 from __future__ import annotations
 
@@ -26,10 +26,12 @@ def register(verbs) -> None:
         "its width is log10(highest/lowest lr in it), so its resolution is the grid spacing, and ≥ marks a "
         "band that reaches the end of the grid.")
     p.add_argument("--optimizers", "-o", nargs="+", default=["sgd,adam"], metavar="OPT",
-                   help="comma- or space-separated, e.g. sgd,adam or 'sgd:momentum=0.9' adamw (default sgd,adam)")
+                   help="comma- or space-separated, e.g. sgd,adam or 'sgd:momentum=0.9' adamw "
+                   "(default sgd,adam)")
     p.add_argument("--task", "-t", default="digits", help="task name, or name:key=value,… (default digits)")
     p.add_argument("--lrs", default="1e-4:10:16", metavar="GRID",
-                   help="LO:HI:N log-spaced (N points from LO to HI), or a list 1e-3,1e-2,0.1 (default 1e-4:10:16)")
+                   help="LO:HI:N log-spaced (N points from LO to HI), or a list 1e-3,1e-2,0.1 "
+                   "(default 1e-4:10:16)")
     p.add_argument("--steps", "-n", type=int, default=300, help="updates per run (default 300)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per (optimizer, lr) (default 3)")
     p.add_argument("--factor", type=float, default=2.0,

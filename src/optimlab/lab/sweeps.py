@@ -41,7 +41,8 @@ def parse_lrs(lrs: str | Sequence[float]) -> list[float]:
             if not (0 < lo < hi) or not math.isfinite(hi):
                 raise ValueError(f"lrs range needs 0 < LO < HI, got {lrs!r}")
             n = int(n)
-            return [10 ** (math.log10(lo) + i * (math.log10(hi) - math.log10(lo)) / (n - 1)) for i in range(n)]
+            a, b = math.log10(lo), math.log10(hi)
+            return [10 ** (a + i * (b - a) / (n - 1)) for i in range(n)]
         try:
             values = [float(v) for v in text.split(",") if v.strip()]
         except ValueError:
@@ -102,7 +103,8 @@ def parse_task(text: str) -> tuple[str, dict]:
         try:
             options[key.strip()] = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError):
-            raise ValueError(f"task option {key.strip()!r} needs a Python literal, got {value.strip()!r}") from None
+            raise ValueError(f"task option {key.strip()!r} needs a Python literal, "
+                             f"got {value.strip()!r}") from None
     return name.strip(), options
 
 
@@ -166,27 +168,31 @@ class Sweep:
         return b is not None and len(self.lrs) > 1 and (b[0] == 0 or b[1] == len(self.lrs) - 1)
 
     def table(self) -> str:
-        head = (f"{self.task}: final {self.metric} after {self.steps} steps, median over {self.seeds} seed(s); "
-                f"band = lrs within {self.factor:g}× of the best loss")
-        cols = [f"{'lr':>9}", *(f"{o:>14}" for o in self.optimizers)]
-        lines = [head, "  ".join(cols)]
+        """Median final loss per lr (* inside the band), then the best lr, best loss, band and width."""
+        w = max(14, *(len(o) + 1 for o in self.optimizers))
+        head = (f"{self.task}: final {self.metric} after {self.steps} steps, median over {self.seeds} "
+                f"seed(s); band = lrs within {self.factor:g}× of the best loss")
+        lines = [head, "  ".join([f"{'lr':>11}", *(f"{o:>{w}}" for o in self.optimizers)])]
+        bands = {o: band(self.lrs, self.median(o), self.factor) or (-1, -2) for o in self.optimizers}
         for i, lr in enumerate(self.lrs):
-            cells = []
-            for o in self.optimizers:
-                v, d = self.median(o)[i], self.diverged(o)[i]
-                text = "diverged" if math.isinf(v) else f"{v:.4g}"
-                lo, hi = b if (b := band(self.lrs, self.median(o), self.factor)) else (-1, -2)
-                mark = "*" if lo <= i <= hi else " "
-                cells.append(f"{text}{f' ({d}/{self.seeds}✗)' if d and math.isfinite(v) else ''}{mark}".rjust(14))
-            lines.append("  ".join([f"{lr:>9.3g}", *cells]))
-        summary = {"best lr": lambda o: f"{self.best(o)[0]:.3g}", "best loss": lambda o: f"{self.best(o)[1]:.4g}",
+            cells = [self._cell(o, i, bands[o]).rjust(w) for o in self.optimizers]
+            lines.append("  ".join([f"{lr:>11.3g}", *cells]))
+        summary = {"best lr": lambda o: f"{self.best(o)[0]:.3g}",
+                   "best loss": lambda o: f"{self.best(o)[1]:.4g}",
                    "band": lambda o: "—" if (b := self.band(o)) is None else f"{b[0]:.2g}–{b[1]:.2g}",
                    "width (dec)": lambda o: ("≥" if self.open_ended(o) else "") + f"{self.width(o):.2f}"}
         for name, cell in summary.items():
-            lines.append("  ".join([f"{name:>11}"[-11:].rjust(9), *(cell(o).rjust(14) for o in self.optimizers)]))
+            lines.append("  ".join([f"{name:>11}", *(f"{cell(o)} ".rjust(w) for o in self.optimizers)]))
         lines.append("(* = inside the band; n/k✗ = n of k seeds diverged, counted as infinite loss; "
                      "≥ = the band reaches the end of the grid)")
         return "\n".join(lines)
+
+    def _cell(self, opt: str, i: int, inside: tuple[int, int]) -> str:
+        value, gone = self.median(opt)[i], self.diverged(opt)[i]
+        text = "diverged" if math.isinf(value) else f"{value:.4g}"
+        if gone and math.isfinite(value):
+            text += f" ({gone}/{self.seeds}✗)"
+        return text + ("*" if inside[0] <= i <= inside[1] else " ")
 
     def to_json(self) -> dict:
         def clean(v):
@@ -215,7 +221,8 @@ class Sweep:
         bottom = min(finite) / 3 if finite else 0.1
         for k, o in enumerate(self.optimizers):
             med = self.median(o)
-            line, = ax.plot(self.lrs, [v if math.isfinite(v) else math.nan for v in med], "o-", ms=3.5, label=o)
+            shown = [v if math.isfinite(v) else math.nan for v in med]
+            line, = ax.plot(self.lrs, shown, "o-", ms=3.5, label=o)
             lo = [min(r) for r in self.runs[o]]
             hi = [max((v for v in r if math.isfinite(v)), default=math.nan) for r in self.runs[o]]
             ax.fill_between(self.lrs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
@@ -224,15 +231,16 @@ class Sweep:
             if (b := self.band(o)) is not None:
                 y = bottom * (1.35 ** k)
                 ax.plot(b, [y, y], "-|", color=line.get_color(), lw=5, ms=9, alpha=0.6, solid_capstyle="butt")
-                ax.annotate(("≥" if self.open_ended(o) else "") + f"{self.width(o):.2f} dec", (b[1], y), xytext=(4, -3), textcoords="offset points",
-                            fontsize=7, color=line.get_color())
+                label = ("≥" if self.open_ended(o) else "") + f"{self.width(o):.2f} dec"
+                ax.annotate(label, (b[1], y), xytext=(4, -3), textcoords="offset points", fontsize=7,
+                            color=line.get_color())
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_ylim(bottom / 1.5, top * 1.25 ** len(self.optimizers) * 1.2)
         ax.set_xlabel("learning rate")
         ax.set_ylabel(f"final {self.metric}")
-        ax.set_title(f"{self.task}, {self.steps} steps, {self.seeds} seed(s); bars: within {self.factor:g}× of "
-                     "best; ✗ diverged", fontsize=9)
+        ax.set_title(f"{self.task}, {self.steps} steps, {self.seeds} seed(s); bars: within {self.factor:g}× "
+                     "of best; ✗ diverged", fontsize=9)
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(path, dpi=80)
@@ -271,7 +279,7 @@ def sweep(optimizers: str | Sequence[str] = ("sgd", "adam"), task: str = "digits
         raise ValueError(f"metric must be one of {', '.join(METRICS)}; got {metric!r}")
     if len(set(names)) != len(names):
         raise ValueError(f"an optimizer is listed twice: {names}")
-    jobs = [(task, task_options or {}, o, lr, seed, steps) for o in names for lr in grid for seed in range(seeds)]
+    jobs = [(task, task_options, o, lr, seed, steps) for o in names for lr in grid for seed in range(seeds)]
     results = run_jobs(train_once, jobs, workers=workers, progress=progress, unit="run")
     it = iter(r[metric] for r in results)
     runs = {o: [[next(it) for _ in range(seeds)] for _ in grid] for o in names}
@@ -319,7 +327,8 @@ def train_once(job: tuple) -> dict[str, float]:
     return {m: final[m] if math.isfinite(final[m]) else math.inf for m in METRICS}
 
 
-def run_jobs(fn: Callable, jobs: list, *, workers: int = 1, progress: bool = False, unit: str = "job") -> list:
+def run_jobs(fn: Callable, jobs: list, *, workers: int = 1, progress: bool = False,
+             unit: str = "job") -> list:
     """[fn(job) for job in jobs], in that order; across `workers` fresh processes when > 1.
 
     Processes are spawned, not forked: a forked child inherits torch's thread pool in an unknown state.

@@ -39,7 +39,8 @@ class CharTransformer(nn.Module):
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.final_norm = nn.LayerNorm(width) if norm_first else nn.Identity()  # pre-LN needs one at the end
         self.head = nn.Linear(width, vocab)
-        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(context), persistent=False)
+        mask = nn.Transformer.generate_square_subsequent_mask(context)
+        self.register_buffer("mask", mask, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = x.shape[1]

@@ -21,9 +21,11 @@ from pathlib import Path
 from . import beta2, bias, clipping, decay, eps, warmup
 from .common import Ablation, Panel, Result, Settings, single_thread
 
-ABLATIONS: dict[str, Ablation] = {m.ABLATION.name: m.ABLATION for m in (bias, warmup, decay, clipping, beta2, eps)}
+ABLATIONS: dict[str, Ablation] = {m.ABLATION.name: m.ABLATION
+                                  for m in (bias, warmup, decay, clipping, beta2, eps)}
 
-__all__ = ["breakit", "names", "get", "table", "plot", "Ablation", "Result", "Panel", "Settings", "ABLATIONS"]
+__all__ = ["breakit", "names", "get", "table", "plot", "to_json", "Ablation", "Result", "Panel", "Settings",
+           "ABLATIONS"]
 
 
 def names() -> list[str]:
@@ -80,7 +82,8 @@ def to_json(results: list[Result]) -> list[dict]:
     out = []
     for r in results:
         a = ABLATIONS[r.name]
-        out.append({**r.to_json(), "removed": a.removed, "claim": a.claim, "measure": a.measure, "rule": a.rule})
+        out.append({**r.to_json(), "removed": a.removed, "claim": a.claim, "measure": a.measure,
+                    "rule": a.rule})
     return out
 
 
@@ -89,7 +92,9 @@ def table(results: list[Result]) -> str:
     rows = [("ablation", "measured", "spread (seeds)", "verdict", "time")]
     for r in results:
         seeds = r.details.get("seeds")
-        spread = f"{_num(r.spread[0])}–{_num(r.spread[1])}" + (f" ({seeds:g})" if seeds else "") if r.spread else "—"
+        spread = "—"
+        if r.spread:
+            spread = f"{_num(r.spread[0])}–{_num(r.spread[1])}" + (f" ({seeds:g})" if seeds else "")
         rows.append((r.name, f"{_num(r.value)} {r.unit}", spread, r.verdict, f"{r.seconds:.1f} s"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []

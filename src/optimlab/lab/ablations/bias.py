@@ -11,7 +11,7 @@ import optimlab.tasks
 
 from .common import Ablation, Panel, Result, Settings, first_below, fmt, median, median_curve, spread, train
 
-TARGET = 0.25  # full-split training cross-entropy on digits (about 93% training accuracy)
+TARGET = 0.25  # full-split training cross-entropy on digits (it starts at ln 10 ≈ 2.3)
 EVERY = 5
 LRS = (1e-3, 1e-2)  # Adam's default, and ten times it
 
@@ -54,10 +54,10 @@ def run(settings: Settings) -> Result:
     panel = Panel("no bias correction (digits, Adam)", "step", "training loss",
                   {f"lr {lr:g}{'' if bc else ', no correction'}": (xs, curves[lr, bc]) for lr in LRS
                    for bc in (True, False)}, logy=True, hline=(TARGET, f"L* = {TARGET}"))
-    details = {"steps_with_lr1e-3": median(steps_to[LRS[0], True]), "steps_without_lr1e-3": median(steps_to[LRS[0], False]),
-               "steps_with_lr1e-2": median(steps_to[LRS[1], True]), "steps_without_lr1e-2": median(steps_to[LRS[1], False]),
-               "ratio_lr1e-2": r_high, "first_step_over_lr_with": step1[True],
-               "first_step_over_lr_without": step1[False], "seeds": seeds}
+    details = {f"steps_{'with' if bc else 'without'}_lr{lr:g}": median(steps_to[lr, bc])
+               for lr in LRS for bc in (True, False)}
+    details.update({f"ratio_lr{LRS[1]:g}": r_high, "first_step_over_lr_with": step1[True],
+                    "first_step_over_lr_without": step1[False], "seeds": seeds})
     return Result("bias-correction", r_default, "×", verdict, summary, spread(ratios[LRS[0]]), details, panel)
 
 
@@ -75,9 +75,9 @@ ABLATION = Ablation(
     name="bias-correction",
     removed="Adam's bias correction (m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ))",
     claim="'Removing it gives ~10–30% slower initial progress' (seed 000)",
-    measure=f"steps to reach full-split training loss {TARGET} on digits (evaluated every {EVERY} steps), without "
-    "÷ with bias correction, per seed (same init and batches), median over 5 seeds, at Adam's default lr 1e-3 "
-    "(also reported at 1e-2)",
+    measure=f"steps to reach full-split training loss {TARGET} on digits (evaluated every {EVERY} steps), "
+    "without ÷ with bias correction, per seed (same init and batches), median over 5 seeds, at Adam's "
+    "default lr 1e-3 (also reported at 1e-2)",
     rule="confirmed if the ratio is in 1.10–1.30 at both lrs, depends if at one, refuted if at neither",
     run=run,
 )

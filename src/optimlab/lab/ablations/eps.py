@@ -75,39 +75,44 @@ def run(settings: Settings) -> Result:
             final[dname, eps] = [c[-1] if math.isfinite(c[-1]) else math.inf for c in runs]
             curves[dname, eps] = median_curve(runs)
             underflow[dname, eps] = median(shares)
-    reference = []
+    reference = []  # fp32, ε 1e-8: what the low precision itself costs
     for seed in range(seeds):
         problem = low_precision_problem(seed, torch.float32)
-        reference.append(train(problem, optimlab.create("adam", problem.model.parameters(), lr=LR), steps)[-1])
+        opt = optimlab.create("adam", problem.model.parameters(), lr=LR)
+        reference.append(train(problem, opt, steps)[-1])
+    loss = {key: median(values) for key, values in final.items()}
     ratios = [a / b for a, b in zip(final["bf16", 1e-8], final["bf16", 1e-6])]
     ratio = median(ratios)
-    fp16_bad = sum(not math.isfinite(a) or a > 2 * b for a, b in zip(final["fp16", 1e-8], final["fp16", 1e-6]))
+    fp16_bad = sum(not math.isfinite(a) or a > 2 * b
+                   for a, b in zip(final["fp16", 1e-8], final["fp16", 1e-6]))
     verdict = "confirmed" if ratio > 1.1 else "refuted"
     summary = (f"with bf16 state ε 1e-8 ends with {ratio:.3f}× the loss of ε 1e-6 "
-               f"({fmt(median(final['bf16', 1e-8]))} vs {fmt(median(final['bf16', 1e-6]))}) and v never underflows "
-               f"({underflow['bf16', 1e-8]:.2%} of entries; fp32: {fmt(median(reference))}): bf16 has fp32's exponent "
-               f"range; the seed's reason is "
-               f"fp16's: there v underflows ({underflow['fp16', 1e-6]:.0%}–{underflow['fp16', 1e-8]:.0%} of entries) and ε 1e-8 fails in {fp16_bad} of "
-               f"{seeds} seeds ({fmt(median(final['fp16', 1e-8]))} vs {fmt(median(final['fp16', 1e-6]))} with 1e-6)")
+               f"({fmt(loss['bf16', 1e-8])} vs {fmt(loss['bf16', 1e-6])}) and v never underflows "
+               f"({underflow['bf16', 1e-8]:.2%} of entries; fp32: {fmt(median(reference))}): bf16 has fp32's "
+               f"exponent range; the seed's reason is fp16's: "
+               f"there v underflows ({underflow['fp16', 1e-6]:.0%}–{underflow['fp16', 1e-8]:.0%} of entries) "
+               f"and ε 1e-8 fails in {fp16_bad} of {seeds} seeds ({fmt(loss['fp16', 1e-8])} vs "
+               f"{fmt(loss['fp16', 1e-6])} with 1e-6)")
     xs = [i * SAMPLE for i in range(len(curves["bf16", 1e-8]))]
+    labels = {key: f"{key[0]}, ε={key[1]:g}" + (" (diverged)" if math.isinf(c[-1]) else "")
+              for key, c in curves.items()}
     panel = Panel("ε with low-precision Adam state (digits)", "step", "training loss",
-                  {f"{d}, ε={e:g}" + (" (diverged)" if math.isinf(curves[d, e][-1]) else ""): (xs, curves[d, e])
-                   for d in DTYPES for e in EPS},
-                  logy=True)
-    details = {f"loss_{d}_eps{e:g}": median(final[d, e]) for d in DTYPES for e in EPS}
-    details.update({f"v_underflow_share_{d}_eps{e:g}": underflow[d, e] for d in DTYPES for e in EPS})
-    details.update({"fp16_eps1e-8_failed_seeds": fp16_bad, "loss_fp32_eps1e-08": median(reference), "seeds": seeds})
+                  {labels[key]: (xs, c) for key, c in curves.items()}, logy=True)
+    details = {f"loss_{d}_eps{e:g}": v for (d, e), v in loss.items()}
+    details.update({f"v_underflow_share_{d}_eps{e:g}": v for (d, e), v in underflow.items()})
+    details.update({"fp16_eps1e-8_failed_seeds": fp16_bad, "loss_fp32_eps1e-08": median(reference),
+                    "seeds": seeds})
     return Result("eps-bf16", ratio, "×", verdict, summary, spread(ratios), details, panel)
 
 
 ABLATION = Ablation(
     name="eps-bf16",
     removed="ε = 1e-6 for low-precision state (back to the default 1e-8)",
-    claim="'For mixed-precision (bf16), some recipes use ε = 1e-6 because v̂ can underflow below 1e-8 in bf16' "
-    "(seed 000)",
-    measure="final full-split training loss of the digits MLP with bf16 parameters and Adam state, ε 1e-8 ÷ ε 1e-6, "
-    "per seed, median over 5 seeds (lr 1e-3, 300 steps); with the share of v entries stored as 0 while m ≠ 0, "
-    "and the same in fp16 as a control",
+    claim="'For mixed-precision (bf16), some recipes use ε = 1e-6 because v̂ can underflow below 1e-8 in "
+    "bf16' (seed 000)",
+    measure="final full-split training loss of the digits MLP with bf16 parameters and Adam state, ε 1e-8 ÷ "
+    "ε 1e-6, per seed, median over 5 seeds (lr 1e-3, 300 steps); with the share of v entries stored as 0 "
+    "while m ≠ 0, and the same in fp16 as a control",
     rule="confirmed if ε 1e-8 ends with > 1.1× the loss of ε 1e-6 in bf16, refuted otherwise",
     run=run,
 )

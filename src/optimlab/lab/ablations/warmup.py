@@ -43,17 +43,18 @@ def run(settings: Settings) -> Result:
     unigram = unigram_entropy()
     verdict = ("confirmed" if gap_low > 0.05 and gap_high > 0.05 else "depends" if gap_high > 0.05
                else "refuted")
-    summary = (f"at lr {LRS[1]:g} no warmup ends at {fmt(median(final[LRS[1], 0]))} nats (unigram entropy "
-               f"{fmt(unigram)}: it learned only character frequencies) vs {fmt(median(final[LRS[1], WARMUP]))} "
-               f"with {WARMUP} warmup steps; at lr {LRS[0]:g} the gap is {gap_low:+.3f} nats: warmup "
-               "rescues a too-high lr, the good lr does not need it")
+    high = {w: median(final[LRS[1], w]) for w in (0, WARMUP)}
+    summary = (f"at lr {LRS[1]:g} no warmup ends at {fmt(high[0])} nats (unigram entropy {fmt(unigram)}: "
+               f"it learned only character frequencies) vs {fmt(high[WARMUP])} with {WARMUP} warmup steps; "
+               f"at lr {LRS[0]:g} the gap is {gap_low:+.3f} nats: warmup rescues a too-high lr, the good lr "
+               "does not need it")
     xs = [i * EVERY for i in range(len(curves[LRS[0], 0]))]
     panel = Panel("no warmup (charlm, post-LN transformer, Adam)", "step", "training loss (nats)",
                   {f"lr {lr:g}, {'warmup ' + str(w) if w else 'no warmup'}": (xs, curves[lr, w])
                    for lr in LRS for w in (WARMUP, 0)}, hline=(unigram, "unigram entropy"))
-    details = {"loss_no_warmup_high_lr": median(final[LRS[1], 0]), "loss_warmup_high_lr": median(final[LRS[1], WARMUP]),
-               "loss_no_warmup_good_lr": median(final[LRS[0], 0]), "loss_warmup_good_lr": median(final[LRS[0], WARMUP]),
-               "gap_good_lr": gap_low, "unigram_entropy": unigram, "seeds": seeds, "steps": steps}
+    details = {f"loss_{'warmup' if w else 'no_warmup'}_{which}_lr": median(final[lr, w])
+               for which, lr in zip(("good", "high"), LRS) for w in (WARMUP, 0)}
+    details.update({"gap_good_lr": gap_low, "unigram_entropy": unigram, "seeds": seeds, "steps": steps})
     return Result("warmup", gap_high, "nats", verdict, summary, spread(gaps[LRS[1]]), details, panel)
 
 
