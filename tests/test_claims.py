@@ -145,7 +145,8 @@ def test_adam_is_scale_invariant_without_eps_and_eps_breaks_it_only_for_small_gr
     assert by_k[1.0] < 1e-3
     assert by_k[min(by_k)] > 0.5  # k·g far below ε: the update all but vanishes
     ks = sorted(by_k)
-    assert all(by_k[a] >= by_k[b] for a, b in zip(ks, ks[1:]) if b <= 1)  # a smaller scale, a larger deviation
+    # below k = 1, a smaller scale gives a larger deviation
+    assert all(by_k[a] >= by_k[b] for a, b in zip(ks, ks[1:]) if b <= 1)
     assert r.verdict == "confirmed"
 
 
@@ -202,7 +203,8 @@ def test_l2_decay_is_a_tenth_of_adamws_at_root_v_10():
 def test_v_survives_in_bf16_far_below_eps_but_not_in_fp16():
     r = measured("eps-bf16-underflow")
 
-    def threshold(dtype):  # the smallest power of ten g with (1 − β₂)g² at least half the dtype's least subnormal
+    def threshold(dtype):
+        """The smallest power of ten g with (1 − β₂)g² at least half the dtype's least subnormal."""
         least = torch.finfo(dtype).tiny * torch.finfo(dtype).eps
         return next(10.0**-e for e in range(45, -1, -1) if 1e-3 * (10.0**-e) ** 2 >= least / 2)
 
@@ -228,7 +230,8 @@ def test_canyon_numbers_against_the_recursions_by_hand():
     sgd = measured("sgd-flips-forever").numbers
     assert sgd["sign_flips"] == sgd["steps"] and sgd["max_abs_x_minus_1"] == 0
     assert sgd["y_ratio_per_step"] == pytest.approx(1 - 2 * 0.01)
-    # heavy ball: v = 200 → x = −1; v = 0.9·200 − 200 = −20 → Δx = +0.2; x = −0.8, v = 0.9·(−20) − 160 → Δx = 1.78
+    # heavy ball: v = 200 → x = −1; v = 0.9·200 − 200 = −20 → Δx = +0.2;
+    # x = −0.8, v = 0.9·(−20) − 160 = −178 → Δx = +1.78
     momentum = measured("momentum-bounce-tenth")
     assert momentum.numbers["dx"] == pytest.approx([-2.0, 0.2, 1.78])
     assert momentum.verdict == "confirmed"
@@ -281,8 +284,10 @@ def test_sweep_claims_read_consistent_numbers_and_follow_their_rules():
     assert ratio.verdict == ("confirmed" if 10 / 1.25 <= r <= 100 * 1.25 else "refuted")
     lion_small, lion_large = measured("lion-lr-3x-smaller"), measured("lion-larger-lr")
     q = lion_small.numbers["adamw_vertex_lr"] / lion_small.numbers["lion_vertex_lr"]
-    assert lion_small.verdict == ("confirmed" if 3 / 1.25 <= q <= 10 * 1.25 else "depends" if q > 1 else "refuted")
-    assert lion_large.verdict == ("confirmed" if 1 / q > 1.25 else "refuted" if 1 / q < 1 / 1.25 else "depends")
+    assert lion_small.verdict == ("confirmed" if 3 / 1.25 <= q <= 10 * 1.25 else "depends" if q > 1
+                                  else "refuted")
+    assert lion_large.verdict == ("confirmed" if 1 / q > 1.25 else "refuted" if 1 / q < 1 / 1.25
+                                  else "depends")
 
 
 def test_lion_moves_every_coordinate_with_a_signal_by_exactly_eta():
@@ -328,7 +333,8 @@ def test_cli_markdown_to_a_file_and_the_list(tmp_path, capsys):
     out = tmp_path / "report.md"
     assert main(["claims", "memory-7b-state", "--out", str(out)]) == 0
     text = out.read_text()
-    assert text.startswith("# The seeds' claims, measured") and "| `memory-7b-state` | 002 | **confirmed**" in text
+    assert text.startswith("# The seeds' claims, measured")
+    assert "| `memory-7b-state` | 002 | **confirmed**" in text
     capsys.readouterr()
     assert main(["claims", "--list"]) == 0
     listed = capsys.readouterr().out

@@ -118,26 +118,22 @@ CLAIMS = [
     Claim(
         id="adamw-vs-l2-at-sqrt-v-10", seed="001",
         claim="Adam + L2: 'λθ is added to the gradient, then scaled by the adaptive term' — so for a "
-        "parameter with "
-        "√v̂ = 10, its per-step weight decay is a tenth of AdamW's (quick check)",
+        "parameter with √v̂ = 10, its per-step weight decay is a tenth of AdamW's (quick check)",
         experiment="breakit 'decoupled-decay': mean of many weights with Gaussian gradients of RMS 10, λ = "
-        "0.1, "
-        "lr 1e-2; effective per-step decay of Adam + L2 ÷ AdamW",
+        "0.1, lr 1e-2; effective per-step decay of Adam + L2 ÷ AdamW",
         rule="confirmed if within 25% of 1/√v̂ = 0.1, refuted otherwise",
         measure=decoupled,
         judge=lambda n: confirmed() if abs(n["value"] / n["predicted_adam_s10"] - 1) < 0.25 else refuted(),
         describe=lambda n: f"Adam + L2 decays {fmt(n['value'])}× as fast as AdamW at √v̂ ≈ 10 (predicted "
         f"{fmt(n['predicted_adam_s10'])}); "
-        f"{fmt(n['kappa_over_lambda_adam_s100'] / n['kappa_over_lambda_adamw_s100'])}× "
-        "at √v̂ ≈ 100",
+        f"{fmt(n['kappa_over_lambda_adam_s100'] / n['kappa_over_lambda_adamw_s100'])}× at √v̂ ≈ 100",
         reference="Loshchilov & Hutter 2019 §2"),
     Claim(
         id="eps-bf16-underflow", seed="000",
         claim="'For mixed-precision (bf16), some recipes use ε = 1e-6 because v̂ can underflow below 1e-8 in "
         "bf16.'",
         experiment="the smallest |g| whose v survives one Adam step in bf16, fp16, fp32; breakit 'eps-bf16': "
-        "digits "
-        "MLP with bf16 state, final loss ε 1e-8 ÷ ε 1e-6 and the share of v entries stored as 0",
+        "digits MLP with bf16 state, final loss ε 1e-8 ÷ ε 1e-6 and the share of v entries stored as 0",
         rule="confirmed if v underflows in bf16 training and ε 1e-6 ends > 1.1× better; refuted if neither; "
         "depends if one",
         measure=eps_bf16, judge=judge_eps,
@@ -150,8 +146,7 @@ CLAIMS = [
         f"fp16 {n['v_underflow_share_fp16_eps1e-08']:.0%} underflowed and ε 1e-8 ended at "
         f"{fmt(n['loss_fp16_eps1e-08'])} vs {fmt(n['loss_fp16_eps1e-06'])} with ε 1e-6",
         reference="bf16 keeps fp32's 8 exponent bits (smallest normal 1.2e-38); fp16's smallest subnormal is "
-        "6e-8: "
-        "the underflow the seed describes is fp16's"),
+        "6e-8: the underflow the seed describes is fp16's"),
     Claim(
         id="beta2-095-adapts", seed="000",
         claim="'lower β₂ = 0.95 so the optimizer doesn't carry stale variance estimates' (non-stationary "
@@ -159,8 +154,7 @@ CLAIMS = [
         experiment="breakit 'beta2': linear model on diabetes whose target flips (and loss scale drops 100×) "
         "mid-run; steps to recover, β₂ 0.999 ÷ 0.95",
         rule="confirmed if 0.95 recovers > 2× faster after the scale drop and is not > 1.25× slower when "
-        "only the "
-        "target moves; depends if only the first; refuted otherwise",
+        "only the target moves; depends if only the first; refuted otherwise",
         measure=beta2, judge=judge_beta2,
         describe=lambda n: f"after the scale drop 0.999 needs {fmt(n['value'])}× the steps of 0.95 "
         f"({fmt(n['steps_scale_drop_beta2_0.999'])} vs {fmt(n['steps_scale_drop_beta2_0.95'])}); target "

@@ -241,8 +241,7 @@ def judge_clipping(n) -> Verdict:
         return confirmed()
     if adam >= sgd:
         return refuted()
-    return depends("only where gradient norms are steady (then clipping is a constant rescale Adam "
-                   "ignores); "
+    return depends("only where gradient norms are steady (then clipping is a constant rescale Adam ignores); "
                    f"on digits, where they fall as it learns, clipping changed Adam's steps "
                    f"{fmt(n['adam_step_ratio'])}× and final loss {fmt(n['adam_loss_ratio'])}×, less than "
                    "SGD's "
@@ -255,24 +254,19 @@ CLAIMS = [
         claim="'If you multiply the loss by k … Adam's update is the same regardless of loss scale (modulo "
         "ε)'",
         experiment="30 Adam steps (lr 1e-3) on the digits MLP in float64 with the loss × k, k = 1e-10…1e4, "
-        "with "
-        "ε = 1e-8 and ε → 0: relative distance ‖Δθ_k − Δθ‖/‖Δθ‖ from the ε → 0 update Δθ",
+        "with ε = 1e-8 and ε → 0: relative distance ‖Δθ_k − Δθ‖/‖Δθ‖ from the ε → 0 update Δθ",
         rule="confirmed if without ε the update is the same for every k (to 1e-9) and ε = 1e-8 moves it by "
-        "less "
-        "than 1e-3 for k ≥ 1; refuted otherwise",
+        "less than 1e-3 for k ≥ 1; refuted otherwise",
         measure=scale_invariance, judge=judge_scale, describe=describe_scale,
         reference="Kingma & Ba 2015 §2.1: the effective step is invariant to the scale of the gradients"),
     Claim(
         id="adam-steady-step-eta", seed="000",
         claim="'Adam's effective LR is η · sign(g) in steady state … the update is \"step η in the direction "
-        "of the "
-        "gradient\", regardless of magnitude'",
+        "of the gradient\", regardless of magnitude'",
         experiment="Adam (lr 1e-3) fed gradients μ + σξ on 4096 coordinates for 2000 steps: mean |Δθ|/η over "
-        "the last "
-        "200, for a constant gradient, |μ| = σ, and μ = 0, at gradient scales 1e-3 and 1e3",
+        "the last 200, for a constant gradient, |μ| = σ, and μ = 0, at gradient scales 1e-3 and 1e3",
         rule="refuted if a constant gradient does not give η (±10%) or the scale changes the step (>1%); "
-        "confirmed if "
-        "every case gives η ±10%; depends if only the consistent-sign case does",
+        "confirmed if every case gives η ±10%; depends if only the consistent-sign case does",
         measure=steady_steps, judge=judge_steady,
         describe=describe_steady,
         reference="Kingma & Ba 2015 §2.1: |Δ| ≲ α, smaller when the gradient's sign is uncertain (low SNR)"),
@@ -280,28 +274,23 @@ CLAIMS = [
         id="first-step-not-enormous", seed="000",
         claim="Warmup: 'At step 0, Adam's v̂ is near 0 → the denominator is small → the step is enormous.'",
         experiment="Adam (lr 1e-3, bias correction on) on the digits MLP: |Δθ|/η of every coordinate on the "
-        "first "
-        "step, v̂₁ against g₁², and the mean |Δθ|/η over the second half of 200 steps",
+        "first step, v̂₁ against g₁², and the mean |Δθ|/η over the second half of 200 steps",
         rule="refuted if no coordinate moves more than 1.001η on the first step; confirmed if one moves ≥ "
-        "10η; "
-        "depends otherwise",
+        "10η; depends otherwise",
         measure=first_step, judge=judge_first,
         describe=lambda n: f"v̂₁ = g₁² (max relative error {fmt(n['v_hat_over_g2_max_error'])}): first step "
         "max "
         f"{n['first_max']:.4f}η, median {n['first_median']:.4f}η; later steps average "
         f"{fmt(n['later_mean'])}η (steps "
         f"{n['later_from_step']}–{n['steps']}), so the first is {fmt(n['first_median'] / n['later_mean'])}× "
-        "a typical "
-        "step",
+        "a typical step",
         reference="Kingma & Ba 2015 §3: bias correction makes v̂₁ = g₁²"),
     Claim(
         id="no-correction-first-step", seed="003",
         claim="Without bias correction 'early Adam steps would be 10x too small for the first moment and "
-        "1000x too "
-        "small for the second moment …, making initial training extremely slow'",
+        "1000x too small for the second moment …, making initial training extremely slow'",
         experiment="one Adam step without bias correction on the canyon (lr 0.1, g = (200, 2)), and "
-        "uncorrected ÷ "
-        "corrected step size under a constant gradient for 2000 steps",
+        "uncorrected ÷ corrected step size under a constant gradient for 2000 steps",
         rule="refuted if the uncorrected first step is larger than η; confirmed if it is ≤ 0.105η; depends "
         "otherwise",
         measure=no_correction_steps, judge=judge_no_correction,
@@ -315,14 +304,11 @@ CLAIMS = [
     Claim(
         id="clipping-adam-vs-sgd", seed="000",
         claim="'Gradient clipping … For SGD: clip → linearly cap step size. For Adam: barely matters at "
-        "steady "
-        "state (Adam already normalises)'",
+        "steady state (Adam already normalises)'",
         experiment="digits MLP, 300 steps, clip_grad_norm_(0.1) on every step vs none, Adam lr 1e-3 and SGD "
-        "lr 0.2, "
-        "2 seeds: final training loss and mean update norm, clipped ÷ unclipped",
+        "lr 0.2, 2 seeds: final training loss and mean update norm, clipped ÷ unclipped",
         rule="with a = Adam's largest |log ratio| and s = SGD's: confirmed if a < log 1.25 and s > log 1.5; "
-        "refuted "
-        "if a ≥ s; depends otherwise",
+        "refuted if a ≥ s; depends otherwise",
         measure=clipped_runs, judge=judge_clipping,
         describe=lambda n: f"clipping at {n['max_norm']:g} ({n['adam_share_clipped']:.0%} / "
         f"{n['sgd_share_clipped']:.0%} "

@@ -74,8 +74,7 @@ CLAIMS = [
     Claim(
         id="momentum-bounce-tenth", seed="002",
         claim="SGD + momentum (α = 0.01, β = 0.9) on the canyon: at step 1 'the bounce cancelled itself down "
-        "to a "
-        "tenth of the size'",
+        "to a tenth of the size'",
         experiment="race('canyon', 'momentum') for 60 steps: the x-updates and |x|'s envelope",
         rule="confirmed if the second x-update is a tenth of the first (to 1e-9), refuted otherwise",
         measure=momentum_bounce,
@@ -105,8 +104,7 @@ CLAIMS = [
         experiment="race('reddi', 'adam,amsgrad'): f_t = 3x once every 3 steps, −x otherwise, x ∈ [−1, 1], "
         "β₁ = 0, β₂ = 1/(1 + C²), α = 0.5/√t, 1200 steps",
         rule="confirmed if Adam ends above 0.9 (the worst point, +1) and AMSGrad within 0.05 of the optimum "
-        "−1; "
-        "refuted if Adam does not fail or AMSGrad ends above −0.5; depends otherwise",
+        "−1; refuted if Adam does not fail or AMSGrad ends above −0.5; depends otherwise",
         measure=reddi,
         judge=judge_reddi,
         describe=lambda n: f"after {n['steps']} steps Adam is at x = {n['adam_final_x']:+.4f}, AMSGrad at "

@@ -130,19 +130,16 @@ def judge_lion_magnitude(n) -> Verdict:
         return refuted()
     return depends(f"every coordinate with a non-zero sign(β₁m + (1 − β₁)g) moves exactly η; the "
                    f"{n['share_zero']:.1%} with no gradient yet (constant pixels, dead units) do not move, "
-                   "and weight "
-                   "decay adds ηλθ")
+                   "and weight decay adds ηλθ")
 
 
 CLAIMS = [
     Claim(
         id="adam-lr-insensitive", seed="003",
         claim="'Adam is much less sensitive to learning rate than SGD … This 10x–100x larger robust LR range "
-        "is why "
-        "Adam is the default'",
+        "is why Adam is the default'",
         experiment="optimlab.lab.sweep(['sgd', 'adam'], 'digits', lrs='1e-4:10:16', steps=200, seeds=1): "
-        "decades of "
-        "lr whose validation loss is within 2× of the best",
+        "decades of lr whose validation loss is within 2× of the best",
         rule="confirmed if Adam's band is at least 10× (1 decade) wider than SGD's on the grid, refuted "
         "otherwise",
         measure=SGD_ADAM, judge=judge_sensitivity, describe=lambda n: describe_bands(n, "sgd", "adam")),
@@ -150,8 +147,7 @@ CLAIMS = [
         id="adam-lr-10-100x-smaller", seed="000",
         claim="Adam's step is ≈ η·sign(g): 'Hence LRs are 10–100× smaller for Adam than SGD.'",
         experiment="the same sweep: SGD's best lr ÷ Adam's, each read between grid points (vertex of a "
-        "parabola "
-        "through log-loss at the best lr and its neighbours)",
+        "parabola through log-loss at the best lr and its neighbours)",
         rule="confirmed if the ratio is within 10–100× (±25%), refuted otherwise",
         measure=SGD_ADAM, judge=judge_adam_vs_sgd_lr, describe=lambda n: ratio_text(n, "sgd", "adam")),
     Claim(
@@ -160,8 +156,7 @@ CLAIMS = [
         experiment="optimlab.lab.sweep(['adamw', 'lion'], 'digits', lrs='1e-4:0.1:13', steps=200, seeds=1): "
         "AdamW's best lr ÷ Lion's, each read between grid points",
         rule="confirmed if the ratio is within the paper's 3–10× (±25%); depends if Lion's is smaller by "
-        "another "
-        "factor; refuted if it is not smaller",
+        "another factor; refuted if it is not smaller",
         measure=ADAMW_LION, judge=judge_lion_smaller,
         describe=lambda n: ratio_text(n, "adamw", "lion") + "; " + describe_bands(n, "adamw", "lion"),
         reference="Chen et al. 2023 §5: Lion's lr is typically 3–10× smaller than AdamW's"),
@@ -178,11 +173,9 @@ CLAIMS = [
         claim="Lion 'uses only the sign of the momentum update … every parameter update has the same "
         "magnitude (η)'",
         experiment="Lion (lr 1e-3, no weight decay) on the digits MLP for 20 steps: |Δθ| of every coordinate "
-        "at "
-        "every step",
+        "at every step",
         rule="confirmed if every coordinate moves exactly η (to 1e-3η); refuted if any moves by another "
-        "non-zero "
-        "amount; depends if the rest do not move at all",
+        "non-zero amount; depends if the rest do not move at all",
         measure=lion_steps, judge=judge_lion_magnitude,
         describe=lambda n: f"over {n['steps']} steps × {n['coordinates']:,} coordinates: "
         f"{n['share_eta']:.2%} moved "

@@ -102,8 +102,7 @@ CLAIMS = [
         id="lion-half-state", seed="000",
         claim="Lion 'drops the second moment entirely … Halves optimizer memory vs Adam.'",
         experiment="state bytes each rule declares (spec.state_bytes) for a 4096², a 768×3072 and a 4096 "
-        "fp32 "
-        "parameter, and the state one real step allocates on a 256→512→10 MLP",
+        "fp32 parameter, and the state one real step allocates on a 256→512→10 MLP",
         rule="confirmed if Lion ÷ Adam is exactly 0.5 for every shape and in the real allocation, refuted "
         "otherwise",
         measure=shared("lion-vs-adam", lion_vs_adam),
@@ -118,8 +117,7 @@ CLAIMS = [
         id="lion-3x-memory", seed="003",
         claim="Lion: 'approximately 3x memory savings over Adam (one buffer vs two)'",
         experiment="the same declared and allocated state as lion-half-state; also seed 000's bf16-mixed "
-        "accounting "
-        "(state + fp32 master) and the whole footprint from the memory planner",
+        "accounting (state + fp32 master) and the whole footprint from the memory planner",
         rule="confirmed if Adam ÷ Lion state is 2.5–3.5, refuted otherwise",
         measure=shared("lion-vs-adam", lion_vs_adam),
         judge=lambda n: confirmed() if 2.5 <= 1 / n["ratio_by_shape"][0] <= 3.5 else refuted(),
@@ -131,8 +129,7 @@ CLAIMS = [
         id="adafactor-o-d-plus-m", seed="000",
         claim="'Adam's v for a (d × m) weight matrix is O(d·m); Adafactor stores O(d + m)'",
         experiment="Adafactor's declared state for 1024², 4096², 4096×16384 and 50257×768 matrices, and the "
-        "state a "
-        "real step allocates for a 512×2048 matrix",
+        "state a real step allocates for a 512×2048 matrix",
         rule="confirmed if every size is exactly 4(d + m) bytes (one fp32 row and one column statistic), "
         "refuted otherwise",
         measure=adafactor_factored,
@@ -147,8 +144,7 @@ CLAIMS = [
         claim="Adafactor: '~50% optimizer memory' (table: '~4 (per-row + per-column factored)' B/param of "
         "state)",
         experiment="memory planner on a GPT-2-small shape in bf16-mixed: Adafactor ÷ AdamW for the optimizer "
-        "state, "
-        "state + fp32 master, and the whole footprint",
+        "state, state + fp32 master, and the whole footprint",
         rule="confirmed if the optimizer state is 40–60% of AdamW's; depends if only the whole footprint is; "
         "refuted otherwise",
         measure=adafactor_share,
@@ -160,8 +156,7 @@ CLAIMS = [
         if 0.4 <= n["total_ratio"] <= 0.6 else refuted(),
         describe=lambda n: f"Adafactor ÷ AdamW: state {n['state_ratio']:.2%} "
         f"({n['adafactor_state_bytes_per_param']:.3f} B/param), state + master "
-        f"{n['state_and_master_ratio']:.0%}, "
-        f"whole footprint {n['total_ratio']:.0%}",
+        f"{n['state_and_master_ratio']:.0%}, whole footprint {n['total_ratio']:.0%}",
         reference="Shazeer & Stern 2018: factored second moment, no first moment by default; the seed's "
         "table puts "
         "AdamW's fp32 master copy in its state column, so its ~4 B/param for Adafactor is that copy"),
@@ -170,8 +165,7 @@ CLAIMS = [
         claim="'A 70B model in AdamW needs 70e9 × 16 = 1.12 TB of optimizer state'",
         experiment="memory planner: 70e9 parameters, AdamW, bf16-mixed",
         rule="confirmed if the optimizer state, even counted with the fp32 master copy, is within 5% of 1.12 "
-        "TB; "
-        "refuted otherwise",
+        "TB; refuted otherwise",
         measure=model_70b,
         judge=lambda n: confirmed() if near(n["optimizer_state_bytes"] + n["master_weights_bytes"], 1.12e12)
         else refuted(),
@@ -195,8 +189,7 @@ CLAIMS = [
     Claim(
         id="memory-7b-state", seed="002",
         claim="Adam 'stores two extra tensors (m and v) per parameter … For a 7B-parameter model in fp32, "
-        "that is "
-        "56 GB of optimizer state alone'",
+        "that is 56 GB of optimizer state alone'",
         experiment="memory planner: 7e9 parameters, Adam, fp32",
         rule="confirmed if the planned optimizer state is within 5% of 56 GB, refuted otherwise",
         measure=shared("7b", model_7b),
@@ -214,6 +207,5 @@ CLAIMS = [
         if near(n["total_bytes"], 208e9) and near(n["zero2_8_ranks_per_rank_bytes"], 49e9)
         else refuted(),
         describe=lambda n: f"total {gb(n['total_bytes'])}; ZeRO-2 on 8 ranks "
-        f"{gb(n['zero2_8_ranks_per_rank_bytes'])} "
-        "per rank (before activations)"),
+        f"{gb(n['zero2_8_ranks_per_rank_bytes'])} per rank (before activations)"),
 ]
