@@ -18,7 +18,10 @@ def classification_problem(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(10_000 + seed))
     x, y = x[order], y[order]
     x_train, y_train, x_val, y_val = x[:-validation], y[:-validation], x[-validation:], y[-validation:]
-    mean, std = x_train.mean(0), x_train.std(0).clamp(min=1e-6)  # standardise with training statistics
+    # Standardise with training statistics. A pixel that is constant in this split keeps scale 1 (as
+    # scikit-learn's StandardScaler does): dividing by a tiny std would blow held-out values up to 1e6.
+    mean, std = x_train.mean(0), x_train.std(0)
+    std = torch.where(std < 1e-3, torch.ones_like(std), std)
     x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
     per_epoch = max(len(x_train) // batch_size, 1)
     epochs: dict[int, torch.Tensor] = {}
