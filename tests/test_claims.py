@@ -155,9 +155,9 @@ def test_steady_state_step_sizes_match_the_ema_of_noise():
     step = {name: n[adam_claims._key("step_over_lr", name, 1e-3)] for name in adam_claims.SNRS}
     assert step["constant"] == pytest.approx(1, abs=1e-3)
     # |μ| = σ: m ≈ μ, v ≈ μ² + σ², so the step is 1/√2
-    assert step["snr 1"] == pytest.approx(1 / math.sqrt(2), rel=0.03)
+    assert step["snr_1"] == pytest.approx(1 / math.sqrt(2), rel=0.03)
     # μ = 0: m is an EMA of N(0, 1) with std √((1 − β₁)/(1 + β₁)); E|m| = std·√(2/π), and v ≈ 1
-    assert step["zero mean"] == pytest.approx(math.sqrt(0.1 / 1.9) * math.sqrt(2 / math.pi), rel=0.05)
+    assert step["zero_mean"] == pytest.approx(math.sqrt(0.1 / 1.9) * math.sqrt(2 / math.pi), rel=0.05)
     for name in adam_claims.SNRS:  # the gradient's scale does not matter
         assert n[adam_claims._key("step_over_lr", name, 1e3)] == pytest.approx(step[name], rel=0.01)
     assert measured("adam-steady-step-eta").verdict == "depends"

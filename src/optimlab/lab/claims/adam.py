@@ -78,7 +78,8 @@ def describe_scale(n) -> str:
             f"{fmt(n['grad_median_at_k1'])})")
 
 
-SNRS = {"constant": math.inf, "snr 1": 1.0, "zero mean": 0.0}  # |E g| ÷ std g
+SNRS = {"constant": math.inf, "snr_1": 1.0, "zero_mean": 0.0}  # |E g| ÷ std g
+LABELS = {"constant": "constant g", "snr_1": "|μ| = σ", "zero_mean": "μ = 0"}
 SCALES = (1e-3, 1e3)
 
 
@@ -119,15 +120,15 @@ def judge_steady(n) -> Verdict:
         return confirmed()
     return depends("η per coordinate only while the gradient keeps its sign; with noise as large as the "
                    "signal "
-                   f"{fmt(small['snr 1'])}η, with zero-mean noise {fmt(small['zero mean'])}η in a random "
+                   f"{small['snr_1']:.3f}η, with zero-mean noise {small['zero_mean']:.3f}η in a random "
                    "direction")
 
 
 def describe_steady(n) -> str:
-    cases = [f"{name}: {fmt(n[_key('step_over_lr', name, SCALES[0])])}η "
+    cases = [f"{LABELS[name]}: {n[_key('step_over_lr', name, SCALES[0])]:.3f}η "
              f"({n[_key('share_downhill', name, SCALES[0])]:.0%} of moves downhill)" for name in SNRS]
     return ", ".join(cases) + (f"; at gradient scale {SCALES[1]:g} instead of {SCALES[0]:g}: "
-                               + ", ".join(fmt(n[_key("step_over_lr", name, SCALES[1])]) + "η"
+                               + ", ".join(f"{n[_key('step_over_lr', name, SCALES[1])]:.3f}η"
                                            for name in SNRS))
 
 
@@ -310,7 +311,7 @@ CLAIMS = [
         rule="with a = Adam's largest |log ratio| and s = SGD's: confirmed if a < log 1.25 and s > log 1.5; "
         "refuted if a ≥ s; depends otherwise",
         measure=clipped_runs, judge=judge_clipping,
-        describe=lambda n: f"clipping at {n['max_norm']:g} ({n['adam_share_clipped']:.0%} / "
+        describe=lambda n: f"clipping at {n['max_norm']:g} (Adam {n['adam_share_clipped']:.0%}, SGD "
         f"{n['sgd_share_clipped']:.0%} "
         f"of steps clipped): Adam's update norm ×{fmt(n['adam_step_ratio'])}, final loss "
         f"×{fmt(n['adam_loss_ratio'])}; "

@@ -128,9 +128,10 @@ def judge_lion_magnitude(n) -> Verdict:
         return confirmed()
     if n["share_other"] > 0:
         return refuted()
-    return depends(f"every coordinate with a non-zero sign(β₁m + (1 − β₁)g) moves exactly η; the "
-                   f"{n['share_zero']:.1%} with no gradient yet (constant pixels, dead units) do not move, "
-                   "and weight decay adds ηλθ")
+    return depends(f"every coordinate with a non-zero c = β₁m + (1 − β₁)g moves exactly η; the "
+                   f"{n['share_zero']:.1%} of moves with c = 0 (no gradient yet: constant pixels, dead "
+                   "units) "
+                   "are 0, and with weight decay a step is η·|sign(c) + λθ|")
 
 
 CLAIMS = [

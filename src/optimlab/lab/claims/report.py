@@ -27,7 +27,7 @@ def report_markdown(results: list[Result], *, command: str = "optimlab claims",
         lines += [f"### `{r.id}` (seed {r.seed}): {r.verdict}", "", f"> {r.claim}", "",
                   f"* **Experiment**: {r.experiment}", f"* **Measured**: {r.measured}", "* **Rule**: "
                                                                                         f"{r.rule}",
-                  f"* **Verdict**: {r.verdict}" + (f", {r.condition}" if r.condition else "")]
+                  f"* **Verdict**: {r.verdict}" + (f": {r.condition}" if r.condition else "")]
         if r.reference:
             lines.append(f"* **Reference**: {r.reference}")
         lines += [f"* **Time**: {r.seconds:.1f} s", ""]
