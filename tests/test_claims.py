@@ -177,7 +177,8 @@ def test_clipping_verdict_follows_from_the_ratios():
 
 def test_clipping_rule_on_made_up_numbers():
     judge = adam_claims.judge_clipping
-    base = {"sgd_loss_ratio": 18.0, "sgd_step_ratio": 0.35}
+    base = {"sgd_loss_ratio": 18.0, "sgd_step_ratio": 0.35, "adam_grad_norm_cv": 0.35,
+            "adam_grad_norm_last_over_first": 0.47}
     assert judge({**base, "adam_loss_ratio": 1.1, "adam_step_ratio": 0.95}).verdict == "confirmed"
     assert judge({**base, "adam_loss_ratio": 0.58, "adam_step_ratio": 1.38}).verdict == "depends"
     assert judge({**base, "adam_loss_ratio": 30.0, "adam_step_ratio": 1.0}).verdict == "refuted"
