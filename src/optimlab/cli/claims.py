@@ -18,7 +18,7 @@ Prints a Markdown report (a table, then every claim in full); --json prints
 {"claims": [{"id", "seed", "claim", "measured", "verdict", ...}, ...]} instead.
 
 examples:
-  optimlab claims                                   every claim, full sizes (about a minute)
+  optimlab claims                                   every claim, full sizes (about half a minute)
   optimlab claims --quick --json                    reduced sizes, as JSON
   optimlab claims lion-3x-memory amsgrad-fixes-reddi --out report.md
   optimlab claims --list                            ids, seeds and claims

@@ -4,7 +4,7 @@
     results = claims(["lion-half-state", "amsgrad-fixes-reddi"], quick=True)
     for r in results:
         print(r.id, r.verdict, r.measured)
-    print(report_markdown(claims()))              # every claim at full size: about a minute
+    print(report_markdown(claims()))              # every claim at full size: about half a minute
     optimlab.lab.claims(quick=True)               # the same function, reached lazily from optimlab.lab
 
 The catalogue is declarative: one `Claim` per claim (seed, quote, experiment, the rule that turns the
