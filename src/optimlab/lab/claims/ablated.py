@@ -96,8 +96,7 @@ def judge_beta2(n) -> Verdict:
         return confirmed()
     if drop > 2:
         return depends(f"after the gradient scale drops (0.95 recovers {fmt(drop)}× faster); when only the "
-                       "target "
-                       f"moves, 0.95 needs {fmt(1 / stay)}× the steps of 0.999")
+                       f"target moves, 0.95 needs {fmt(1 / stay)}× the steps of 0.999")
     return refuted()
 
 
@@ -138,13 +137,10 @@ CLAIMS = [
         "depends if one",
         measure=eps_bf16, judge=judge_eps,
         describe=lambda n: f"v stays non-zero down to |g| = {fmt(n['smallest_grad_kept_bf16'])} in bf16 "
-        "(fp32: "
-        f"{fmt(n['smallest_grad_kept_fp32'])}, fp16: {fmt(n['smallest_grad_kept_fp16'])}); training with "
-        "bf16 state: "
-        f"{n['v_underflow_share_bf16_eps1e-08']:.2%} of v underflowed, loss ε 1e-8 ÷ 1e-6 = "
-        f"{fmt(n['value'])}; in "
-        f"fp16 {n['v_underflow_share_fp16_eps1e-08']:.0%} underflowed and ε 1e-8 ended at "
-        f"{fmt(n['loss_fp16_eps1e-08'])} vs {fmt(n['loss_fp16_eps1e-06'])} with ε 1e-6",
+        f"(fp32: {fmt(n['smallest_grad_kept_fp32'])}, fp16: {fmt(n['smallest_grad_kept_fp16'])}); training "
+        f"with bf16 state: {n['v_underflow_share_bf16_eps1e-08']:.2%} of v underflowed, loss ε 1e-8 ÷ 1e-6 = "
+        f"{fmt(n['value'])}; in fp16 {n['v_underflow_share_fp16_eps1e-08']:.0%} underflowed and ε 1e-8 ended "
+        f"at {fmt(n['loss_fp16_eps1e-08'])} vs {fmt(n['loss_fp16_eps1e-06'])} with ε 1e-6",
         reference="bf16 keeps fp32's 8 exponent bits (smallest normal 1.2e-38); fp16's smallest subnormal is "
         "6e-8: the underflow the seed describes is fp16's"),
     Claim(
@@ -158,7 +154,6 @@ CLAIMS = [
         measure=beta2, judge=judge_beta2,
         describe=lambda n: f"after the scale drop 0.999 needs {fmt(n['value'])}× the steps of 0.95 "
         f"({fmt(n['steps_scale_drop_beta2_0.999'])} vs {fmt(n['steps_scale_drop_beta2_0.95'])}); target "
-        "only: "
-        f"{fmt(n['ratio_target_only'])}× ({fmt(n['steps_target_only_beta2_0.999'])} vs "
+        f"only: {fmt(n['ratio_target_only'])}× ({fmt(n['steps_target_only_beta2_0.999'])} vs "
         f"{fmt(n['steps_target_only_beta2_0.95'])}); {n['seeds']:g} seed(s)"),
 ]

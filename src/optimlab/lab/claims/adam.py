@@ -1,5 +1,4 @@
-"""Claims about how Adam's update behaves: its scale invariance, its step size, its first step, and "
-"clipping."""
+"""Claims about how Adam's update behaves: its scale invariance, step size, first step, and clipping."""
 
 from __future__ import annotations
 
@@ -69,14 +68,11 @@ def describe_scale(n) -> str:
     shown = [k for k in n["k"] if k <= 1 and round(math.log10(k)) % 2 == 0]
     k_over = n["largest_k_over_1pct"]
     return (f"with ε → 0 the {n['steps']}-step update is the same for k = {fmt(n['k'][0])}…{fmt(n['k'][-1])} "
-            "to "
-            f"{fmt(max(n['deviation_eps_0']))}; with ε = 1e-8 it moves by "
+            f"to {fmt(max(n['deviation_eps_0']))}; with ε = 1e-8 it moves by "
             + ", ".join(f"{fmt(dev[k])} at k = {fmt(k)}" for k in reversed(shown))
             + f": over 1% from k = {fmt(k_over)} down, where the median |g| is "
-              f"{fmt(k_over * n['grad_median_at_k1'])}"
-            f" = {fmt(k_over * n['grad_median_at_k1'] / 1e-8)}ε (at k = 1: RMS {fmt(n['grad_rms_at_k1'])}, "
-            "median "
-            f"{fmt(n['grad_median_at_k1'])})")
+              f"{fmt(k_over * n['grad_median_at_k1'])} = {fmt(k_over * n['grad_median_at_k1'] / 1e-8)}ε (at "
+              f"k = 1: RMS {fmt(n['grad_rms_at_k1'])}, median {fmt(n['grad_median_at_k1'])})")
 
 
 SNRS = {"constant": math.inf, "snr_1": 1.0, "zero_mean": 0.0}  # |E g| ÷ std g
@@ -120,9 +116,8 @@ def judge_steady(n) -> Verdict:
     if all(abs(v - 1) <= 0.1 for v in small.values()):
         return confirmed()
     return depends("η per coordinate only while the gradient keeps its sign; with noise as large as the "
-                   "signal "
-                   f"{small['snr_1']:.3f}η, with zero-mean noise {small['zero_mean']:.3f}η in a random "
-                   "direction")
+                   f"signal {small['snr_1']:.3f}η, with zero-mean noise {small['zero_mean']:.3f}η in a "
+                   "random direction")
 
 
 def describe_steady(n) -> str:
@@ -259,10 +254,9 @@ def judge_clipping(n) -> Verdict:
         return refuted()
     return depends("only where the gradient norm is steady (clipping is then a constant rescale, which Adam "
                    f"ignores); on digits it falls ({fmt(n['adam_grad_norm_last_over_first'])}× from the "
-                   "first "
-                   f"third to the last) and varies {n['adam_grad_norm_cv']:.0%} from batch to batch, and "
-                   f"clipping every step changed Adam's steps {fmt(n['adam_step_ratio'])}× and final loss "
-                   f"{fmt(n['adam_loss_ratio'])}×, less than SGD's ({fmt(n['sgd_step_ratio'])}×, "
+                   f"first third to the last) and varies {n['adam_grad_norm_cv']:.0%} from batch to batch, "
+                   f"and clipping every step changed Adam's steps {fmt(n['adam_step_ratio'])}× and final "
+                   f"loss {fmt(n['adam_loss_ratio'])}×, less than SGD's ({fmt(n['sgd_step_ratio'])}×, "
                    f"{fmt(n['sgd_loss_ratio'])}×)")
 
 
@@ -297,11 +291,9 @@ CLAIMS = [
         "10η; depends otherwise",
         measure=first_step, judge=judge_first,
         describe=lambda n: f"v̂₁ = g₁² (max relative error {fmt(n['v_hat_over_g2_max_error'])}): first step "
-        "max "
-        f"{n['first_max']:.4f}η, median {n['first_median']:.4f}η; later steps average "
-        f"{fmt(n['later_mean'])}η (steps "
-        f"{n['later_from_step']}–{n['steps']}), so the first is {fmt(n['first_median'] / n['later_mean'])}× "
-        "a typical step",
+        f"max {n['first_max']:.4f}η, median {n['first_median']:.4f}η; later steps average "
+        f"{fmt(n['later_mean'])}η (steps {n['later_from_step']}–{n['steps']}), so the first is "
+        f"{fmt(n['first_median'] / n['later_mean'])}× a typical step",
         reference="Kingma & Ba 2015 §3: bias correction makes v̂₁ = g₁²"),
     Claim(
         id="no-correction-first-step", seed="003",
@@ -313,11 +305,9 @@ CLAIMS = [
         "otherwise",
         measure=no_correction_steps, judge=judge_no_correction,
         describe=lambda n: f"first step {', '.join(f'{v:.4f}' for v in n['first_step_over_lr'])}η "
-        "(0.1/√0.001 = "
-        f"{n['predicted']:.4f}; with the correction 1η); uncorrected ÷ corrected peaks at "
-        f"{fmt(n['peak_ratio'])}× "
-        f"(step {n['peak_step']}), {fmt(n['ratio_at_100'])}× at step 100, {fmt(n['ratio_at_last'])}× at step "
-        f"{n['steps']}",
+        f"(0.1/√0.001 = {n['predicted']:.4f}; with the correction 1η); uncorrected ÷ corrected peaks at "
+        f"{fmt(n['peak_ratio'])}× (step {n['peak_step']}), {fmt(n['ratio_at_100'])}× at step 100, "
+        f"{fmt(n['ratio_at_last'])}× at step {n['steps']}",
         reference="Kingma & Ba 2015 §3: without the correction 'initial steps … are much larger'"),
     Claim(
         id="clipping-adam-vs-sgd", seed="000",

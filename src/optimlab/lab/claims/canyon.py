@@ -69,8 +69,8 @@ CLAIMS = [
         judge=lambda n: confirmed() if n["sign_flips"] == n["steps"] and n["max_abs_x_minus_1"] < 1e-12
         else refuted(),
         describe=lambda n: f"x flipped sign at {n['sign_flips']} of {n['steps']} steps, max ||x| − 1| = "
-        f"{fmt(n['max_abs_x_minus_1'])} (1 − 200α = −1 exactly); y × {n['y_ratio_per_step']:.4f} a step, "
-        f"y = {fmt(n['y_final'])} at the end"),
+        f"{fmt(n['max_abs_x_minus_1'])} (1 − 200α = −1 exactly); y × {n['y_ratio_per_step']:.4f} a step, y = "
+        f"{fmt(n['y_final'])} at the end"),
     Claim(
         id="momentum-bounce-tenth", seed="002",
         claim="SGD + momentum (α = 0.01, β = 0.9) on the canyon: at step 1 'the bounce cancelled itself down "
@@ -82,8 +82,7 @@ CLAIMS = [
         describe=lambda n: f"x-updates {', '.join(f'{v:+.3g}' for v in n['dx'])}: the second is "
         f"{fmt(n['second_over_first'])}× the first, but the third is back to {fmt(n['third_over_first'])}×; "
         f"max |x| falls {fmt(n['envelope_first_10'])} → {fmt(n['envelope_last_10'])} from the first to the "
-        "last "
-        f"10 of {n['steps']} steps, ×{n['envelope_rate_per_step']:.3f} a step (√β = 0.949)"),
+        f"last 10 of {n['steps']} steps, ×{n['envelope_rate_per_step']:.3f} a step (√β = 0.949)"),
     Claim(
         id="adam-equal-speed", seed="002",
         claim="Adam on the canyon: 'Both x and y move at roughly the same speed, even though their gradient "
@@ -96,8 +95,8 @@ CLAIMS = [
         else refuted(),
         describe=lambda n: f"max |x − y| over {n['steps']} steps: {fmt(n['adam_max_abs_x_minus_y'])} (Adam), "
         f"{fmt(n['adam_no_bias_correction_max_abs_x_minus_y'])} (no bias correction, the seed's variant: x = "
-        f"{', '.join(f'{v:.4f}' for v in n['adam_no_bias_correction_first_points'])} after steps 1, 2; "
-        f"with the correction {', '.join(f'{v:.4f}' for v in n['adam_first_points'])})"),
+        f"{', '.join(f'{v:.4f}' for v in n['adam_no_bias_correction_first_points'])} after steps 1, 2; with "
+        f"the correction {', '.join(f'{v:.4f}' for v in n['adam_first_points'])})"),
     Claim(
         id="amsgrad-fixes-reddi", seed="000",
         claim="Reddi et al.'s 1-D counterexample: 'Adam keeps stepping in the wrong direction. Fix: AMSGrad'",

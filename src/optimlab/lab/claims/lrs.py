@@ -63,8 +63,8 @@ def describe_bands(n, a: str, b: str) -> str:
     def one(o):
         lo, hi = n[f"{o}_band"] or (math.nan, math.nan)
         end = " (reaches the grid's end)" if n[f"{o}_band_at_grid_end"] else ""
-        return (f"{o} best lr {fmt(n[f'{o}_best_lr'])} (val loss {fmt(n[f'{o}_best_loss'])}), band {fmt(lo)}–"
-                f"{fmt(hi)} = {n[f'{o}_width']:.2f} decades{end}")
+        return (f"{o} best lr {fmt(n[f'{o}_best_lr'])} (val loss {fmt(n[f'{o}_best_loss'])}), band "
+                f"{fmt(lo)}–{fmt(hi)} = {n[f'{o}_width']:.2f} decades{end}")
 
     return (f"{one(a)}; {one(b)} (digits, {n['steps']} steps, {n['seeds']} seed, band: val loss within "
             f"{n['factor']:g}× of the best, grid step {n['grid_step']:.2f}×)")
@@ -87,8 +87,9 @@ def judge_lion_larger(n) -> Verdict:
     ratio = n["lion_vertex_lr"] / n["adamw_vertex_lr"]
     if ratio > TOLERANCE:
         return confirmed()
-    return refuted() if ratio < 1 / TOLERANCE else depends(f"about the same best lr ({fmt(ratio)}×) on "
-                                                           "digits")
+    if ratio < 1 / TOLERANCE:
+        return refuted()
+    return depends(f"about the same best lr ({fmt(ratio)}×) on digits")
 
 
 def ratio_text(n, a: str, b: str) -> str:
@@ -128,10 +129,9 @@ def judge_lion_magnitude(n) -> Verdict:
         return confirmed()
     if n["share_other"] > 0:
         return refuted()
-    return depends(f"every coordinate with a non-zero c = β₁m + (1 − β₁)g moves exactly η; the "
+    return depends("every coordinate with a non-zero c = β₁m + (1 − β₁)g moves exactly η; the "
                    f"{n['share_zero']:.1%} of moves with c = 0 (no gradient yet: constant pixels, dead "
-                   "units) "
-                   "are 0, and with weight decay a step is η·|sign(c) + λθ|")
+                   "units) are 0, and with weight decay a step is η·|sign(c) + λθ|")
 
 
 CLAIMS = [
@@ -179,8 +179,7 @@ CLAIMS = [
         "non-zero amount; depends if the rest do not move at all",
         measure=lion_steps, judge=judge_lion_magnitude,
         describe=lambda n: f"over {n['steps']} steps × {n['coordinates']:,} coordinates: "
-        f"{n['share_eta']:.2%} moved "
-        f"exactly η, {n['share_zero']:.2%} did not move ({n['share_never_a_gradient']:.2%} of coordinates "
-        "never got a "
-        f"gradient), {n['share_other']:.2%} moved by anything else"),
+        f"{n['share_eta']:.2%} moved exactly η, {n['share_zero']:.2%} did not move "
+        f"({n['share_never_a_gradient']:.2%} of coordinates never got a gradient), {n['share_other']:.2%} "
+        "moved by anything else"),
 ]

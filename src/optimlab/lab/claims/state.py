@@ -109,9 +109,8 @@ CLAIMS = [
         judge=lambda n: confirmed() if all(r == 0.5 for r in [*n["ratio_by_shape"], n["ratio_allocated"]])
         else refuted(),
         describe=lambda n: f"Lion {fmt(n['lion_bytes_per_param'])} B/param vs Adam "
-        f"{fmt(n['adam_bytes_per_param'])}: "
-        f"ratio {', '.join(fmt(r) for r in n['ratio_by_shape'])} (by shape), {fmt(n['ratio_allocated'])} "
-        "allocated",
+        f"{fmt(n['adam_bytes_per_param'])}: ratio {', '.join(fmt(r) for r in n['ratio_by_shape'])} (by "
+        f"shape), {fmt(n['ratio_allocated'])} allocated",
         reference="Chen et al. 2023: Lion keeps only the momentum"),
     Claim(
         id="lion-3x-memory", seed="003",
@@ -151,15 +150,14 @@ CLAIMS = [
         judge=lambda n: confirmed() if 0.4 <= n["state_ratio"] <= 0.6 else depends(
             f"true of the whole bf16-mixed footprint ({fmt(n['adafactor_total_bytes_per_param'])} vs "
             f"{fmt(n['adamw_total_bytes_per_param'])} B/param, {n['total_ratio']:.0%}), not of the optimizer "
-            "state "
-            f"({n['state_ratio']:.2%} of AdamW's)")
+            f"state ({n['state_ratio']:.2%} of AdamW's)")
         if 0.4 <= n["total_ratio"] <= 0.6 else refuted(),
         describe=lambda n: f"Adafactor ÷ AdamW: state {n['state_ratio']:.2%} "
         f"({n['adafactor_state_bytes_per_param']:.3f} B/param), state + master "
         f"{n['state_and_master_ratio']:.0%}, whole footprint {n['total_ratio']:.0%}",
         reference="Shazeer & Stern 2018: factored second moment, no first moment by default; the seed's "
-        "table puts "
-        "AdamW's fp32 master copy in its state column, so its ~4 B/param for Adafactor is that copy"),
+        "table puts AdamW's fp32 master copy in its state column, so its ~4 B/param for Adafactor is that "
+        "copy"),
     Claim(
         id="memory-70b-state", seed="000",
         claim="'A 70B model in AdamW needs 70e9 × 16 = 1.12 TB of optimizer state'",
@@ -197,8 +195,8 @@ CLAIMS = [
         describe=lambda n: f"optimizer state {gb(n['optimizer_state_bytes'])} (8 B/param)"),
     Claim(
         id="memory-13b-zero2", seed="000",
-        claim="13B in bf16 + AdamW: 'Total: ~208 GB just for state … With ZeRO-2 across 8 ranks … per-rank "
-        "≈ 49 GB → fits'",
+        claim="13B in bf16 + AdamW: 'Total: ~208 GB just for state … With ZeRO-2 across 8 ranks … per-rank ≈ "
+        "49 GB → fits'",
         experiment="memory planner: 13e9 parameters, AdamW, bf16-mixed, one rank and ZeRO-2 on 8 ranks",
         rule="confirmed if both the total and the per-rank figure are within 5% of the seed's, refuted "
         "otherwise",
