@@ -25,8 +25,8 @@ def report_markdown(results: list[Result], *, command: str = "optimlab claims",
     lines += ["", "## The claims in full", ""]
     for r in results:
         lines += [f"### `{r.id}` (seed {r.seed}): {r.verdict}", "", f"> {r.claim}", "",
-                  f"* **Experiment**: {r.experiment}", f"* **Measured**: {r.measured}", "* **Rule**: "
-                                                                                        f"{r.rule}",
+                  f"* **Experiment**: {r.experiment}", f"* **Measured**: {r.measured}",
+                  f"* **Rule**: {r.rule}",
                   f"* **Verdict**: {r.verdict}" + (f": {r.condition}" if r.condition else "")]
         if r.reference:
             lines.append(f"* **Reference**: {r.reference}")
