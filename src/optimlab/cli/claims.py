@@ -39,7 +39,7 @@ def register(verbs) -> None:
 
 
 def run(args) -> int:
-    from optimlab.lab.claims import catalogue, claims, dumps, get, report_markdown
+    from optimlab.lab.claim_checks import catalogue, claims, dumps, get, report_markdown
 
     if args.list:
         chosen = [get(i) for i in args.ids] if args.ids else catalogue()

@@ -1,6 +1,6 @@
-"""optimlab.lab.claims: the seeds' checkable claims, each measured by a small experiment, with a verdict.
+"""optimlab.lab.claims (this package: lab/claim_checks): the seeds' checkable claims, each measured by a small experiment, with a verdict.
 
-    from optimlab.lab.claims import claims, report_markdown, to_json, catalogue
+    from optimlab.lab.claim_checks import claims, report_markdown, to_json, catalogue
     results = claims(["lion-half-state", "amsgrad-fixes-reddi"], quick=True)
     for r in results:
         print(r.id, r.verdict, r.measured)
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import difflib
 import sys
-import types
 
 from . import ablated, adam, canyon, lrs, state
 from .core import VERDICTS, Claim, Context, Result, Verdict, run_claim
@@ -64,14 +63,3 @@ def claims(ids: list[str] | str | None = None, *, quick: bool = False,
             r = results[-1]
             print(f"[{len(results)}/{len(chosen)}] {r.id}: {r.verdict} ({r.seconds:.1f} s)", file=sys.stderr)
     return results
-
-
-class _CallableModule(types.ModuleType):
-    """optimlab.lab resolves `lab.claims` to the function `claims`, but importing this package also binds
-    `lab.claims` to the package itself; calling the package runs the function, so both spellings work."""
-
-    def __call__(self, *args, **kwargs):
-        return claims(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -8,7 +8,7 @@ import optimlab
 
 from .core import Claim, Verdict, confirmed, depends, fmt, refuted
 
-DETAILS_MISSING = "the {name} ablation no longer reports {key!r}; update optimlab.lab.claims.ablated"
+DETAILS_MISSING = "the {name} ablation no longer reports {key!r}; update optimlab.lab.claim_checks.ablated"
 
 
 def ablation(name: str, ctx, *, full_quick: bool, keys: dict[str, str]) -> dict:
