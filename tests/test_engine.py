@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -92,7 +93,7 @@ def test_parameters_with_different_step_counts_match_torch(path, float64_default
 
     mine, opt = run(lambda ps: optimlab.NAdam(ps, path=path))
     theirs, ref = run(lambda ps: torch.optim.NAdam(ps))
-    assert opt.state[mine[1]]["step"].item() == 10 and opt.state[mine[0]]["step"].item() == 30
+    assert opt.state[mine[1]]["step"] == 10 and opt.state[mine[0]]["step"] == 30
     for p, q in zip(mine, theirs):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
 
@@ -183,3 +184,19 @@ def test_optimizers_pickle_and_keep_their_path():
     opt = optimlab.Lion(make_params(), path="foreach")
     clone = pickle.loads(pickle.dumps(opt))
     assert clone.path == "foreach" and clone.param_groups[0]["betas"] == (0.9, 0.99)
+
+
+def test_a_torch_checkpoint_with_tensor_steps_loads_and_continues_as_torch(float64_default):
+    """torch keeps state["step"] as a tensor; optimlab reads it with float(), so torch's state_dict loads."""
+    params, torch_opt = train(lambda ps: torch.optim.AdamW(ps, weight_decay=0.1), steps=10)
+    mine = [p.detach().clone().requires_grad_() for p in params]
+    opt = optimlab.AdamW(mine, weight_decay=0.1)
+    opt.load_state_dict(copy.deepcopy(torch_opt.state_dict()))  # as from a file: nothing shared with torch's
+    for step in range(10, 20):
+        backward(params, step)
+        torch_opt.step()
+        backward(mine, step)
+        opt.step()
+    for p, q in zip(mine, params):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+    assert opt.state[mine[0]]["step"] == 20.0

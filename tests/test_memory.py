@@ -15,7 +15,6 @@ from optimlab.cli.memory import parse_count
 from optimlab.memory import Transformer, measured_state_bytes, plan
 
 GB = 10**9
-STEP = 4  # optimlab's per-tensor step counter: a float32 0-d tensor; a bare count is one tensor
 
 
 # --- the seeds' figures -----------------------------------------------------------------------------
@@ -24,33 +23,33 @@ def test_seed_13b_bf16_mixed_adamw():
     """Seed 000: params 26 GB, grads 26 GB, Adam m and v 52 + 52 = 104 GB, fp32 master 52 GB, ~208 GB."""
     p = plan(13e9, "adamw", "bf16-mixed")
     assert p.parameters == 26 * GB and p.gradients == 26 * GB and p.master_weights == 52 * GB
-    assert p.optimizer_state == 104 * GB + STEP
-    assert p.total_bytes == 208 * GB + STEP and p.activations == 0
+    assert p.optimizer_state == 104 * GB
+    assert p.total_bytes == 208 * GB and p.activations == 0
 
 
 def test_seed_13b_zero2_on_8_ranks_is_about_49_gb():
     """Seed 000: 26 (params, unsharded) + 26/8 (grads) + 156/8 (m, v and master) ≈ 49 GB per rank."""
     p = plan(13e9, "adamw", "bf16-mixed", zero=2, ranks=8)
     assert p.parameters == 26 * GB and p.gradients == 26 * GB // 8 and p.master_weights == 52 * GB // 8
-    assert p.optimizer_state == -(-(104 * GB + STEP) // 8)  # rounded up: a rank holds whole bytes
-    assert p.total_bytes == 48_750_000_001 and round(p.total_bytes / GB) == 49
-    assert p.whole_bytes == 208 * GB + STEP
+    assert p.optimizer_state == -(-(104 * GB) // 8)  # rounded up: a rank holds whole bytes
+    assert p.total_bytes == 48_750_000_000 and round(p.total_bytes / GB) == 49
+    assert p.whole_bytes == 208 * GB
 
 
 def test_seed_70b_times_16_bytes_is_the_total_not_the_optimizer_state():
     """Seed 000 says 70e9 × 16 = 1.12 TB 'of optimizer state'. 1.12 TB is right, but it is everything:
     the optimizer's state is m and v, 560 GB (840 GB if the fp32 master copy is counted with it)."""
     p = plan(70e9, "adamw", "bf16-mixed")
-    assert p.total_bytes == 1120 * GB + STEP
-    assert p.optimizer_state == 560 * GB + STEP and p.optimizer_state + p.master_weights == 840 * GB + STEP
+    assert p.total_bytes == 1120 * GB
+    assert p.optimizer_state == 560 * GB and p.optimizer_state + p.master_weights == 840 * GB
 
 
 def test_seed_7b_fp32_adam_total_includes_gradients():
     """Seed 003: weights 28 GB + Adam states 56 GB = '84 GB minimum'. It leaves out the 28 GB of gradients."""
     p = plan(7e9, "adam", "fp32")
-    parts = (p.parameters, p.gradients, p.optimizer_state - STEP, p.master_weights)
+    parts = (p.parameters, p.gradients, p.optimizer_state, p.master_weights)
     assert parts == (28 * GB, 28 * GB, 56 * GB, 0)
-    assert p.total_bytes == 112 * GB + STEP
+    assert p.total_bytes == 112 * GB
 
 
 @pytest.mark.parametrize("name, fp32, mixed, bf16", [
@@ -65,13 +64,13 @@ def test_seed_7b_fp32_adam_total_includes_gradients():
 def test_bytes_per_parameter_per_recipe(name, fp32, mixed, bf16):
     n = 10**9
     for recipe, per_param in (("fp32", fp32), ("bf16-mixed", mixed), ("bf16", bf16)):
-        assert plan(n, name, recipe).total_bytes == per_param * n + STEP, recipe
+        assert plan(n, name, recipe).total_bytes == per_param * n, recipe
 
 
 def test_lion_keeps_half_of_adams_state_not_a_third():
     """Seed 003 claims '~3x memory savings over Adam (one buffer vs two)': one buffer of two is half."""
     adam, lion = plan(10**9, "adamw", "fp32"), plan(10**9, "lion", "fp32")
-    assert adam.optimizer_state - STEP == 2 * (lion.optimizer_state - STEP)
+    assert adam.optimizer_state == 2 * (lion.optimizer_state)
 
 
 def test_adafactor_factored_state_is_rows_plus_columns_not_a_buffer():
@@ -79,9 +78,9 @@ def test_adafactor_factored_state_is_rows_plus_columns_not_a_buffer():
     mean of g² per matrix: (n + m) numbers, no SVD; the ~4 B/param in seed 000's ~8 total is the master
     copy."""
     p = plan([(4096, 4096)], "adafactor", "bf16-mixed")
-    assert p.optimizer_state == (4096 + 4096) * 4 + STEP
+    assert p.optimizer_state == (4096 + 4096) * 4
     assert p.total_bytes / 4096**2 == pytest.approx(8.0, abs=0.01)  # 2 + 2 + ~0 + 4
-    assert plan([(4096,)], "adafactor", "fp32").optimizer_state == 4096 * 4 + STEP  # vectors: full variance
+    assert plan([(4096,)], "adafactor", "fp32").optimizer_state == 4096 * 4  # vectors: full variance
 
 
 # --- ZeRO ---------------------------------------------------------------------------------------------
@@ -93,7 +92,7 @@ def test_adafactor_factored_state_is_rows_plus_columns_not_a_buffer():
 ])
 def test_zero_stages_shard_what_deepspeed_shards(zero, divided):
     n = 8 * 10**9
-    whole = {"parameters": 2 * n, "gradients": 2 * n, "optimizer_state": 8 * n + STEP,
+    whole = {"parameters": 2 * n, "gradients": 2 * n, "optimizer_state": 8 * n,
              "master_weights": 4 * n}
     p = plan(n, "adamw", "bf16-mixed", zero=zero, ranks=4)
     for component, size in whole.items():
@@ -136,7 +135,7 @@ def test_frozen_parameters_get_no_gradient_state_or_master():
     assert frozen.parameters == full.parameters and frozen.trainable_count == full.parameter_count - n_frozen
     assert full.gradients - frozen.gradients == 2 * n_frozen
     assert full.master_weights - frozen.master_weights == 4 * n_frozen
-    assert full.optimizer_state - frozen.optimizer_state == 8 * n_frozen + 2 * STEP
+    assert full.optimizer_state - frozen.optimizer_state == 8 * n_frozen
     assert frozen.optimizer_state == measured_state_bytes(Mixed(frozen=True), "adamw", "bf16-mixed")
 
 
@@ -229,8 +228,8 @@ def test_cli_json_is_per_rank_with_every_component(capsys):
     args = ["memory", "--params", "13e9", "--optimizer", "adamw", "--precision", "bf16-mixed"]
     assert main([*args, "--zero", "2", "--ranks", "8", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["total_bytes"] == 48_750_000_001 and data["per_rank"] is True
-    assert data["gradients_bytes"] == 3_250_000_000 and data["whole_model"]["total_bytes"] == 208 * GB + STEP
+    assert data["total_bytes"] == 48_750_000_000 and data["per_rank"] is True
+    assert data["gradients_bytes"] == 3_250_000_000 and data["whole_model"]["total_bytes"] == 208 * GB
     parts = ("parameters", "gradients", "optimizer_state", "master_weights", "activations")
     assert sum(data[f"{c}_bytes"] for c in parts) == data["total_bytes"]
     assert main(args) == 0

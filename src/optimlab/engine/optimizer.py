@@ -100,42 +100,51 @@ class RuleOptimizer(torch.optim.Optimizer):
             return
         h = self.hyper(group)
         kept = self.rule.kept(h)
+        carried = tuple(self.rule.scalar_state)
+        # Parameters that share a step count (and scalar state) share per-step scalars: normally all.
+        buckets: dict[tuple, list] = {}
         for p in params:
-            self._prepare(p, h, kept)
-        for (step, *carried), bucket in self._buckets(params).items():
-            scalars = self.rule.step_scalars(h, int(step) + 1, dict(zip(self.rule.scalar_state, carried)))
-            states = {sym: [self.state[p].get(s.key) for p in bucket] for sym, s in kept.items()}
+            state = self._prepare(p, h, kept)
+            buckets.setdefault((float(state["step"]), *(state[k] for k in carried)), []).append((p, state))
+        for (step, *values), members in buckets.items():
+            t = int(step) + 1
+            scalars = self.rule.step_scalars(h, t, dict(zip(carried, values)))
+            states = {sym: [state.get(s.key) for _, state in members] for sym, s in kept.items()}
+            bucket = [p for p, _ in members]
             paths.run(self.path, self.rule, SimpleNamespace(**vars(h), **scalars), bucket,
                       [p.grad for p in bucket], states)
-            torch._foreach_add_([self.state[p]["step"] for p in bucket], 1.0)
-            for key in self.rule.scalar_state:
-                for p in bucket:
-                    self.state[p][key] = scalars[key]
+            for _, state in members:
+                state["step"] = float(t)  # a Python number: counting 200 tensors' steps costs nothing
+                for key in carried:
+                    state[key] = scalars[key]
 
-    def _prepare(self, p: torch.Tensor, h: SimpleNamespace, kept: dict) -> None:
-        """Check a parameter and create whatever state it lacks (all of it on its first step)."""
-        name = type(self).__name__
+    def _prepare(self, p: torch.Tensor, h: SimpleNamespace, kept: dict) -> dict:
+        """The state of parameter p, with whatever it lacks created (all of it on its first step)."""
         if p.grad.is_sparse:
-            raise RuntimeError(f"{name} does not support sparse gradients")
-        if p.is_complex():
-            raise RuntimeError(f"{name} does not support complex parameters; view them with torch.view_as_real")
-        if not p.is_floating_point():
-            raise RuntimeError(f"{name} can only optimize floating-point parameters, got {p.dtype}")
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         state = self.state[p]
         if "step" not in state:
-            # as torch: a float32 counter (float64 when that is the default dtype), kept on the CPU
-            state["step"] = torch.tensor(0.0, dtype=torch.float64 if torch.get_default_dtype() == torch.float64
-                                         else torch.float32)
+            self._check_parameter(p)
+            state["step"] = 0.0  # a torch checkpoint's tensor step also works: it is read with float()
             state.update(self.rule.scalar_state)
         for s in kept.values():
             if s.key not in state and self.rule.keeps(s, p):  # also one a flag switched on mid-run
                 state[s.key] = s.create(p.detach(), h)
+        return state
 
-    def _buckets(self, params: list) -> dict[tuple, list]:
-        """Parameters grouped by step count and scalar state; normally a single group."""
-        steps = torch.stack([self.state[p]["step"] for p in params]).tolist()
-        buckets: dict[tuple, list] = {}
-        for p, step in zip(params, steps):
-            key = (step, *(self.state[p][k] for k in self.rule.scalar_state))
-            buckets.setdefault(key, []).append(p)
-        return buckets
+    def _check_parameter(self, p: torch.Tensor) -> None:
+        name = type(self).__name__
+        if p.is_complex():
+            raise RuntimeError(f"{name} does not support complex parameters; view them with torch.view_as_real")
+        if not p.is_floating_point():
+            raise RuntimeError(f"{name} can only optimize floating-point parameters, got {p.dtype}")
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:  # a torch.optim checkpoint lacks optimlab-only hyperparameters
+            for key, _ in _signature_defaults(type(self)):
+                group.setdefault(key, self.defaults[key])
+        for state in self.state.values():  # the fused kernel reads state as dense arrays
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.dim() and not value.is_contiguous():
+                    state[key] = value.contiguous()

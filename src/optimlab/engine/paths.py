@@ -57,11 +57,16 @@ def kernel_of(rule: Rule, h: SimpleNamespace, dtype: torch.dtype, static: tuple 
 
 
 def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[str, list]) -> None:
-    """Apply one step of `rule` to `params` in place (and to their `states`, symbol -> tensors)."""
+    """Apply one step of `rule` to `params` in place (and to their `states`, symbol -> tensors).
+
+    States of traceable rules are contiguous (created so, and made so by load_state_dict), so only a
+    parameter's own layout decides whether it can take the fused path.
+    """
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, p in enumerate(params):
-        groups[(p.device, p.dtype, choose(path, rule, p, grads[i], [s[i] for s in states.values()]))].append(i)
-    for (_, _, chosen), idx in groups.items():
+        groups[(p.device, p.dtype, p.is_contiguous())].append(i)
+    for (device, _, dense), idx in groups.items():
+        chosen = choose(path, rule, device, dense)
         pick = [params[i] for i in idx], [grads[i] for i in idx], {k: [v[i] for i in idx] for k, v in states.items()}
         if chosen == "fused":
             try:
@@ -75,18 +80,17 @@ def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[s
         (run_foreach if chosen == "foreach" else run_tensor)(rule, h, *pick)
 
 
-def choose(path: str, rule: Rule, p: torch.Tensor, g: torch.Tensor, states: list) -> str:
-    """The path for one parameter: the requested one where it applies, else the fastest that does."""
+def choose(path: str, rule: Rule, device: torch.device, dense: bool) -> str:
+    """The path for parameters on `device`: the requested one where it applies, else the fastest that does."""
     if path not in PATHS:
         raise ValueError(f"path must be one of {', '.join(PATHS)}; got {path!r}")
     if not rule.traceable:
         if path in ("auto", "tensor"):
             return "tensor"
         raise ValueError(f"{rule.name} is not elementwise: it runs on the 'tensor' path only, not {path!r}")
-    dense = p.is_contiguous() and all(s.is_contiguous() for s in states)
-    if path == "fused" and p.device.type != "cpu":
-        raise ValueError(f"the fused path runs on the CPU; use path='foreach' for {p.device.type} tensors")
-    if path in ("auto", "fused") and p.device.type == "cpu":
+    if path == "fused" and device.type != "cpu":
+        raise ValueError(f"the fused path runs on the CPU; use path='foreach' for {device.type} tensors")
+    if path in ("auto", "fused") and device.type == "cpu":
         return "fused" if dense else "tensor"  # a strided parameter is rare: take the plain path
     return "foreach" if path == "auto" else path
 

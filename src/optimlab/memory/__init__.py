@@ -1,7 +1,7 @@
 """The memory planner: bytes of parameters, gradients, optimizer state, master weights and activations.
 
     from optimlab.memory import plan, Transformer
-    plan(13e9, "adamw", "bf16-mixed").total_bytes                  # 208 GB (+ 4 B of step counter)
+    plan(13e9, "adamw", "bf16-mixed").total_bytes                  # 208 GB
     plan(13e9, "adamw", "bf16-mixed", zero=2, ranks=8).total_bytes  # 48.75 GB on each rank
     plan(model, "adafactor", "fp32")                              # a torch module (meta device is fine)
     plan(Transformer(40, 5120, 32000, heads=40, ffn=13824, mlp="swiglu", bias=False, tied=False),

@@ -70,7 +70,7 @@ def plan(model, optimizer: str = "adamw", precision: str = "bf16-mixed", *, zero
         build it on the meta device to plan without allocating), a `Transformer` shape, or a list of
         parameter shapes.
     optimizer: a registry name, preset or 'name:key=value,…'; its state is what its rule declares for
-        each parameter's shape (spec.state_tensors) plus the 4-byte step counter each tensor gets.
+        each parameter's shape (spec.state_tensors); the step counter is a Python number, not a tensor.
     precision: 'fp32', 'bf16-mixed', 'fp16-mixed' or 'bf16' (see precision.PRECISIONS).
     zero, ranks: ZeRO stage 0–3 and data-parallel ranks; per-rank bytes split the sharded components.
     batch, seq, recompute: with a Transformer, add activations for one micro-batch per rank.
@@ -132,17 +132,12 @@ def parameter_shapes(model) -> tuple[list[tuple[tuple[int, ...], bool]], list[st
 
 
 def _state_bytes(spec, hyper: dict, shapes: list, dtype: torch.dtype) -> int:
-    """The rule's declared state for every trainable tensor, plus its step counter."""
+    """The rule's declared state for every trainable tensor."""
     per_shape: dict[tuple, int] = {}
     for shape in shapes:
         if shape not in per_shape:
             per_shape[shape] = spec.state_bytes(shape, dtype, **hyper)
-    return sum(per_shape[s] for s in shapes) + len(shapes) * step_counter_bytes()
-
-
-def step_counter_bytes() -> int:
-    """optimizer.state[p]["step"]: a 0-d float32 tensor (float64 when that is torch's default dtype)."""
-    return 8 if torch.get_default_dtype() == torch.float64 else 4
+    return sum(per_shape[s] for s in shapes)
 
 
 def _activations(model, batch, seq, recompute, element) -> int:
