@@ -7,8 +7,9 @@ makes a step run at the machine's memory bandwidth. A rule with per-tensor reduc
 takes one more pass per level of reduction; a later pass reloads a state already written rather than
 recomputing it from inputs that are gone.
 
-Reductions are summed per chunk in 16 double lanes and then per tensor in chunk order, so their
-value does not depend on the thread count or on the other tensors in the call.
+Reductions are summed per chunk in the compute type (vector partial sums in registers, an order
+fixed by the chunk and the compiled loop), then per tensor in double in chunk order, so their value
+does not depend on the thread count or on the other tensors in the call.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import torch
 from .graph import ELEMENT, PER_TENSOR, REDUCTIONS, SCALAR, Graph, Sym
 
 CHUNK = 4096
-LANES = 16
 
 # storage type, compute type, load, store
 STORAGE = {
@@ -226,12 +226,18 @@ def _element_pass(graph, p, k, index, slot, npt, rslot, nr, arrays, storage, rea
     used = {id(a) for n in nodes if id(n) not in loads for a in n.args}
     used |= {id(graph.outputs[name]) for name in stores}
     used |= {id(r.args[0]) for r in reduce_here}
+    divisors = {id(n.args[1]): n.args[1] for n in nodes if id(n) not in loads and _by_a_number(n)}
     lines = [f"  {{ /* pass {k} */"]
     # Scalars and per-tensor values used per element, cast once to the compute type.
     for n in graph.nodes:
         if id(n) in used and n.kind == SCALAR and n.op != "const":
             ctype = "int" if n.is_bool else real
             lines.append(f"  const {ctype} k{index[id(n)]} = ({ctype})s{index[id(n)]};")
+    # Dividing each element by the same number: multiply by its reciprocal, computed once in double
+    # (within an ulp of the division; it takes the divider off the critical path of LAMB's passes).
+    for d in divisors.values():
+        if d.kind == SCALAR:
+            lines.append(f"  const {real} r{index[id(d)]} = ({real})(1.0 / {scalar_ref(d)});")
     lines += [
         "  #pragma omp parallel for schedule(static) num_threads(nthreads)",
         "  for (int64_t c = 0; c < nc; c++) {",
@@ -247,8 +253,11 @@ def _element_pass(graph, p, k, index, slot, npt, rslot, nr, arrays, storage, rea
         if id(n) in used and n.kind == PER_TENSOR:
             ctype = "int" if n.is_bool else real
             lines.append(f"    const {ctype} q{index[id(n)]} = ({ctype})pt[t * {npt} + {slot[id(n)]}];")
+    for d in divisors.values():
+        if d.kind == PER_TENSOR:
+            lines.append(f"    const {real} r{index[id(d)]} = ({real})(1.0 / pt[t * {npt} + {slot[id(d)]}]);")
     for r in reduce_here:
-        lines.append(f"    {real} tmp{rslot[id(r)]}[CHUNK];")
+        lines.append(f"    {real} acc{rslot[id(r)]} = 0;")
 
     def ref(n: Sym) -> str:
         if n.kind == ELEMENT:
@@ -259,33 +268,34 @@ def _element_pass(graph, p, k, index, slot, npt, rslot, nr, arrays, storage, rea
             return scalar_ref(n) if n.is_bool else f"({real}){float(n.value)!r}"
         return f"k{index[id(n)]}"
 
+    if reduce_here:  # vector partial sums in registers, in an order fixed by the chunk and the code
+        lines.append(f"    #pragma omp simd reduction(+:{','.join(f'acc{rslot[id(r)]}' for r in reduce_here)})")
     lines.append("    for (int64_t i = lo; i < hi; i++) {")
     for n in nodes:
         ctype = "int" if n.is_bool else real
         if id(n) in loads:
             value = load.format(f"a{arrays.index(loads[id(n)])}[i]")
+        elif _by_a_number(n):
+            value = f"({ref(n.args[0])} * r{index[id(n.args[1])]})"
         else:
             value = _expr(n.op, [ref(a) for a in n.args], real, reciprocal=_scalar_over_tensor(n))
         lines.append(f"      const {ctype} x{index[id(n)]} = {value};")
     for r in reduce_here:
-        lines.append(f"      tmp{rslot[id(r)]}[i - lo] = {ref(r.args[0])};")
+        x = ref(r.args[0])
+        lines.append(f"      acc{rslot[id(r)]} += {f'{x} * {x}' if r.op == 'sumsq' else x};")
     for name in stores:
         lines.append(f"      a{arrays.index(name)}[i] = {store.format(ref(graph.outputs[name]))};")
     lines.append("    }")
     for r in reduce_here:
-        j = rslot[id(r)]
-        term = f"(double)tmp{j}[m] * (double)tmp{j}[m]" if r.op == "sumsq" else f"(double)tmp{j}[m]"
-        lines += [
-            f"    {{ double acc[{LANES}] = {{0}}; const int64_t n = hi - lo; int64_t m = 0;",
-            f"      for (; m + {LANES} <= n; m += {LANES}) for (int l = 0; l < {LANES}; l++) "
-            f"acc[l] += {term.replace('[m]', '[m + l]')};",
-            f"      for (; m < n; m++) acc[m % {LANES}] += {term};",
-            f"      double s = 0; for (int l = 0; l < {LANES}; l++) s += acc[l];",
-            f"      part[c * {nr} + {j}] = s; }}",
-        ]
+        lines.append(f"    part[c * {nr} + {rslot[id(r)]}] = (double)acc{rslot[id(r)]};")
     lines.append("  }")
     lines.append("  }")
     return lines
+
+
+def _by_a_number(n: Sym) -> bool:
+    """An element divided by a scalar or per-tensor value (not a constant: those fold exactly)."""
+    return n.op == "div" and n.args[0].kind == ELEMENT and n.args[1].kind != ELEMENT and n.args[1].op != "const"
 
 
 def _scalar_over_tensor(n: Sym) -> bool:
