@@ -15,7 +15,6 @@ straight down at α = 0.1). `noise=σ` makes the gradients stochastic (g + σξ,
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
 import inspect
@@ -23,6 +22,8 @@ import math
 from typing import Callable
 
 import torch
+
+from .settings import parse
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,24 +238,19 @@ def get(text) -> Landscape:
         return text
     if not isinstance(text, str):
         raise ValueError(f"a landscape is a name or a Landscape, got {type(text).__name__}")
-    name, _, rest = text.strip().partition(":")
-    name = name.strip()
+    name, kwargs = parse(text)
     if name not in _factories:
         hint = difflib.get_close_matches(name, available(), n=1)
         raise ValueError(f"unknown landscape {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
                          + f"; available: {', '.join(available())}")
     factory = _factories[name]
     valid = [*inspect.signature(factory).parameters, "noise", "seed"]
-    kwargs = {}
-    for item in filter(str.strip, rest.split(",")):
-        key, eq, value = (s.strip() for s in item.partition("="))
-        if not eq or key not in valid:
+    for key, value in kwargs.items():
+        if key not in valid:
             raise ValueError(f"landscape {name}: expected key=value with key one of {', '.join(valid)}; "
-                             f"got {item!r}")
-        try:
-            kwargs[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            raise ValueError(f"landscape {name}: {key} must be a number, got {value!r}") from None
+                             f"got '{key}={value}'")
+        if isinstance(value, str):
+            raise ValueError(f"landscape {name}: {key} must be a number, got {value!r}")
     noise, seed = kwargs.pop("noise", 0.0), kwargs.pop("seed", 0)
     made = factory(**kwargs)
     return made.with_noise(noise, seed) if noise or seed else made

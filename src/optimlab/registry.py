@@ -10,7 +10,6 @@ Every generic test runs over every spec, so a new optimizer gets all of them by 
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
 from types import SimpleNamespace
@@ -18,6 +17,7 @@ from types import SimpleNamespace
 import torch
 
 from .engine.optimizer import RuleOptimizer
+from .settings import parse
 
 CAPABILITIES = {
     "elementwise": "each coordinate's update depends only on that coordinate",
@@ -122,32 +122,10 @@ def spec(name: str) -> Spec:
 
 def resolve(text: str) -> tuple[Spec, dict]:
     """'name' or 'name:key=value,key=value' -> (spec, hyperparameters). Values are Python literals."""
-    name, _, rest = text.strip().partition(":")
-    found = spec(name.strip())
-    hyper = {}
-    for item in _split_top_level(rest):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"expected key=value in {text!r}, got {item!r}")
-        try:
-            hyper[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            hyper[key.strip()] = value.strip()  # a bare word, e.g. matrix_view=flatten
+    name, hyper = parse(text)
+    found = spec(name)
     found.check_names(hyper)
     return found, hyper
-
-
-def _split_top_level(text: str) -> list[str]:
-    """Split on commas outside brackets, so 'betas=(0.9,0.99),lr=1e-3' gives two items."""
-    items, depth, current = [], 0, ""
-    for ch in text:
-        depth += ch in "([" and 1 or ch in ")]" and -1 or 0
-        if ch == "," and depth == 0:
-            items.append(current)
-            current = ""
-        else:
-            current += ch
-    return [i for i in (*items, current) if i.strip()]
 
 
 def create(name: str, params, **hyper) -> RuleOptimizer:

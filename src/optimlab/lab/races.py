@@ -24,6 +24,7 @@ import torch
 
 import optimlab
 from optimlab import landscapes
+from optimlab.settings import split_list
 
 ESCAPED = 1e12  # |θ| beyond this counts as gone (diverged, or off down the saddle): the run stops
 
@@ -97,33 +98,6 @@ def _fmt_point(p) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in p) + ")"
 
 
-def split_optimizers(text: str) -> list[str]:
-    """'sgd:lr=0.01,momentum=0.9,adam' -> ['sgd:lr=0.01,momentum=0.9', 'adam'].
-
-    Commas separate optimizers, except that a `key=value` piece continues the optimizer before it.
-    """
-    items: list[str] = []
-    for piece in _split_commas(text):
-        if items and "=" in piece and ":" not in piece.split("=")[0]:
-            items[-1] += "," + piece
-        else:
-            items.append(piece)
-    return [i.strip() for i in items if i.strip()]
-
-
-def _split_commas(text: str) -> list[str]:
-    """Split on commas outside brackets, so betas=(0.9,0.99) stays whole."""
-    out, depth, cur = [], 0, ""
-    for ch in text:
-        depth += (ch in "([") - (ch in ")]")
-        if ch == "," and depth == 0:
-            out.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    return [*out, cur]
-
-
 def landscape_defaults(landscape: landscapes.Landscape, name: str, base: str | None = None) -> dict:
     """The hyperparameters a landscape suggests for a registered optimizer (or preset of `base`).
 
@@ -174,7 +148,7 @@ def _from_class(cls: type, landscape) -> tuple[str, str, Callable]:
 
 def _entries(optimizers) -> list[tuple[str | None, object]]:
     if isinstance(optimizers, str):
-        return [(None, t) for t in split_optimizers(optimizers)]
+        return [(None, t) for t in split_list(optimizers)]
     if isinstance(optimizers, dict):
         return list(optimizers.items())
     if isinstance(optimizers, type) or callable(optimizers):
@@ -183,7 +157,7 @@ def _entries(optimizers) -> list[tuple[str | None, object]]:
         raise ValueError(f"optimizers: a text such as 'sgd,momentum,adam', a list or a dict; got {optimizers!r}")
     entries = []
     for item in optimizers:
-        entries += [(None, t) for t in split_optimizers(item)] if isinstance(item, str) else [(None, item)]
+        entries += [(None, t) for t in split_list(item)] if isinstance(item, str) else [(None, item)]
     return entries
 
 

@@ -20,6 +20,9 @@ import statistics
 import sys
 from typing import Callable, Sequence
 
+from ..settings import parse, split_list
+from .common import single_thread
+
 # The band is a ratio of losses, so only losses (lower is better). The default is the held-out loss: it has
 # a floor set by the data, so "within 2× of the best" means something; a training loss that heads to 0
 # (an MLP memorising 1,437 digits) makes 3e-4 vs 6e-4 a "2×" difference.
@@ -59,53 +62,16 @@ def parse_lrs(lrs: str | Sequence[float]) -> list[float]:
 
 
 def split_optimizers(items: str | Sequence[str]) -> list[str]:
-    """'sgd:momentum=0.9,nesterov=True,adam' -> ['sgd:momentum=0.9,nesterov=True', 'adam'].
-
-    Items separated by commas or given as a list; a 'key=value' piece belongs to the optimizer before it.
-    """
-    pieces = [p.strip() for item in ([items] if isinstance(items, str) else items) for p in _top_level(item)]
-    out: list[str] = []
-    for piece in filter(None, pieces):
-        if "=" in piece and ":" not in piece.split("=", 1)[0]:
-            if not out:
-                raise ValueError(f"{piece!r} needs an optimizer before it, e.g. sgd:{piece}")
-            out[-1] += ("," if ":" in out[-1] else ":") + piece
-        else:
-            out.append(piece)
+    """'sgd:momentum=0.9,nesterov=True,adam' -> ['sgd:momentum=0.9,nesterov=True', 'adam'] (settings.split_list)."""
+    out = split_list(items)
     if not out:
         raise ValueError("no optimizers given")
     return out
 
 
-def _top_level(text: str) -> list[str]:
-    """Split on commas outside brackets: betas=(0.9,0.95) stays whole."""
-    parts, depth, current = [], 0, ""
-    for ch in text:
-        depth += (ch in "([") - (ch in ")]")
-        if ch == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-    return [*parts, current]
-
-
 def parse_task(text: str) -> tuple[str, dict]:
     """'digits' or 'digits:hidden=128,depth=4' -> (name, build options); values are Python literals."""
-    import ast
-
-    name, _, rest = text.strip().partition(":")
-    options = {}
-    for item in filter(str.strip, _top_level(rest)):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"task options are key=value, got {item!r} in {text!r}")
-        try:
-            options[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            raise ValueError(f"task option {key.strip()!r} needs a Python literal, "
-                             f"got {value.strip()!r}") from None
-    return name.strip(), options
+    return parse(text, strict=True)
 
 
 def band(lrs: Sequence[float], losses: Sequence[float], factor: float) -> tuple[int, int] | None:
@@ -309,9 +275,7 @@ def train_once(job: tuple) -> dict[str, float]:
     import optimlab.tasks
 
     task, options, text, lr, seed, steps = job
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         problem = optimlab.tasks.get(task).build(seed=seed, **options)
         opt = optimlab.create(text, problem.model.parameters(), lr=lr)
         for step in range(steps):
@@ -322,8 +286,6 @@ def train_once(job: tuple) -> dict[str, float]:
             loss.backward()
             opt.step()
         final = problem.evaluate()
-    finally:
-        torch.set_num_threads(before)
     return {m: final[m] if math.isfinite(final[m]) else math.inf for m in METRICS}
 
 

@@ -8,7 +8,6 @@ JSON-able dict, so a checkpoint can carry it without pickled code.
 
 from __future__ import annotations
 
-import ast
 import bisect
 import dataclasses
 import difflib
@@ -16,6 +15,8 @@ import inspect
 import math
 import numbers
 from typing import Callable, ClassVar
+
+from .. import settings
 
 REGISTRY: dict[str, Callable[..., "Schedule"]] = {}  # name -> class or factory, for parse/CLI
 CLASSES: dict[str, type["Schedule"]] = {}  # name written by describe() -> class, for from_dict
@@ -81,12 +82,13 @@ class Schedule:
 
     @property
     def horizon(self) -> int | None:
-        """The number of updates over which the schedule does something interesting (None: unbounded)."""
-        return None
+        """The number of updates over which the schedule does something interesting (None: unbounded);
+        a schedule with a `total_steps` ends there."""
+        return getattr(self, "total_steps", None)
 
     def key_steps(self, until: int) -> list[int]:
         """Update counts up to `until` where the schedule changes phase (where tests and plots look)."""
-        return [0]
+        return [s for s in (0, self.horizon) if s is not None and s <= until]
 
     def describe(self) -> dict:
         """A JSON-able description; `from_dict(s.describe()) == s`."""
@@ -149,34 +151,13 @@ def signature(name: str) -> str:
                      for p in params)
 
 
-def literal(text: str):
-    """A command-line value: a Python literal (3, 0.1, 1e-4, [10, 20], True) or else a bare string."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
 def parse(text: str) -> Schedule:
     """A schedule from text, like optimizers: 'wsd:total_steps=1000,warmup_steps=50,decay_steps=200'.
 
     List values use brackets: 'multistep:milestones=[30,60,80],gamma=0.1'.
     """
-    name, _, rest = text.partition(":")
-    kwargs, depth, start = {}, 0, 0
-    parts = []
-    for i, ch in enumerate(rest + ","):  # split on commas outside brackets
-        depth += ch in "[("
-        depth -= ch in "])"
-        if ch == "," and depth == 0:
-            parts.append(rest[start:i])
-            start = i + 1
-    for part in filter(None, (p.strip() for p in parts)):
-        key, eq, value = part.partition("=")
-        if not eq:
-            raise ValueError(f"expected key=value in {text!r}, got {part!r}")
-        kwargs[key.strip()] = literal(value.strip())
-    return get(name.strip(), **kwargs)
+    name, kwargs = settings.parse(text)
+    return get(name, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -54,13 +54,6 @@ class Cosine(Schedule):
     def value(self, t):
         return self.floor + (1.0 - self.floor) * _cos(min(t, self.total_steps) / self.total_steps)
 
-    @property
-    def horizon(self):
-        return self.total_steps
-
-    def key_steps(self, until):
-        return [s for s in (0, self.total_steps) if s <= until]
-
 
 COOLDOWNS = {"linear": lambda p: 1.0 - p, "cosine": _cos, "1-sqrt": lambda p: 1.0 - math.sqrt(p)}
 
@@ -129,13 +122,6 @@ class LinearDecay(Schedule):
     def value(self, t):
         return 1.0 - (1.0 - self.floor) * min(t, self.total_steps) / self.total_steps
 
-    @property
-    def horizon(self):
-        return self.total_steps
-
-    def key_steps(self, until):
-        return [s for s in (0, self.total_steps) if s <= until]
-
 
 @register("polynomial")
 @dataclasses.dataclass(frozen=True)
@@ -157,13 +143,6 @@ class Polynomial(Schedule):
     def value(self, t):
         left = 1.0 - min(t, self.total_steps) / self.total_steps
         return self.floor + (1.0 - self.floor) * left ** self.power
-
-    @property
-    def horizon(self):
-        return self.total_steps
-
-    def key_steps(self, until):
-        return [s for s in (0, self.total_steps) if s <= until]
 
 
 @register("step")

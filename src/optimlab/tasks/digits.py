@@ -48,7 +48,7 @@ def classification_problem(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s
 
 
 @functools.cache
-def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+def data() -> tuple[torch.Tensor, torch.Tensor]:
     """The images and labels, read once per process (loading takes up to seconds on a busy machine)."""
     from sklearn.datasets import load_digits
 
@@ -57,7 +57,7 @@ def _digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def build(seed: int = 0, hidden: int = 64, depth: int = 2, batch_size: int = 64) -> Problem:
-    x, y = _digits()
+    x, y = data()
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
     width = x.shape[1]

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import math
 import statistics
 from typing import Callable, Iterable
 
 import torch
+
+from ...tasks.digits import data as digits_data  # noqa: F401  (re-exported to the ablations)
+from ..common import fmt, single_thread  # noqa: F401  (re-exported to the ablations)
 
 
 @dataclasses.dataclass
@@ -64,15 +65,6 @@ class Ablation:
     run: Callable[[Settings], Result]
 
 
-@functools.cache
-def digits_data() -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's digits as (images, labels) tensors, read once per process."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    return torch.tensor(data.data, dtype=torch.float32), torch.tensor(data.target, dtype=torch.long)
-
-
 def train(problem, optimizer, steps: int, *, every: int = 0, schedule=None, clip: float | None = None,
           before: Callable[[int], None] | None = None) -> list[float]:
     """Run `steps` updates; return the full-split training loss at steps 0, every, 2·every, …, steps.
@@ -125,21 +117,6 @@ def spread(values: Iterable[float]) -> tuple[float, float]:
 
 def median_curve(curves: list[list[float]]) -> list[float]:
     return [statistics.median(c[i] for c in curves) for i in range(min(map(len, curves)))]
-
-
-def fmt(x: float, digits: int = 3) -> str:
-    return "inf" if math.isinf(x) else "nan" if math.isnan(x) else f"{x:.{digits}g}"
-
-
-@contextlib.contextmanager
-def single_thread():
-    """Tiny models train fastest on one thread, and one thread makes every run reproducible."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _finite(obj):

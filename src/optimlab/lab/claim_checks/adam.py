@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import statistics
 
@@ -18,17 +17,10 @@ from .core import Claim, Verdict, confirmed, depends, fmt, refuted
 LR = 1e-3
 
 
-@functools.cache
-def _digits64() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    return torch.tensor(data.data, dtype=torch.float64), torch.tensor(data.target)
-
-
 def adam_update(k: float, eps: float, steps: int) -> torch.Tensor:
     """θ_steps − θ_0 of the digits MLP (float64) trained by Adam on k × the loss."""
-    x, y = _digits64()
+    x, y = digits.data()
+    x = x.double()
     model = digits.build(seed=0).model.double()
     problem = digits.classification_problem(model, x, y, 0, 64, digits.VALIDATION)
     params = list(model.parameters())

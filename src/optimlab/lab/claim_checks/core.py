@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
 from typing import Callable
 
-import torch
+from ..common import fmt, single_thread  # noqa: F401  (fmt is re-exported to the claims)
 
 VERDICTS = ("confirmed", "refuted", "depends")
 
@@ -101,26 +100,6 @@ def run_claim(entry: Claim, context: Context) -> Result:
     found = entry.judge(numbers)
     return Result(entry.id, entry.seed, entry.claim, entry.describe(numbers), found.verdict, found.condition,
                   entry.experiment, entry.rule, entry.reference, numbers, seconds, context.quick)
-
-
-@contextlib.contextmanager
-def single_thread():
-    """Tiny models run fastest on one thread, and one thread makes the numbers repeat exactly."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def fmt(x: float, digits: int = 3) -> str:
-    """3 significant digits; inf and nan spelt out."""
-    if isinstance(x, str):
-        return x
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return "nan" if math.isnan(x) else f"{x:.{digits}g}"
 
 
 def gb(n_bytes: float) -> str:
