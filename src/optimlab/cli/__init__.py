@@ -14,6 +14,10 @@ import pkgutil
 import sys
 
 
+# How `optimlab --help` lists the verbs: the library, the practitioner's tools, the lab; others after.
+ORDER = ("catalog", "diff", "schedule", "lr_find", "memory", "race", "breakit", "sweep", "claims")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="optimlab",
@@ -21,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         "and a lab to see why they behave as they do.",
     )
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    for module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        importlib.import_module(f"{__name__}.{module.name}").register(verbs)
+    found = [m.name for m in pkgutil.iter_modules(__path__)]
+    for name in sorted(found, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
+        importlib.import_module(f"{__name__}.{name}").register(verbs)
     return parser
 
 
