@@ -56,10 +56,12 @@ def adafactor(h, θ, g, R, C, V):
         v_hat = v_hat.reshape(g.shape)
     else:
         V = h.beta2_t * V + (1 - h.beta2_t) * g * g
-        v_hat = V
-    U = v_hat.clamp(min=eps1 * eps1).rsqrt_().mul_(g)  # U = g/√v̂ (in place on the clamp's temporary)
+        v_hat = V.clone()  # V is state; the lines below work in place on v_hat
+    # In place on the rule's own temporary: a fresh full-size tensor costs page faults on the CPU.
+    U = v_hat.clamp_(min=eps1 * eps1).rsqrt_().mul_(g)  # U = g/√v̂
     U *= α / max(1.0, rms(U) / h.d)  # clip the update's RMS at d, then take the relative step
-    θ = θ * (1 - h.lr * h.weight_decay) - U
+    decayed = θ * (1 - h.lr * h.weight_decay) if h.weight_decay else θ
+    θ = torch.sub(decayed, U, out=U)  # θ(1 − ηλ) − U, written over U
     return θ, R, C, V
 
 
