@@ -53,12 +53,12 @@ def adafactor(h, θ, g, R, C, V):
         R = h.beta2_t * R + (1 - h.beta2_t) * mean_square(G, -1)
         C = h.beta2_t * C + (1 - h.beta2_t) * mean_square(G, -2)
         v_hat = (R / R.mean(dim=-2, keepdim=True).clamp(min=eps1)) @ C  # rank-1 estimate of E[g²]
-        v_hat = v_hat.reshape(g.shape)
+        v_hat = v_hat.reshape(g.shape).clamp_(min=eps1 * eps1)
     else:
         V = h.beta2_t * V + (1 - h.beta2_t) * g * g
-        v_hat = V.clone()  # V is state; the lines below work in place on v_hat
+        v_hat = V.clamp(min=eps1 * eps1)  # a new tensor: V itself is state
     # In place on the rule's own temporary: a fresh full-size tensor costs page faults on the CPU.
-    U = v_hat.clamp_(min=eps1 * eps1).rsqrt_().mul_(g)  # U = g/√v̂
+    U = v_hat.rsqrt_().mul_(g)  # U = g/√v̂
     U *= α / max(1.0, rms(U) / h.d)  # clip the update's RMS at d, then take the relative step
     decayed = θ * (1 - h.lr * h.weight_decay) if h.weight_decay else θ
     θ = torch.sub(decayed, U, out=U)  # θ(1 − ηλ) − U, written over U
