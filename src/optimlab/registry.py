@@ -63,13 +63,7 @@ class Spec:
     def hyper(self, **hyper) -> SimpleNamespace:
         """The static view `h` of the rule under these hyperparameters (flags derived, betas unpacked)."""
         self.check_names(hyper)
-        values = {}
-        for key, value in {**self.cls.fixed, **self.defaults, **hyper}.items():
-            if key in self.cls.unpack:
-                values.update(zip(self.cls.unpack[key], value))
-            else:
-                values[key] = value
-        return self.rule.with_flags(values)
+        return self.cls.namespace({**self.cls.fixed, **self.defaults, **hyper})
 
     def state_tensors(self, shape, dtype=torch.float32, **hyper) -> dict[str, tuple[tuple, torch.dtype]]:
         """The state tensors the rule keeps for one parameter of this shape: key -> (shape, dtype).

@@ -73,16 +73,21 @@ class RuleOptimizer(torch.optim.Optimizer):
 
     def hyper(self, group: dict) -> SimpleNamespace:
         """The namespace `h` a rule sees for a parameter group (without per-step scalars)."""
+        names = [*self.fixed, *(k for k, _ in _signature_defaults(type(self)))]  # not self.defaults: torch adds keys
+        return self.namespace({key: group[key] for key in names})
+
+    @classmethod
+    def namespace(cls, hyper: dict) -> SimpleNamespace:
+        """`h` from hyperparameter values: tensors read as numbers, tuples unpacked, the rule's flags derived."""
         values = {}
-        for key in [*self.fixed, *(k for k, _ in _signature_defaults(type(self)))]:  # not self.defaults: torch adds keys
-            value = group[key]
+        for key, value in hyper.items():
             if isinstance(value, torch.Tensor):
                 value = value.item()
-            if key in self.unpack:
-                values.update(zip(self.unpack[key], value))
+            if key in cls.unpack:
+                values.update(zip(cls.unpack[key], value))
             else:
                 values[key] = value
-        return self.rule.with_flags(values)
+        return cls.rule.with_flags(values)
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -79,11 +79,6 @@ class Rule:
             g = -g
         return self.update(h, θ, g, *states)
 
-    def source(self) -> list[str]:
-        """The source lines of the rule: its per-step scalars, then its update."""
-        parts = [self.scalars, self.update] if self.scalars else [self.update]
-        return [line for fn in parts for line in inspect.getsource(fn).splitlines() + [""]]
-
 
 def rule(
     *,
