@@ -11,6 +11,7 @@ import torch
 import optimlab
 from cases import backward, make_params, train
 from optimlab.engine import cgen, native, paths
+from optimlab.engine.caches import BoundedCache
 from optimlab.engine.graph import TraceError, trace
 from optimlab.engine.rule import rule
 
@@ -68,7 +69,7 @@ def test_without_a_compiler_auto_falls_back_to_foreach_and_fused_says_why(monkey
 
     monkeypatch.setattr(native, "compiler", missing)
     monkeypatch.setattr(native, "_machine_key", missing)
-    monkeypatch.setattr(paths, "_kernels", {})
+    monkeypatch.setattr(paths, "_kernels", BoundedCache(8))
     paths._warned.clear()
     with pytest.warns(RuntimeWarning, match="fused path unavailable, using foreach"):
         params, _ = train(lambda ps: optimlab.AdamW(ps), steps=5)

@@ -14,7 +14,9 @@ is computed once.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import numbers
 from types import SimpleNamespace
 
 import numpy as np
@@ -91,18 +93,32 @@ class Sym:
         return handler(*args, **(kwargs or {}))
 
 
-# Hash-consing table of the trace in progress: structurally equal nodes are one node.
-_table: dict | None = None
+# Hash-consing table of the trace in progress: structurally equal nodes are one node. A context
+# variable, so traces in two threads (or one inside another) never share a table.
+_table: contextvars.ContextVar[dict | None] = contextvars.ContextVar("optimlab_trace_table", default=None)
 
 
 def _node(op, args, **kw) -> Sym:
+    table = _table.get()
     key = (op, tuple(id(a) for a in args), kw.get("name"), kw.get("value"))
-    if _table is not None and key in _table:
-        return _table[key][0]
+    if table is not None and key in table:
+        return table[key][0]
     sym = Sym(op, args, **kw)
-    if _table is not None:
-        _table[key] = (sym, args)  # keep args alive so their ids stay unique
+    if table is not None:
+        table[key] = (sym, args)  # keep args alive so their ids stay unique
     return sym
+
+
+def is_dynamic(value) -> bool:
+    """A number of any type (Python, numpy, a 1-element tensor) is a dynamic scalar; a bool is static."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and value.dtype != torch.bool
+    return isinstance(value, numbers.Number) and not isinstance(value, (bool, np.bool_))
+
+
+def static_key(h: SimpleNamespace) -> tuple:
+    """What a traced graph depends on besides the rule: every entry of h that is not a dynamic number."""
+    return tuple(sorted((k, v) for k, v in vars(h).items() if not is_dynamic(v)))
 
 
 def _const(value) -> Sym:
@@ -213,19 +229,17 @@ def trace(rule, h: SimpleNamespace, kept: list[str]) -> Graph:
 
     `kept` names the states the rule keeps under h's flags; the others are passed as None.
     """
-    global _table
-    _table = {}
+    token = _table.set({})
     try:
         arrays = ["θ", "g", *kept]
         inputs = {name: _node("input", (), kind=ELEMENT, name=name) for name in arrays}
         hs = SimpleNamespace()
         for key, value in vars(h).items():
-            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            setattr(hs, key, _node("scalar", (), name=key) if is_number else value)
+            setattr(hs, key, _node("scalar", (), name=key) if is_dynamic(value) else value)
         states = [inputs.get(sym) for sym in rule.state]
         result = rule.apply(hs, inputs["θ"], inputs["g"], *states)
     finally:
-        _table = None
+        _table.reset(token)
     new = dict(zip(["θ", *rule.state], result))
     outputs = {}
     for name in arrays:

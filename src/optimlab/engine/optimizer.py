@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from . import paths
+from . import boundary, paths
 from .rule import Rule
 
 
@@ -41,10 +41,7 @@ class RuleOptimizer(torch.optim.Optimizer):
     def __init__(self, params, path: str = "auto", **hyper):
         self._check(hyper)
         hyper = {**self.fixed, **hyper}
-        if path not in paths.PATHS:
-            raise ValueError(f"path must be one of {', '.join(paths.PATHS)}; got {path!r}")
-        if path in ("foreach", "fused") and not self.rule.traceable:
-            raise ValueError(f"{type(self).__name__} is not elementwise and runs on path='tensor' only")
+        paths.validate(path, self.rule, type(self).__name__)
         self.path = path
         super().__init__(params, hyper)
 
@@ -108,8 +105,9 @@ class RuleOptimizer(torch.optim.Optimizer):
         carried = tuple(self.rule.scalar_state)
         # Parameters that share a step count (and scalar state) share per-step scalars: normally all.
         buckets: dict[tuple, list] = {}
-        for p in params:
-            state = self._prepare(p, h, kept)
+        prepared = [self._prepare(p, h, kept) for p in params]
+        boundary.admit(self.rule, h, kept, params, prepared, lambda i: self._describe(params[i]))
+        for p, state in zip(params, prepared):
             buckets.setdefault((float(state["step"]), *(state[k] for k in carried)), []).append((p, state))
         for (step, *values), members in buckets.items():
             t = int(step) + 1
@@ -136,6 +134,15 @@ class RuleOptimizer(torch.optim.Optimizer):
             if s.key not in state and self.rule.keeps(s, p):  # also one a flag switched on mid-run
                 state[s.key] = s.create(p.detach(), h)
         return state
+
+    def _describe(self, p: torch.Tensor) -> str:
+        """'parameter 3 of group 0 (fc.weight)': how an error names a parameter."""
+        for g, group in enumerate(self.param_groups):
+            for i, q in enumerate(group["params"]):
+                if q is p:
+                    names = group.get("param_names")
+                    return f"parameter {i} of group {g}" + (f" ({names[i]})" if names else "")
+        return "a parameter"
 
     def _check_parameter(self, p: torch.Tensor) -> None:
         name = type(self).__name__

@@ -20,54 +20,69 @@ import numpy as np
 import torch
 
 from . import cgen, native
-from .graph import ELEMENT, REDUCTIONS, SCALAR, Graph, evaluate_numpy, trace
+from .caches import BoundedCache
+from .graph import ELEMENT, REDUCTIONS, SCALAR, Graph, evaluate_numpy, static_key, trace
 from .rule import Rule
 
 PATHS = ("auto", "tensor", "foreach", "fused")
 
-_graphs: dict[tuple, Graph] = {}
-_kernels: dict[tuple, native.Kernel | None] = {}
+# Keyed by the rule's update function *and* its code object: a rule redefined under the same name (an
+# edited notebook cell, a reloaded module) is a new key, never the old math. The function object in the
+# key also keeps it alive, so its id cannot be reused while the entry exists.
+_graphs = BoundedCache(512)
+_kernels = BoundedCache(256)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
-def static_key(h: SimpleNamespace) -> tuple:
-    """What a traced graph depends on: every entry of h that is not a number (bool is not a number here)."""
-    return tuple(sorted((k, v) for k, v in vars(h).items() if type(v) not in (int, float)))
+def _rule_key(rule: Rule) -> tuple:
+    return (rule.update, rule.update.__code__, tuple(rule.state))
 
 
 def graph_of(rule: Rule, h: SimpleNamespace, static: tuple | None = None) -> Graph:
-    key = (rule.name, static_key(h) if static is None else static)
-    if key not in _graphs:
-        _graphs[key] = trace(rule, h, list(rule.kept(h)))
-    return _graphs[key]
+    key = (_rule_key(rule), static_key(h) if static is None else static)
+    return _graphs.get(key, lambda: trace(rule, h, list(rule.kept(h))))
 
 
 def kernel_of(rule: Rule, h: SimpleNamespace, dtype: torch.dtype, static: tuple | None = None) -> native.Kernel:
     static = static_key(h) if static is None else static
-    key = (rule.name, static, dtype)
-    if key not in _kernels:
+
+    def build():
         graph = graph_of(rule, h, static)
         flags = ", ".join(f"{k}={v}" for k, v in static if isinstance(v, bool))
         source = cgen.generate(graph, dtype, title=f"{rule.name}({flags})")
-        _kernels[key] = native.Kernel(source, len(graph.arrays), graph.scalars)
-    return _kernels[key]
+        return native.Kernel(source, len(graph.arrays), graph.scalars)
+
+    return _kernels.get((_rule_key(rule), static, dtype), build)
+
+
+def validate(path: str, rule: Rule, owner: str = "") -> None:
+    """The one check of a requested path, at construction and again at each step (it may be reassigned)."""
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {', '.join(PATHS)}; got {path!r}")
+    if path in ("foreach", "fused") and not rule.traceable:
+        raise ValueError(f"{owner or rule.name} is not elementwise: it runs on path='tensor' only, not {path!r}")
 
 
 def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[str, list]) -> None:
     """Apply one step of `rule` to `params` in place (and to their `states`, symbol -> tensors).
 
-    States of traceable rules are contiguous (created so, and made so by load_state_dict), so only a
-    parameter's own layout decides whether it can take the fused path.
+    Gradients and states have passed `boundary.admit`: they match their parameters. Only plain dense
+    tensors reach the fused kernel; a tensor subclass runs its local data (DTensor shards, for rules
+    that are elementwise) or the rule as written, whose torch ops the subclass implements.
     """
+    validate(path, rule)
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, p in enumerate(params):
-        groups[(p.device, p.dtype, p.is_contiguous())].append(i)
-    for (device, _, dense), idx in groups.items():
-        chosen = choose(path, rule, device, dense)
+        groups[(p.device, p.dtype, p.is_contiguous(), type(p) in PLAIN)].append(i)
+    for (device, _, dense, plain), idx in groups.items():
         pick = [params[i] for i in idx], [grads[i] for i in idx], {k: [v[i] for i in idx] for k, v in states.items()}
+        if not plain:
+            _run_subclass(path, rule, h, *pick)
+            continue
+        chosen = choose(path, rule, device, dense)
         if chosen == "fused":
             try:
                 run_fused(rule, h, *pick)
@@ -80,14 +95,39 @@ def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[s
         (run_foreach if chosen == "foreach" else run_tensor)(rule, h, *pick)
 
 
+PLAIN = (torch.Tensor, torch.nn.Parameter, torch.nn.Buffer)
+
+
+def _run_subclass(path: str, rule: Rule, h, params, grads, states) -> None:
+    """Tensor subclasses: never a raw pointer. A DTensor's elementwise update is its shards' update."""
+    local = _local_view(rule, h, params, grads, states)
+    if local is None:
+        run_tensor(rule, h, params, grads, states)
+    else:
+        run(path, rule, h, *local)
+
+
+def _local_view(rule: Rule, h, params, grads, states):
+    """Local shards of DTensors with one placement, for a rule with no reductions; else None."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch built without distributed support
+        return None
+    tensors = [*params, *grads, *(x for xs in states.values() for x in xs)]
+    if not rule.traceable or not all(type(x) is DTensor for x in tensors):
+        return None
+    if any(x.placements != params[i % len(params)].placements for i, x in enumerate(tensors)):
+        return None
+    if graph_of(rule, h).reductions:  # a norm of a shard is not the norm of the tensor
+        return None
+    return ([p.to_local() for p in params], [g.to_local() for g in grads],
+            {k: [x.to_local() for x in xs] for k, xs in states.items()})
+
+
 def choose(path: str, rule: Rule, device: torch.device, dense: bool) -> str:
-    """The path for parameters on `device`: the requested one where it applies, else the fastest that does."""
-    if path not in PATHS:
-        raise ValueError(f"path must be one of {', '.join(PATHS)}; got {path!r}")
+    """The path for plain parameters on `device`: the requested one where it applies, else the fastest that does."""
     if not rule.traceable:
-        if path in ("auto", "tensor"):
-            return "tensor"
-        raise ValueError(f"{rule.name} is not elementwise: it runs on the 'tensor' path only, not {path!r}")
+        return "tensor"
     if path == "fused" and device.type != "cpu":
         raise ValueError(f"the fused path runs on the CPU; use path='foreach' for {device.type} tensors")
     if path in ("auto", "fused") and device.type == "cpu":

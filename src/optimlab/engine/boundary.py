@@ -1,0 +1,97 @@
+"""The one place where a step's tensors are checked before any path touches them.
+
+The fused path hands raw pointers to C, so a gradient or a state tensor that does not match its
+parameter element for element would be read or written out of bounds, or silently paired with the
+wrong elements. Everything a user can hand the engine passes through `admit` first:
+
+* a gradient must have its parameter's shape, dtype, device and (dense) layout: anything else is an
+  error that names the parameter;
+* each state tensor must have the shape the rule declares for that parameter (a checkpoint of another
+  model is an error, never a misaligned update);
+* a state tensor of another floating dtype or device follows its parameter (after `model.to(dtype)` or
+  `model.to(device)`), as torch's `load_state_dict` casts state, with one warning: the rule never reads
+  fp32 state as bf16 bits;
+* state the fused kernel reads as a dense array is made contiguous.
+
+Tensor subclasses (DTensor and others) never reach the C kernel: `paths.run` routes them (see there).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import torch
+
+from .caches import BoundedCache
+from .graph import static_key
+from .rule import Rule, State
+
+
+class ParameterMismatch(RuntimeError):
+    """A gradient or a state tensor does not fit its parameter."""
+
+
+def admit(rule: Rule, h, kept: dict[str, State], params: list, states: list[dict], describe: Callable) -> None:
+    """Check (and, where torch would, convert in place) each parameter's gradient and state.
+
+    `states[i]` is `optimizer.state[params[i]]`; `describe(i)` names parameter i in an error message.
+    """
+    static = static_key(h)
+    for i, p in enumerate(params):
+        g = p.grad
+        if g.layout is not torch.strided:
+            raise ParameterMismatch(f"{describe(i)}: the gradient is {g.layout}; this optimizer needs a dense gradient")
+        if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+            raise ParameterMismatch(f"{describe(i)}: the gradient is {_what(g)} but the parameter is {_what(p)}")
+        state = states[i]
+        for s in kept.values():
+            value = state.get(s.key)
+            if value is None:
+                continue
+            shape, dtype = expected(s, p, static, h)
+            if not isinstance(value, torch.Tensor):
+                raise ParameterMismatch(f"{describe(i)}: state {s.key!r} is a {type(value).__name__}, not a tensor")
+            if value.shape != shape:
+                raise ParameterMismatch(
+                    f"{describe(i)}: state {s.key!r} has shape {tuple(value.shape)} but this parameter needs "
+                    f"{tuple(shape)} (a checkpoint of a different model or layer?)"
+                )
+            if value.dtype != dtype or value.device != p.device:
+                if not value.is_floating_point():
+                    raise ParameterMismatch(f"{describe(i)}: state {s.key!r} is {value.dtype}, not floating point")
+                _warn_once(f"optimlab: optimizer state follows its parameter to {dtype} on {p.device} "
+                           "(the parameter's dtype or device changed after the state was created)")
+                value = state[s.key] = value.to(device=p.device, dtype=dtype)
+            if not value.is_contiguous():
+                state[s.key] = value.contiguous()
+
+
+def expected(s: State, p: torch.Tensor, static: tuple, h) -> tuple[torch.Size, torch.dtype]:
+    """Shape and dtype of state `s` for parameter p, from the rule's own declaration (made on the meta
+    device once per shape: only static entries of h can change a shape)."""
+    if s.init is None:
+        return p.shape, p.dtype
+    key = (s, tuple(p.shape), p.dtype, static)
+
+    def make():
+        made = s.create(torch.empty(p.shape, dtype=p.dtype, device="meta"), h)
+        return made.shape, made.dtype
+
+    return _shapes.get(key, make)
+
+
+_shapes = BoundedCache(4096)
+
+
+def _what(t: torch.Tensor) -> str:
+    return f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')} on {t.device}"
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
