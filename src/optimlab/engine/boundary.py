@@ -38,31 +38,31 @@ def admit(rule: Rule, h, kept: dict[str, State], params: list, states: list[dict
     `states[i]` is `optimizer.state[params[i]]`; `describe(i)` names parameter i in an error message.
     """
     static = static_key(h)
+    declared = [s for s in kept.values() if s.init is not None]  # shapes of their own (Adafactor's rows)
     for i, p in enumerate(params):
-        g = p.grad
-        if g.layout is not torch.strided:
-            raise ParameterMismatch(f"{describe(i)}: the gradient is {g.layout}; this optimizer needs a dense gradient")
-        if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
-            raise ParameterMismatch(f"{describe(i)}: the gradient is {_what(g)} but the parameter is {_what(p)}")
+        g, shape, dtype, device = p.grad, p.shape, p.dtype, p.device
+        if g.shape != shape or g.dtype is not dtype or g.device != device or g.layout is not torch.strided:
+            what = f"{g.layout} (this optimizer needs a dense gradient)" if g.is_sparse else _what(g)
+            raise ParameterMismatch(f"{describe(i)}: the gradient is {what} but the parameter is {_what(p)}")
         state = states[i]
         for s in kept.values():
             value = state.get(s.key)
             if value is None:
                 continue
-            shape, dtype = expected(s, p, static, h)
-            if not isinstance(value, torch.Tensor):
+            want_shape, want_dtype = expected(s, p, static, h) if s in declared else (shape, dtype)
+            if type(value) is not type(p) and not isinstance(value, torch.Tensor):
                 raise ParameterMismatch(f"{describe(i)}: state {s.key!r} is a {type(value).__name__}, not a tensor")
-            if value.shape != shape:
+            if value.shape != want_shape:
                 raise ParameterMismatch(
                     f"{describe(i)}: state {s.key!r} has shape {tuple(value.shape)} but this parameter needs "
-                    f"{tuple(shape)} (a checkpoint of a different model or layer?)"
+                    f"{tuple(want_shape)} (a checkpoint of a different model or layer?)"
                 )
-            if value.dtype != dtype or value.device != p.device:
+            if value.dtype is not want_dtype or value.device != device:
                 if not value.is_floating_point():
                     raise ParameterMismatch(f"{describe(i)}: state {s.key!r} is {value.dtype}, not floating point")
-                _warn_once(f"optimlab: optimizer state follows its parameter to {dtype} on {p.device} "
+                _warn_once(f"optimlab: optimizer state follows its parameter to {want_dtype} on {device} "
                            "(the parameter's dtype or device changed after the state was created)")
-                value = state[s.key] = value.to(device=p.device, dtype=dtype)
+                value = state[s.key] = value.to(device=device, dtype=want_dtype)
             if not value.is_contiguous():
                 state[s.key] = value.contiguous()
 

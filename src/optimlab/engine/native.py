@@ -96,7 +96,11 @@ def compiler() -> tuple[str, tuple[str, ...]]:
             continue
         for extra in (("-fopenmp",), ()):
             problem = _probe(found, extra)
+            if problem is not None and problem.startswith("no answer"):
+                break  # a compiler that hangs once will hang again: do not wait twice
             if problem is None:
+                if tried and configured:
+                    _warn(f"optimlab: OPTIMLAB_CC={configured!r} is not usable ({tried[0]}); using {found}")
                 return found, extra
         tried.append(f"{found}: {problem}")
     detail = "; ".join(tried) or "none found"

@@ -19,12 +19,12 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from . import cgen, native
+from . import cgen, native, tritongen
 from .caches import BoundedCache
 from .graph import ELEMENT, REDUCTIONS, SCALAR, Graph, evaluate_numpy, static_key, trace
 from .rule import Rule
 
-PATHS = ("auto", "tensor", "foreach", "fused")
+PATHS = ("auto", "tensor", "foreach", "fused", "triton")
 
 # Keyed by the rule's update function *and* its code object: a rule redefined under the same name (an
 # edited notebook cell, a reloaded module) is a new key, never the old math. The function object in the
@@ -62,7 +62,7 @@ def validate(path: str, rule: Rule, owner: str = "") -> None:
     """The one check of a requested path, at construction and again at each step (it may be reassigned)."""
     if path not in PATHS:
         raise ValueError(f"path must be one of {', '.join(PATHS)}; got {path!r}")
-    if path in ("foreach", "fused") and not rule.traceable:
+    if path in ("foreach", "fused", "triton") and not rule.traceable:
         raise ValueError(f"{owner or rule.name} is not elementwise: it runs on path='tensor' only, not {path!r}")
 
 
@@ -92,7 +92,7 @@ def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[s
                     raise
                 _warn_once(f"optimlab: fused path unavailable, using foreach ({err})")
                 chosen = "foreach"
-        (run_foreach if chosen == "foreach" else run_tensor)(rule, h, *pick)
+        {"foreach": run_foreach, "tensor": run_tensor, "triton": run_triton}[chosen](rule, h, *pick)
 
 
 PLAIN = (torch.Tensor, torch.nn.Parameter, torch.nn.Buffer)
@@ -101,10 +101,14 @@ PLAIN = (torch.Tensor, torch.nn.Parameter, torch.nn.Buffer)
 def _run_subclass(path: str, rule: Rule, h, params, grads, states) -> None:
     """Tensor subclasses: never a raw pointer. A DTensor's elementwise update is its shards' update."""
     local = _local_view(rule, h, params, grads, states)
-    if local is None:
+    if local is not None:
+        return run(path, rule, h, *local)
+    try:
         run_tensor(rule, h, params, grads, states)
-    else:
-        run(path, rule, h, *local)
+    except (RuntimeError, NotImplementedError) as err:
+        kind = type(params[0]).__name__
+        raise RuntimeError(f"{rule.name} cannot step {kind} parameters: an op of its rule is not supported "
+                           f"for {kind} ({str(err).splitlines()[0]})") from err
 
 
 def _local_view(rule: Rule, h, params, grads, states):
@@ -125,14 +129,28 @@ def _local_view(rule: Rule, h, params, grads, states):
 
 
 def choose(path: str, rule: Rule, device: torch.device, dense: bool) -> str:
-    """The path for plain parameters on `device`: the requested one where it applies, else the fastest that does."""
+    """The path for plain parameters on `device`: the requested one where it applies, else the fastest that does.
+
+    auto: the C kernel on the CPU, Triton kernels on CUDA (where Triton is importable), foreach elsewhere;
+    a strided parameter (rare) takes the rule as written.
+    """
     if not rule.traceable:
         return "tensor"
     if path == "fused" and device.type != "cpu":
-        raise ValueError(f"the fused path runs on the CPU; use path='foreach' for {device.type} tensors")
-    if path in ("auto", "fused") and device.type == "cpu":
-        return "fused" if dense else "tensor"  # a strided parameter is rare: take the plain path
-    return "foreach" if path == "auto" else path
+        raise ValueError(f"the fused path runs on the CPU; use path='triton' or 'foreach' for {device.type} tensors")
+    if path == "triton":
+        if device.type != "cuda" and not (device.type == "cpu" and tritongen.interpreted()):
+            raise ValueError("the triton path runs on CUDA tensors (on the CPU only under TRITON_INTERPRET=1, "
+                             f"for testing); got {device.type} tensors")
+        if not tritongen.available():
+            raise ValueError("path='triton' needs the triton package (it comes with CUDA builds of torch)")
+    if path in ("auto", "fused", "triton") and not dense:
+        return "tensor"
+    if path == "auto":
+        if device.type == "cpu":
+            return "fused"
+        return "triton" if device.type == "cuda" and tritongen.available() else "foreach"
+    return path
 
 
 _warned: set[str] = set()
@@ -260,5 +278,23 @@ def run_fused(rule: Rule, h, params, grads, states) -> None:
     static = static_key(h)
     kernel = kernel_of(rule, h, params[0].dtype, static)
     graph = graph_of(rule, h, static)
+    arrays = {"θ": params, "g": [g.contiguous() for g in grads], **states}
+    kernel([arrays[name] for name in graph.arrays], h)
+
+
+# --- triton: the traced graph as Triton kernels (CUDA; CPU tensors under TRITON_INTERPRET=1) ---------
+
+
+def run_triton(rule: Rule, h, params, grads, states) -> None:
+    static = static_key(h)
+    dtype = params[0].dtype
+
+    def build():
+        flags = ", ".join(f"{k}={v}" for k, v in static if isinstance(v, bool))
+        folder = native.usable_cache_dir(native.cache_dir())
+        return tritongen.Kernel(graph_of(rule, h, static), dtype, f"{rule.name}({flags})", folder)
+
+    kernel = _kernels.get(("triton", _rule_key(rule), static, dtype, tritongen.interpreted()), build)
+    graph = kernel.graph
     arrays = {"θ": params, "g": [g.contiguous() for g in grads], **states}
     kernel([arrays[name] for name in graph.arrays], h)
