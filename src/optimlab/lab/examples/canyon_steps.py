@@ -1,4 +1,4 @@
-"""The canyon's three hand-computed steps, from the lesson on the canyon (smart nudging): L = 100x² + y²
+"""The canyon's three hand-computed steps, from the lesson on the canyon and smart nudging: L = 100x² + y²
 from (1, 1), vanilla SGD (α 0.01), SGD + momentum (α 0.01, β 0.9) and Adam (α 0.1, bias correction skipped),
 each printed number of the lesson beside the value computed in float64 with optimlab's optimizers and torch's.
 

@@ -23,7 +23,7 @@ __all__ = ["LESSONS", "Check", "Example", "Outcome", "Verdict", "VERDICTS", "con
 LESSONS = {
     "update-rules": "the lesson on update rules, state memory and schedules (SGD to Lion)",
     "adamw": "the lesson on AdamW and the optimizer lineage",
-    "canyon": "the lesson on the canyon (smart nudging)",
+    "canyon": "the lesson on the canyon and smart nudging",
     "adam-sgd-rmsprop": "the lesson on Adam, SGD and RMSProp",
     "survey": "the survey lesson on SGD, Adam and modern variants",
 }
