@@ -1,5 +1,5 @@
-"""The lessons' worked examples (`optimlab claims --examples`): each example's setup is the lesson's, its numbers
-repeat on the same machine, its verdict rules give the right verdict on hand-made numbers, and the
+"""The lessons' worked examples (`optimlab claims --examples`): each example's setup is the lesson's, its
+numbers repeat on the same machine, its verdict rules give the right verdict on hand-made numbers, and the
 differences it reports (the AdamW classes' decay order, the clipping guard) match independent arithmetic."""
 
 from __future__ import annotations
@@ -17,9 +17,17 @@ from torch.utils.data import DataLoader, TensorDataset
 import optimlab
 from optimlab.cli import main
 from optimlab.lab import examples as ex
-from optimlab.lab.examples import (adamw_class, canyon_steps, compare_on_task, grad_monitoring, lr_sensitivity,
-                                   numpy_adam, param_group_recipes, schedule_recipe)
 from optimlab.lab.common import single_thread
+from optimlab.lab.examples import (
+    adamw_class,
+    canyon_steps,
+    compare_on_task,
+    grad_monitoring,
+    lr_sensitivity,
+    numpy_adam,
+    param_group_recipes,
+    schedule_recipe,
+)
 from optimlab.lab.examples.core import LESSONS, Example, agree, bounded, run_example
 
 
@@ -35,8 +43,8 @@ def one_thread():
 def test_lr_sensitivity_setup_is_the_lessons():
     model = lr_sensitivity.make_model()
     assert [type(m) for m in model] == [nn.Linear, nn.ReLU, nn.Linear]
-    assert (model[0].in_features, model[0].out_features, model[2].in_features, model[2].out_features) == (1, 16,
-                                                                                                           16, 1)
+    shapes = (model[0].in_features, model[0].out_features, model[2].in_features, model[2].out_features)
+    assert shapes == (1, 16, 16, 1)
     x, y = lr_sensitivity.data()
     assert x.shape == (100, 1) and x[0].item() == -1 and x[-1].item() == 1
     assert torch.equal(y, torch.sin(2 * np.pi * x))
@@ -81,10 +89,11 @@ def test_compare_on_task_setup_is_the_lessons():
 def test_compare_on_task_draws_the_same_batches_as_the_lessons_dataloader():
     x_train, y_train, *_ = compare_on_task.split()
     torch.manual_seed(42)
-    theirs = [bx for _ in range(2) for bx, _ in DataLoader(TensorDataset(x_train, y_train), batch_size=64,
-                                                           shuffle=True)]
+    loader = DataLoader(TensorDataset(x_train, y_train), batch_size=64, shuffle=True)
+    theirs = [bx for _ in range(2) for bx, _ in loader]
     torch.manual_seed(42)
-    ours = [x_train[i] for _ in range(2) for i in DataLoader(range(len(x_train)), batch_size=64, shuffle=True)]
+    indices = DataLoader(range(len(x_train)), batch_size=64, shuffle=True)
+    ours = [x_train[i] for _ in range(2) for i in indices]
     assert len(ours) == len(theirs) == 2 * math.ceil(1437 / 64)
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
 
@@ -100,7 +109,8 @@ def test_schedule_recipe_setup_is_the_lessons():
 def test_param_group_and_monitor_setups_are_the_lessons():
     assert (param_group_recipes.N_LAYERS, param_group_recipes.LR_DECAY) == (12, 0.8)
     model = param_group_recipes.fresh()
-    blocks = {n.split(".")[3] for n, _ in model.named_parameters() if n.startswith("backbone.encoder.layers.")}
+    prefix = "backbone.encoder.layers."
+    blocks = {n.split(".")[3] for n, _ in model.named_parameters() if n.startswith(prefix)}
     assert blocks == {str(i) for i in range(12)}
     assert (grad_monitoring.WINDOW, grad_monitoring.FACTOR, grad_monitoring.MAX_NORM) == (100, 10.0, 1.0)
 
