@@ -106,7 +106,7 @@ def run() -> tuple[str, list[Check], dict]:
               "adds "
               f"exactly lr²·λ·u (one step: matched to {fmt(step_error)}), because the class decays the "
               "updated "
-              "p where the paper decays θ_{t−1}",
+              "p where the paper decays θ_(t−1)",
               "confirmed if the parameters agree to 1e-12; depends if within 1e-6 (equal to first order in "
               "lr·λ); refuted above",
               bounded(worst, 1e-12, 1e-6, "equal to first order in lr·λ: the class decays after the Adam "

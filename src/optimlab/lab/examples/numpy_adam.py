@@ -173,10 +173,9 @@ def run() -> tuple[str, list[Check], dict]:
               "confirmed if the paths agree to 1e-12, refuted otherwise", confirmed() if plain_gap <= 1e-12
               else refuted()),
         Check("'Decoupled weight decay (AdamW behavior when weight_decay > 0)'",
-              f"λ = {DECAY}: it decays the parameters after the Adam step, so each step differs from AdamW "
-              "by "
-              f"exactly +lr²·λ·u (u the Adam direction; one step: matched to {fmt(one_step_error)}); "
-              f"max |Δ| over 50 steps {fmt(decay_gap)}",
+              f"λ = {DECAY}: it decays the updated parameters, where the paper's Algorithm 2 (and optimlab, "
+              f"and torch) decays θ_(t−1): each step differs by exactly +lr²·λ·u (u the Adam direction; one "
+              f"step: matched to {fmt(one_step_error)}); max |Δ| over 50 steps {fmt(decay_gap)}",
               "confirmed if the paths agree with optimlab's AdamW to 1e-12, refuted otherwise",
               confirmed() if decay_gap <= 1e-12 else refuted()),
         Check("'Clip gradient by global L2 norm' (max_grad_norm)",
