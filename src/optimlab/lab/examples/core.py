@@ -17,7 +17,7 @@ from ..claim_checks.core import VERDICTS, Verdict, confirmed, depends, refuted
 from ..common import fmt, single_thread
 
 __all__ = ["LESSONS", "Check", "Example", "Outcome", "Verdict", "VERDICTS", "confirmed", "refuted", "depends",
-           "fmt", "agree", "bounded", "run_example"]
+           "fmt", "ok", "agree", "bounded", "run_example"]
 
 # The lessons, named by topic (never by file): one table, so that the names line up with docs/lessons.md.
 LESSONS = {
@@ -124,5 +124,3 @@ def ok(flag: bool) -> str:
     """A part of a statement in the measured text: held (✓) or not (✗)."""
     return "✓" if flag else "✗"
 
-
-__all__ += ["ok", "fmt"]
