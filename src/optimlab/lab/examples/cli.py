@@ -22,7 +22,7 @@ def run_examples(args) -> int:
         print("optimlab claims --examples: --quick does not apply (each example keeps the lesson's sizes)",
               file=sys.stderr)
     start = time.perf_counter()
-    outcomes = examples(args.ids or None, progress=args.progress)
+    outcomes = examples(args.ids or None, progress=getattr(args, "progress", False))
     seconds = time.perf_counter() - start
     command = "optimlab claims --examples" + "".join(f" {shlex.quote(a)}" for a in args.ids)
     text = dumps(outcomes) if args.json else report_markdown(outcomes, command=command, seconds=seconds)
