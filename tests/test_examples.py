@@ -293,7 +293,7 @@ def test_the_command_runs_one_example_alone_and_writes_the_report(tmp_path, caps
     out = tmp_path / "ex.md"
     assert main(["claims", "--examples", "canyon-steps", "--out", str(out)]) == 0
     text = out.read_text()
-    assert "`optimlab claims --examples canyon-steps`: 1 examples" in text and "## `canyon-steps`" in text
+    assert "`optimlab claims --examples canyon-steps`: 1 example," in text and "## `canyon-steps`" in text
     assert main(["claims", "--examples", "--list"]) == 0
     assert "lr-sensitivity" in capsys.readouterr().out
     assert main(["claims", "--examples", "numpy-adam", "--json"]) == 0

@@ -19,14 +19,14 @@ def report_markdown(outcomes: list[Outcome], *, command: str = "optimlab claims 
     counts = collections.Counter(c.verdict.verdict for c in checks)
     tally = ", ".join(f"{counts[v]} {v}" for v in VERDICTS)
     took = f", {seconds:.0f} s" if seconds is not None else ""
+    plural = "s" if len(outcomes) != 1 else ""
     lines = [f"{h} {TITLE}", "",
-             f"`{command}`: {len(outcomes)} examples, {len(checks)} statements: {tally}{took}. Each example "
-             "is "
-             "re-implemented from the lesson's setup (model, data, seed, steps, hyperparameters), run with "
-             "optimlab's optimizers and torch.optim's, and printed beside what the lesson says; each verdict "
-             "follows from the numbers by a rule fixed in advance (under each example). Every run is seeded "
-             "and "
-             "on one thread, so the numbers repeat on the same machine.", "",
+             f"`{command}`: {len(outcomes)} example{plural}, {len(checks)} statements: {tally}{took}. "
+             "Each example is re-implemented from the lesson's setup (model, data, seed, steps, "
+             "hyperparameters), run with optimlab's optimizers and torch.optim's, and printed beside "
+             "what the lesson says; each verdict follows from the numbers by a rule fixed in advance "
+             "(under each example). Every run is seeded and on one thread, so the numbers repeat on the "
+             "same machine.", "",
              "| example | lesson | the lesson says | measured | verdict |", "|---|---|---|---|---|"]
     for o in outcomes:
         for c in o.checks:
