@@ -22,6 +22,8 @@ examples:
   optimlab claims --quick --json                    reduced sizes, as JSON
   optimlab claims lion-3x-memory amsgrad-fixes-reddi --out report.md
   optimlab claims --list                            ids, seeds and claims
+  optimlab claims --examples                        the lessons' own worked examples, re-run (a minute)
+  optimlab claims --examples lr-sensitivity         one example alone (--examples --list: their ids)
 """
 
 
@@ -35,10 +37,16 @@ def register(verbs) -> None:
     p.add_argument("--out", metavar="FILE", help="write the report (Markdown, or JSON with --json) to FILE")
     p.add_argument("--list", action="store_true", help="list the claims (id, seed, claim) and exit")
     p.add_argument("--progress", action="store_true", help="one line per finished claim on stderr")
+    p.add_argument("--examples", action="store_true", help="the report's section on the lessons' own worked "
+                   "examples, re-run: IDs then name examples")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
+    if args.examples:
+        from optimlab.lab.examples.cli import run_examples
+
+        return run_examples(args)
     from optimlab.lab.claim_checks import catalogue, claims, dumps, get, report_markdown
 
     if args.list:
