@@ -31,12 +31,12 @@ register(Spec("lamb", LAMB, "AdamW's direction, scaled per tensor by ‖θ‖/�
 register(Spec("adafactor", Adafactor, "row and column means of g² instead of all of it; relative steps",
               "torch.optim.Adafactor", FACTORED))
 
-register(Spec("adopt", ADOPT, "Adam normalising g by the previous v, before g enters it; clipped", FRONTIER, E))
+register(Spec("adopt", ADOPT, "Adam normalising g by the previous v, before g enters it", FRONTIER, E))
 register(Spec("lars", LARS, "momentum SGD, lr scaled per tensor by η‖w‖/(‖g‖ + β‖w‖)", FRONTIER, NORM))
-register(Spec("sophia", Sophia, "momentum over a diagonal Hessian estimate, clipped per coordinate", FRONTIER, E))
-register(Spec("schedulefree_adamw", ScheduleFreeAdamW, "AdamW without a schedule: gradients at y, evaluate the "
+register(Spec("sophia", Sophia, "momentum over a diagonal Hessian estimate, clipped", FRONTIER, E))
+register(Spec("schedulefree_adamw", ScheduleFreeAdamW, "AdamW without a schedule: step at y, evaluate the "
               "average x", "the official schedulefree package (AdamWScheduleFree)", E))
-register(Spec("schedulefree_sgd", ScheduleFreeSGD, "SGD without a schedule: gradients at y, evaluate the average x",
+register(Spec("schedulefree_sgd", ScheduleFreeSGD, "SGD without a schedule: step at y, evaluate the average x",
               "the official schedulefree package (SGDScheduleFree)", E))
 
 preset("momentum", "sgd", "SGD with heavy-ball momentum 0.9", momentum=0.9)

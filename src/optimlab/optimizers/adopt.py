@@ -37,7 +37,8 @@ def adopt(h, θ, g, m, v):
 
 
 def _clip_exponent(v):
-    return None if v is None or _checks.nonnegative(v) is None else "must be None (no clipping) or a number ≥ 0"
+    ok = v is None or _checks.nonnegative(v) is None
+    return None if ok else "must be None (no clipping) or a number ≥ 0"
 
 
 class ADOPT(RuleOptimizer):
@@ -48,6 +49,6 @@ class ADOPT(RuleOptimizer):
     rule = adopt
     checks = {**_checks.COMMON, "betas": _checks.betas, "clip_exponent": _clip_exponent}
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.9999), eps=1e-6, weight_decay=0.0, clip_exponent=0.25, *,
-                 decoupled_weight_decay=False, maximize=False, path="auto"):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.9999), eps=1e-6, weight_decay=0.0,
+                 clip_exponent=0.25, *, decoupled_weight_decay=False, maximize=False, path="auto"):
         super().__init__(params, path, **hyperparameters(locals()))

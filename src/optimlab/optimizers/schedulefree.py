@@ -90,24 +90,25 @@ class _ScheduleFree(RuleOptimizer):
 
     def step(self, closure=None):
         if not self.training:
-            raise RuntimeError(f"{type(self).__name__}.step() in eval mode: the parameters hold the average x, "
-                               "not y; call optimizer.train() before training (and optimizer.eval() before "
-                               "evaluating)")
+            raise RuntimeError(f"{type(self).__name__}.step() in eval mode: the parameters hold the "
+                               "average x, not y; call optimizer.train() before training (and "
+                               "optimizer.eval() before evaluating)")
         return super().step(closure)
 
     def load_state_dict(self, state_dict: dict) -> None:
         modes = {group.get("train_mode") for group in state_dict["param_groups"]}
         if None in modes or len(modes) != 1:
-            raise ValueError(f"{type(self).__name__}: the checkpoint does not record one train/eval mode for all "
-                             "groups, so its parameters cannot be told apart as y or x; save it with this "
-                             "optimizer's state_dict()")
+            raise ValueError(f"{type(self).__name__}: the checkpoint does not record one train/eval mode "
+                             "for all groups, so its parameters cannot be told apart as y or x; save it "
+                             "with this optimizer's state_dict()")
         # The checkpoint's mode is the mode of the parameters saved with it: adopt it, so the next
         # train()/eval() converts them correctly instead of treating an x as a y.
         super().load_state_dict(state_dict)
 
 
 def _interpolation_check(v):
-    return None if _checks.fraction(v) is None and v > 0 else "must be in (0, 1): x is recovered by dividing by it"
+    ok = _checks.fraction(v) is None and v > 0
+    return None if ok else "must be in (0, 1): x is recovered by dividing by it"
 
 
 def _betas(v):
@@ -134,8 +135,8 @@ class ScheduleFreeAdamW(_ScheduleFree):
     rule = schedulefree_adamw
     checks = {**CHECKS, "eps": _checks.nonnegative, "betas": _betas}
 
-    def __init__(self, params, lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, warmup_steps=0, r=0.0,
-                 weight_lr_power=2.0, *, maximize=False, path="auto"):
+    def __init__(self, params, lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, warmup_steps=0,
+                 r=0.0, weight_lr_power=2.0, *, maximize=False, path="auto"):
         super().__init__(params, path, **hyperparameters(locals()))
 
 
@@ -145,13 +146,14 @@ class ScheduleFreeSGD(_ScheduleFree):
     rule = schedulefree_sgd
     checks = {**CHECKS, "momentum": _interpolation_check}
 
-    def __init__(self, params, lr=1.0, momentum=0.9, weight_decay=0.0, warmup_steps=0, r=0.0, weight_lr_power=2.0,
-                 *, maximize=False, path="auto"):
+    def __init__(self, params, lr=1.0, momentum=0.9, weight_decay=0.0, warmup_steps=0, r=0.0,
+                 weight_lr_power=2.0, *, maximize=False, path="auto"):
         super().__init__(params, path, **hyperparameters(locals()))
 
 
 @torch.no_grad()
-def recompute_batchnorm_statistics(model: torch.nn.Module, optimizer: _ScheduleFree, batches, forward=None) -> int:
+def recompute_batchnorm_statistics(model: torch.nn.Module, optimizer: _ScheduleFree, batches,
+                                   forward=None) -> int:
     """Re-estimate BatchNorm running statistics at x, the point the model is evaluated at.
 
     During training BatchNorm layers average their statistics at y; evaluated at x they are stale.

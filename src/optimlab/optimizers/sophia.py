@@ -38,7 +38,8 @@ def hutchinson(loss: torch.Tensor, params: list, generator=None) -> list:
     grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
     used = [(p, gr) for p, gr in zip(params, grads) if gr is not None]
     us = [torch.randint(0, 2, p.shape, generator=generator, dtype=p.dtype).mul_(2).sub_(1) for p, _ in used]
-    hvps = torch.autograd.grad([gr for _, gr in used], [p for p, _ in used], grad_outputs=us, allow_unused=True)
+    hvps = torch.autograd.grad([gr for _, gr in used], [p for p, _ in used], grad_outputs=us,
+                               allow_unused=True)
     found = {p: u * hu for (p, _), u, hu in zip(used, us, hvps) if hu is not None}
     return [found.get(p) for p in params]
 
@@ -94,7 +95,8 @@ class Sophia(RuleOptimizer):
             return None
         estimators = {group["estimator"] for group, _ in due}
         if len(estimators) != 1:
-            raise ValueError(f"Sophia: groups due together must share one estimator, got {sorted(estimators)}")
+            raise ValueError(f"Sophia: groups due together must share one estimator, got "
+                             f"{sorted(estimators)}")
         (estimator,) = estimators
         params = [p for _, ps in due for p in ps]
         with torch.enable_grad():
