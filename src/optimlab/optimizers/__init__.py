@@ -36,7 +36,7 @@ register(Spec("lars", LARS, "momentum SGD, lr scaled per tensor by η‖w‖/(�
 register(Spec("sophia", Sophia, "momentum over a diagonal Hessian estimate, clipped", FRONTIER, E))
 register(Spec("schedulefree_adamw", ScheduleFreeAdamW, "AdamW without a schedule: step at y, evaluate the "
               "average x", "the official schedulefree package (AdamWScheduleFree)", E))
-register(Spec("schedulefree_sgd", ScheduleFreeSGD, "SGD without a schedule: step at y, evaluate the average x",
+register(Spec("schedulefree_sgd", ScheduleFreeSGD, "SGD without a schedule: step at y, evaluate average x",
               "the official schedulefree package (SGDScheduleFree)", E))
 
 preset("momentum", "sgd", "SGD with heavy-ball momentum 0.9", momentum=0.9)
