@@ -115,8 +115,9 @@ def build(model: nn.Module, lr: float, weight_decay: float = 0.0, *, layer_decay
           verbose: bool = True) -> list[dict]:
     """Param groups for `model`: see the module docstring. `lr` is the base lr (each group's lr is
     lr × its scale); `blocks` is the block stack's path (default: found by `find_blocks`) or a
-    callable name -> depth; `head` is excluded from the matrix split ('auto': the last nn.Linear); `no_decay_settings` are
-    further hyperparameters for the groups without decay (LARS: {"layer_adaptation": False})."""
+    callable name -> depth; `head` is excluded from the matrix split ('auto': the last nn.Linear);
+    `no_decay_settings` are further hyperparameters for the groups without decay (LARS:
+    {"layer_adaptation": False})."""
     if not (isinstance(lr, (int, float)) and lr >= 0) or not (isinstance(weight_decay, (int, float))
                                                              and weight_decay >= 0):
         raise ValueError(f"lr and weight_decay must be non-negative numbers, got {lr!r}, {weight_decay!r}")
