@@ -92,7 +92,7 @@ def sophia_vs_adamw(ctx) -> dict:
     return {"task": task, "steps": steps, "target": target, "lr_grid": adamw["grid"],
             "adamw_lr": adamw["lr"], "adamw_finals": adamw["finals"],
             "sophia_lr": sophia["lr"], "sophia_finals": sophia["finals"], "sophia_final": sophia["final"],
-            "sophia_steps_to_target": reached,
+            "sophia_steps_to_target": reached, "sophia_points": sophia["points"],
             "speedup_steps": steps / reached if reached else 0.0,  # 0: never reached
             "speedup_gradient_evaluations": steps / (reached + refreshes) if reached else 0.0}
 
