@@ -157,3 +157,17 @@ def test_training_loop_of_the_docs_learns_digits():
         first = loss.item() if first is None else first
     final = torch.nn.functional.cross_entropy(model(x), y).item()
     assert final < 0.5 * first, (first, final)
+
+
+def test_hutchinson_on_a_model_without_double_backward_says_what_to_do():
+    """torch 2.13's CPU flash attention has no double backward: the error names GNB as the way out."""
+    W = torch.randn(8, 8, dtype=torch.float32, requires_grad=True)
+    x = torch.randn(2, 2, 5, 8, dtype=torch.float32)
+    opt = optimlab.Sophia([W], estimator="hutchinson")
+
+    def loss():
+        q = x @ W
+        return torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True).square().sum()
+
+    with pytest.raises(RuntimeError, match="estimator='gnb'"):
+        opt.update_hessian(loss)

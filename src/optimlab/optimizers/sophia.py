@@ -38,8 +38,15 @@ def hutchinson(loss: torch.Tensor, params: list, generator=None) -> list:
     grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
     used = [(p, gr) for p, gr in zip(params, grads) if gr is not None]
     us = [torch.randint(0, 2, p.shape, generator=generator, dtype=p.dtype).mul_(2).sub_(1) for p, _ in used]
-    hvps = torch.autograd.grad([gr for _, gr in used], [p for p, _ in used], grad_outputs=us,
-                               allow_unused=True)
+    try:
+        hvps = torch.autograd.grad([gr for _, gr in used], [p for p, _ in used], grad_outputs=us,
+                                   allow_unused=True)
+    except RuntimeError as error:
+        if "derivative for" not in str(error):
+            raise
+        raise RuntimeError(f"Sophia's Hutchinson estimator needs double backward through the model, which "
+                           f"this model does not support ({error}); use estimator='gnb', or for attention "
+                           "torch.nn.attention.sdpa_kernel(SDPBackend.MATH)") from error
     found = {p: u * hu for (p, _), u, hu in zip(used, us, hvps) if hu is not None}
     return [found.get(p) for p in params]
 
