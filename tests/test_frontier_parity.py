@@ -171,3 +171,13 @@ def test_lars_excludes_biases_and_norms_through_parameter_groups():
         ref.lars_step(w, g, {}, lr=0.5, momentum=0.9, weight_decay=1e-3 if adapted else 0.0,
                       trust_coefficient=1e-3, layer_adaptation=adapted)
         torch.testing.assert_close(p.detach().flatten(), torch.tensor(w), rtol=1e-9, atol=1e-11)
+
+
+def test_no_decay_settings_split_the_groups_even_without_weight_decay():
+    from optimlab import param_groups
+
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5))
+    groups = param_groups.build(model, lr=0.5, verbose=False, no_decay_settings={"layer_adaptation": False})
+    assert sorted((g["name"], len(g["params"]), g.get("layer_adaptation", True)) for g in groups) == [
+        ("decay", 1, True), ("no_decay", 3, False)]
+    assert len(param_groups.build(model, lr=0.5, verbose=False)) == 1  # unchanged without them
