@@ -122,11 +122,12 @@ def test_the_update_is_clipped_to_lr_per_coordinate():
     assert ((θ - before).abs() < 0.099).any() and ((θ - before).abs() > 0.0999).any()  # both regimes occur
 
 
-def test_gnb_closure_must_return_logits():
+def test_gnb_closure_must_return_logits_and_hutchinson_a_loss():
     θ = torch.ones(3, requires_grad=True)
-    opt = optimlab.Sophia([θ])
     with pytest.raises(ValueError, match="logits"):
-        opt.update_hessian(lambda: (θ**2).sum())
+        optimlab.Sophia([θ]).update_hessian(lambda: (θ**2).sum())
+    with pytest.raises(ValueError, match="the loss"):
+        optimlab.Sophia([θ], estimator="hutchinson").update_hessian(lambda: θ.reshape(1, 3) * 2)
 
 
 @pytest.mark.parametrize("bad", [{"update_period": 0}, {"update_period": 2.5}, {"estimator": "g2"},

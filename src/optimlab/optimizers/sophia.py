@@ -35,6 +35,9 @@ def sophia(h, θ, g, m, h_diag):
 
 def hutchinson(loss: torch.Tensor, params: list, generator=None) -> list:
     """u ⊙ Hu with Rademacher u: an unbiased estimate of diag(H), from one Hessian-vector product."""
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise ValueError("the Hutchinson estimator needs the closure to return the loss, a tensor with one "
+                         f"element; got {type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}")
     grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
     used = [(p, gr) for p, gr in zip(params, grads) if gr is not None]
     us = [torch.randint(0, 2, p.shape, generator=generator, dtype=p.dtype).mul_(2).sub_(1) for p, _ in used]
