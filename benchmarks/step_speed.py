@@ -41,6 +41,8 @@ CANDIDATES = {
     "lamb": ("lamb", None, False),
     "adafactor": ("adafactor", (torch.optim.Adafactor, {}), False),
 }
+CANDIDATES.update({name: (name, None, False) for name in ("adopt", "lars", "sophia", "schedulefree_adamw",
+                                                           "schedulefree_sgd")})
 
 
 def layout_flat(total: int, count: int = 10) -> list[tuple]:

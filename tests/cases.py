@@ -22,10 +22,18 @@ TEST_VALUES = {
     "betas": (0.8, 0.95), "momentum_decay": 0.01, "decoupled_weight_decay": True, "bias_correction": False,
     "beta2_decay": -0.5, "d": 2.0, "matrix_view": "last_two",
 }
+# Sophia, schedule-free, ADOPT and LARS
+TEST_VALUES.update({"gamma": 0.5, "update_period": 3, "estimator": "hutchinson", "warmup_steps": 5, "r": 1.0,
+                    "weight_lr_power": 0.5, "clip_exponent": 0.1, "trust_coefficient": 0.02,
+                    "layer_adaptation": False})
 # Where one value is not enough: each element of Adafactor's (ε₁, ε₂) must be shown to act.
 PER_OPTIMIZER = {("adafactor", "eps"): [(3.0, 1e-3), (None, 2.0)]}
+PER_OPTIMIZER.update({("adopt", "clip_exponent"): [0.1, None], ("lars", "momentum"): [0.5],
+                      ("schedulefree_sgd", "momentum"): [0.5], ("sophia", "weight_decay"): [0.3],
+                      ("adopt", "eps"): [1.0]})
 # Flags that only act together with another.
 NEEDS = {"nesterov": {"momentum": 0.9}, "dampening": {"momentum": 0.9}, "decoupled_weight_decay": {"weight_decay": 0.1}}
+NEEDS.update({"weight_lr_power": {"warmup_steps": 5}})  # the weights differ only while the lr warms up
 # Hyperparameters torch.optim does not have (their references are elsewhere).
 OPTIMLAB_ONLY = {"bias_correction", "matrix_view", "path"}
 
@@ -69,11 +77,26 @@ def backward(params, step: int) -> float:
     return loss.item()
 
 
+def logits_fn(params, step: int) -> torch.Tensor:
+    """Each parameter element read as one sample's logits over three classes: a softmax model for Sophia-G."""
+    return torch.cat([torch.stack([x, -x, torch.sin(3 * x) + step % 3], -1).reshape(-1, 3)
+                      for x in (p.double() for p in params)])
+
+
+def refresh_curvature(opt, params, step: int) -> None:
+    """Sophia's Hessian-diagonal estimate, every k steps as it decides (other optimizers have none).
+    A seeded generator per step, so that every run sees the same sampled labels or probe vectors."""
+    if hasattr(opt, "update_hessian"):
+        closure = loss_fn if opt.param_groups[0]["estimator"] == "hutchinson" else logits_fn
+        opt.update_hessian(lambda: closure(params, step), generator=torch.Generator().manual_seed(step))
+
+
 def train(make, steps=100, dtype=torch.float64, seed=0, shapes=SHAPES):
     """Run `make(params)` for `steps` updates on the shared loss; returns (params, optimizer)."""
     params = make_params(dtype, seed, shapes)
     opt = make(params)
     for step in range(steps):
+        refresh_curvature(opt, params, step)
         backward(params, step)
         opt.step()
     return params, opt

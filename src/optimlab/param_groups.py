@@ -111,10 +111,13 @@ def _override(name: str, lr_scale: dict) -> str | None:
 
 def build(model: nn.Module, lr: float, weight_decay: float = 0.0, *, layer_decay: float | None = None,
           blocks=None, lr_scale: dict[str, float] | None = None, split_matrices: bool = False, head="auto",
-          no_decay_names=(), decay_embeddings: bool = False, verbose: bool = True) -> list[dict]:
+          no_decay_names=(), decay_embeddings: bool = False, no_decay_settings: dict | None = None,
+          verbose: bool = True) -> list[dict]:
     """Param groups for `model`: see the module docstring. `lr` is the base lr (each group's lr is
     lr × its scale); `blocks` is the block stack's path (default: found by `find_blocks`) or a
-    callable name -> depth; `head` is excluded from the matrix split ('auto': the last nn.Linear)."""
+    callable name -> depth; `head` is excluded from the matrix split ('auto': the last nn.Linear);
+    `no_decay_settings` are further hyperparameters for the groups without decay (LARS:
+    {"layer_adaptation": False})."""
     if not (isinstance(lr, (int, float)) and lr >= 0) or not (isinstance(weight_decay, (int, float))
                                                              and weight_decay >= 0):
         raise ValueError(f"lr and weight_decay must be non-negative numbers, got {lr!r}, {weight_decay!r}")
@@ -148,12 +151,14 @@ def build(model: nn.Module, lr: float, weight_decay: float = 0.0, *, layer_decay
         factor = layer * lr_scale.get(key, 1.0)
         matrix = (split_matrices and p.ndim >= 2 and reason is None and not (head and _matches(n, head)))
         decays = weight_decay > 0 and reason is None
+        split = weight_decay > 0 or no_decay_settings  # decay and no-decay tensors in separate groups
         parts = ([f"depth{depth[n]}"] if layer_decay is not None else []) + ([key] if key else []) \
             + (["matrix" if matrix else "other"] if split_matrices else []) \
-            + ((["decay"] if decays else ["no_decay"]) if weight_decay > 0 else [])
+            + ((["decay"] if reason is None else ["no_decay"]) if split else [])
         g = groups.setdefault((tuple(parts), factor), {
             "params": [], "param_names": [], "name": "/".join(parts) or "all", "lr": lr * factor,
-            "lr_factor": factor, "weight_decay": weight_decay if decays else 0.0})
+            "lr_factor": factor, "weight_decay": weight_decay if decays else 0.0,
+            **(no_decay_settings or {} if reason is not None else {})})
         why = reasons.setdefault(id(g), {})
         if split_matrices:
             g["matrix"] = matrix

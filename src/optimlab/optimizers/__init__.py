@@ -4,15 +4,20 @@ from ..registry import Spec, preset, register
 from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .adopt import ADOPT
 from .lamb import LAMB
+from .lars import LARS
 from .lion import Lion
 from .nadam import NAdam
 from .radam import RAdam
 from .rmsprop import RMSprop
+from .schedulefree import ScheduleFreeAdamW, ScheduleFreeSGD
 from .sgd import SGD
+from .sophia import Sophia
 
 E, NORM, FACTORED = frozenset({"elementwise"}), frozenset({"per-tensor-norm"}), frozenset({"factored"})
 PAPER = "float64 transcription of the paper in tests/references.py"
+FRONTIER = "float64 transcription of the paper in tests/frontier_references.py"
 
 register(Spec("sgd", SGD, "step against the gradient; momentum averages it", "torch.optim.SGD", E))
 register(Spec("adagrad", Adagrad, "divide by the root of the sum of all squared gradients", "torch.optim.Adagrad", E))
@@ -26,9 +31,18 @@ register(Spec("lamb", LAMB, "AdamW's direction, scaled per tensor by ‖θ‖/�
 register(Spec("adafactor", Adafactor, "row and column means of g² instead of all of it; relative steps",
               "torch.optim.Adafactor", FACTORED))
 
+register(Spec("adopt", ADOPT, "Adam normalising g by the previous v, before g enters it", FRONTIER, E))
+register(Spec("lars", LARS, "momentum SGD, lr scaled per tensor by η‖w‖/(‖g‖ + β‖w‖)", FRONTIER, NORM))
+register(Spec("sophia", Sophia, "momentum over a diagonal Hessian estimate, clipped", FRONTIER, E))
+register(Spec("schedulefree_adamw", ScheduleFreeAdamW, "AdamW without a schedule: step at y, evaluate the "
+              "average x", "the official schedulefree package (AdamWScheduleFree)", E))
+register(Spec("schedulefree_sgd", ScheduleFreeSGD, "SGD without a schedule: step at y, evaluate average x",
+              "the official schedulefree package (SGDScheduleFree)", E))
+
 preset("momentum", "sgd", "SGD with heavy-ball momentum 0.9", momentum=0.9)
 preset("nesterov", "sgd", "SGD with Nesterov momentum 0.9", momentum=0.9, nesterov=True)
 preset("amsgrad", "adam", "Adam whose denominator never shrinks", amsgrad=True)
 preset("adam_no_bias_correction", "adam", "Adam without the 1 − βᵗ corrections", bias_correction=False)
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Lion", "LAMB", "Adafactor"]
+__all__ += ["ADOPT", "LARS", "Sophia", "ScheduleFreeAdamW", "ScheduleFreeSGD"]

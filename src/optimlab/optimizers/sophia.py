@@ -1,0 +1,130 @@
+"""Sophia (Liu et al. 2023): momentum divided by a diagonal Hessian estimate, clipped per coordinate.
+
+    opt = optimlab.Sophia(model.parameters(), lr=1e-4)           # estimator="gnb" (Sophia-G)
+    for x, y in batches:
+        opt.update_hessian(lambda: model(x))     # every k-th call estimates ĥ (the closure gives logits)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+`update_hessian` runs its estimator only when the next update is one of the paper's t ≡ 1 (mod k)
+steps (otherwise it returns None without calling the closure), and folds the estimate into the EMA
+h ← β₂h + (1 − β₂)ĥ. Sophia-H (`estimator="hutchinson"`) takes a closure that returns the loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..engine.optimizer import RuleOptimizer, hyperparameters
+from ..engine.rule import rule
+from . import _checks
+
+
+@rule(state={"m": "exp_avg", "h_diag": "hessian"})
+def sophia(h, θ, g, m, h_diag):
+    """Sophia (Liu et al. 2023, Alg. 3); h_diag is the EMA of the estimates `update_hessian` makes."""
+    m = h.beta1 * m + (1 - h.beta1) * g  # momentum
+    θ = θ * (1 - h.lr * h.weight_decay)  # decoupled weight decay
+    ratio = m / torch.clamp(h.gamma * h_diag, h.eps)  # m / max(γ·h, ε): Newton's step where h > 0
+    θ = θ - h.lr * torch.clamp(ratio, -1.0, 1.0)  # clip(·, 1): never more than lr per coordinate
+    return θ, m, h_diag
+
+
+def hutchinson(loss: torch.Tensor, params: list, generator=None) -> list:
+    """u ⊙ Hu with Rademacher u: an unbiased estimate of diag(H), from one Hessian-vector product."""
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise ValueError("the Hutchinson estimator needs the closure to return the loss, a tensor with one "
+                         f"element; got {type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}")
+    grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    used = [(p, gr) for p, gr in zip(params, grads) if gr is not None]
+    us = [torch.randint(0, 2, p.shape, generator=generator, dtype=p.dtype).mul_(2).sub_(1) for p, _ in used]
+    try:
+        hvps = torch.autograd.grad([gr for _, gr in used], [p for p, _ in used], grad_outputs=us,
+                                   allow_unused=True)
+    except RuntimeError as error:
+        if "derivative for" not in str(error):
+            raise
+        raise RuntimeError(f"Sophia's Hutchinson estimator needs double backward through the model, which "
+                           f"this model does not support ({error}); use estimator='gnb', or for attention "
+                           "torch.nn.attention.sdpa_kernel(SDPBackend.MATH)") from error
+    found = {p: u * hu for (p, _), u, hu in zip(used, us, hvps) if hu is not None}
+    return [found.get(p) for p in params]
+
+
+def gauss_newton_bartlett(logits: torch.Tensor, params: list, generator=None) -> list:
+    """B · ĝ ⊙ ĝ, ĝ the gradient of the mean cross-entropy of labels ŷ drawn from softmax(logits)."""
+    if logits.dim() < 2:
+        raise ValueError(f"the Gauss-Newton-Bartlett estimator needs logits of shape (..., classes); got a "
+                         f"{logits.dim()}-d tensor (a closure for estimator='hutchinson' returns the loss)")
+    flat = logits.reshape(-1, logits.shape[-1])
+    B = flat.shape[0]  # samples (tokens) the loss averages over
+    probs = torch.softmax(flat.detach().double(), dim=-1)
+    ŷ = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # labels from the model itself
+    grads = torch.autograd.grad(F.cross_entropy(flat, ŷ), params, allow_unused=True)
+    return [None if gr is None else B * gr * gr for gr in grads]
+
+
+ESTIMATORS = {"gnb": gauss_newton_bartlett, "hutchinson": hutchinson}
+
+
+class Sophia(RuleOptimizer):
+    """Sophia with the official code's defaults (lr 1e-4, β = (0.965, 0.99), weight decay 0.1, γ = 0.04
+    (the code's `rho`)) and the paper's ε = 1e-12, k = 10. See docs/frontier.md for ρ/γ naming."""
+
+    rule = sophia
+    checks = {**_checks.COMMON, "betas": _checks.betas, "gamma": _checks.positive,
+              "update_period": lambda v: None if isinstance(v, int) and not isinstance(v, bool) and v >= 1
+              else "must be an integer ≥ 1", "estimator": _checks.one_of(*ESTIMATORS)}
+
+    def __init__(self, params, lr=1e-4, betas=(0.965, 0.99), gamma=0.04, eps=1e-12, weight_decay=0.1,
+                 update_period=10, estimator="gnb", *, maximize=False, path="auto"):
+        super().__init__(params, path, **hyperparameters(locals()))
+
+    def hessian_due(self) -> bool:
+        """Whether the next step() is one at which some group refreshes its estimate (t ≡ 1 mod k)."""
+        return bool(self._due())
+
+    def _due(self) -> list[tuple[dict, list]]:
+        out = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.requires_grad
+                      and int(float(self.state[p].get("step", 0))) % group["update_period"] == 0]
+            if params:
+                out.append((group, params))
+        return out
+
+    @torch.no_grad()
+    def update_hessian(self, closure, generator: torch.Generator | None = None):
+        """Refresh the Hessian-diagonal EMA of the parameters that are due; returns the closure's output
+        (logits for 'gnb', the loss for 'hutchinson') or None when nothing was due."""
+        due = self._due()
+        if not due:
+            return None
+        estimators = {group["estimator"] for group, _ in due}
+        if len(estimators) != 1:
+            raise ValueError(f"Sophia: groups due together must share one estimator, got "
+                             f"{sorted(estimators)}")
+        (estimator,) = estimators
+        params = [p for _, ps in due for p in ps]
+        with torch.enable_grad():
+            output = closure()
+            estimates = ESTIMATORS[estimator](output, params, generator)
+        index = 0
+        for group, ps in due:
+            β2 = group["betas"][1]
+            # ascending f is descending −f, whose Hessian is −H (GNB's cross-entropy is always minimised)
+            sign = -1.0 if group["maximize"] and estimator == "hutchinson" else 1.0
+            for p in ps:
+                ĥ = estimates[index]
+                index += 1
+                if ĥ is None:
+                    continue  # the loss does not depend on p
+                state = self.state[p]
+                if "hessian" not in state:
+                    state["hessian"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                h_diag = state["hessian"]
+                h_diag.copy_(β2 * h_diag + (1 - β2) * sign * ĥ.to(h_diag.dtype))  # h ← β₂h + (1 − β₂)ĥ
+        return output
