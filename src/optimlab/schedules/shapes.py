@@ -161,7 +161,10 @@ class StepDecay(Schedule):
         return self.gamma ** (t // self.step_size)
 
     def key_steps(self, until):
-        return list(range(0, until + 1, self.step_size))
+        return list(range(0, until + 1, self.step_size))[:MARKS]  # the first MARKS drops: enough to see
+
+
+MARKS = 1000  # phase marks a periodic schedule lists at most (a plot cannot show more)
 
 
 @register("multistep")

@@ -99,7 +99,7 @@ def near(value: float, target: float, tolerance: float = 0.05) -> bool:
 
 CLAIMS = [
     Claim(
-        id="lion-half-state", seed="000",
+        id="lion-half-state", seed="curvature-bets",
         claim="Lion 'drops the second moment entirely … Halves optimizer memory vs Adam.'",
         experiment="state bytes each rule declares (spec.state_bytes) for a 4096², a 768×3072 and a 4096 "
         "fp32 parameter, and the state one real step allocates on a 256→512→10 MLP",
@@ -113,7 +113,7 @@ CLAIMS = [
         f"shape), {fmt(n['ratio_allocated'])} allocated",
         reference="Chen et al. 2023: Lion keeps only the momentum"),
     Claim(
-        id="lion-3x-memory", seed="003",
+        id="lion-3x-memory", seed="adam-vs-sgd",
         claim="Lion: 'approximately 3x memory savings over Adam (one buffer vs two)'",
         experiment="the same declared and allocated state as lion-half-state; also seed 000's bf16-mixed "
         "accounting (state + fp32 master) and the whole footprint from the memory planner",
@@ -125,7 +125,7 @@ CLAIMS = [
         f"{fmt(n['adam_over_lion_total'])}× on the whole bf16-mixed footprint",
         reference="one buffer against two is 2× by arithmetic; seed 000 says 'halves'"),
     Claim(
-        id="adafactor-o-d-plus-m", seed="000",
+        id="adafactor-o-d-plus-m", seed="curvature-bets",
         claim="'Adam's v for a (d × m) weight matrix is O(d·m); Adafactor stores O(d + m)'",
         experiment="Adafactor's declared state for 1024², 4096², 4096×16384 and 50257×768 matrices, and the "
         "state a real step allocates for a 512×2048 matrix",
@@ -139,7 +139,7 @@ CLAIMS = [
         + f"; allocated for 512×2048: {n['allocated_512x2048']:,} B = 4(d + m)",
         reference="Shazeer & Stern 2018 §3"),
     Claim(
-        id="adafactor-half-memory", seed="000",
+        id="adafactor-half-memory", seed="curvature-bets",
         claim="Adafactor: '~50% optimizer memory' (table: '~4 (per-row + per-column factored)' B/param of "
         "state)",
         experiment="memory planner on a GPT-2-small shape in bf16-mixed: Adafactor ÷ AdamW for the optimizer "
@@ -159,7 +159,7 @@ CLAIMS = [
         "table puts AdamW's fp32 master copy in its state column, so its ~4 B/param for Adafactor is that "
         "copy"),
     Claim(
-        id="memory-70b-state", seed="000",
+        id="memory-70b-state", seed="curvature-bets",
         claim="'A 70B model in AdamW needs 70e9 × 16 = 1.12 TB of optimizer state'",
         experiment="memory planner: 70e9 parameters, AdamW, bf16-mixed",
         rule="confirmed if the optimizer state, even counted with the fp32 master copy, is within 5% of 1.12 "
@@ -174,7 +174,7 @@ CLAIMS = [
         reference="Rajbhandari et al. 2020 (ZeRO) §3.1: 16Ψ bytes of model states, of which 12Ψ optimizer "
         "states"),
     Claim(
-        id="memory-7b-total", seed="003",
+        id="memory-7b-total", seed="adam-vs-sgd",
         claim="7B model, fp32 Adam: weights 28 GB + Adam states 56 GB, 'Total for training: 84 GB minimum'",
         experiment="memory planner: 7e9 parameters, Adam, fp32",
         rule="confirmed if the planned total is within 5% of 84 GB, refuted otherwise",
@@ -185,7 +185,7 @@ CLAIMS = [
         + ("; 84 GB is this without the gradients"
            if near(n["total_bytes"] - n["gradients_bytes"], 84e9) else "")),
     Claim(
-        id="memory-7b-state", seed="002",
+        id="memory-7b-state", seed="canyon",
         claim="Adam 'stores two extra tensors (m and v) per parameter … For a 7B-parameter model in fp32, "
         "that is 56 GB of optimizer state alone'",
         experiment="memory planner: 7e9 parameters, Adam, fp32",
@@ -194,7 +194,7 @@ CLAIMS = [
         judge=lambda n: confirmed() if near(n["optimizer_state_bytes"], 56e9) else refuted(),
         describe=lambda n: f"optimizer state {gb(n['optimizer_state_bytes'])} (8 B/param)"),
     Claim(
-        id="memory-13b-zero2", seed="000",
+        id="memory-13b-zero2", seed="curvature-bets",
         claim="13B in bf16 + AdamW: 'Total: ~208 GB just for state … With ZeRO-2 across 8 ranks … per-rank ≈ "
         "49 GB → fits'",
         experiment="memory planner: 13e9 parameters, AdamW, bf16-mixed, one rank and ZeRO-2 on 8 ranks",
