@@ -40,8 +40,10 @@ class HelpFormatter(argparse.HelpFormatter):
         out = []
         for block in blocks:
             lines = block.splitlines()
-            if any(line[:1].isspace() for line in lines):
-                out.append("\n".join(indent + line for line in lines))
+            if any(line[:1].isspace() for line in lines):  # kept as written; a long heading is wrapped
+                out.append("\n".join(indent + line if line[:1].isspace() else
+                                     textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent)
+                                     for line in lines))
             else:
                 out.append(textwrap.fill(" ".join(line.strip() for line in lines), width,
                                          initial_indent=indent, subsequent_indent=indent))

@@ -31,18 +31,16 @@ def check(path: str | None, option: str, suffixes: tuple[str, ...] = ()) -> Path
 
 
 def check_folder(path: str | None, option: str) -> Path | None:
-    """A folder that exists and takes new files, or that can be created (with its parents)."""
+    """A folder that exists and takes new files, or one whose parent does (the folder is then made)."""
     if path is None:
         return None
     target = Path(path).expanduser()
     if target.exists() and not target.is_dir():
         raise ValueError(f"{option} {path}: is a file, not a folder")
-    existing = target
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"{option} {path}: {str(existing)!r} is a file, not a folder")
-    _try_create(existing / ".optimlab-write-check", option, path)
+    home = target if target.is_dir() else target.parent
+    if not home.is_dir():
+        raise ValueError(f"{option} {path}: the folder {str(home)!r} does not exist")
+    _try_create(home / ".optimlab-write-check", option, path)
     return target
 
 

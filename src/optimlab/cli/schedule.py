@@ -19,11 +19,12 @@ each param group's base lr for the update that follows t earlier updates.
 examples:
   optimlab schedule                                  list schedules and their arguments
   optimlab schedule warmup_cosine total_steps=2000 warmup_steps=100 floor=0.1
-  optimlab schedule wsd total_steps=1000 warmup_steps=50 decay_steps=200 shape=1-sqrt --out /tmp/wsd.png
+  optimlab schedule wsd total_steps=1000 warmup_steps=50 decay_steps=200 shape=1-sqrt \\
+                    --out /tmp/wsd.png
   optimlab schedule cosine total_steps=500 --warmup 50 --lr 3e-4 --json
   optimlab schedule multistep milestones=[30,60,80] gamma=0.1 --steps 100
-  optimlab schedule '{"name": "sequence", "boundaries": [300],
-                      "schedules": [{"name": "constant"}, {"name": "linear_decay", "total_steps": 100}]}'
+  optimlab schedule '{"name": "sequence", "boundaries": [300], "schedules":
+                     [{"name": "constant"}, {"name": "linear_decay", "total_steps": 100}]}'
                                                      (compositions: any Schedule.describe() output)
 """
 

@@ -20,8 +20,8 @@ def register(verbs) -> None:
         "loss becomes NaN or infinite has diverged and counts as an infinite loss. Every run uses one "
         "thread and depends only on its seed, so the grid runs in parallel processes and results repeat "
         "exactly on one machine; on another CPU the last digits of the losses differ (see docs/sweep.md)."
-        "\n\nexample:\n  optimlab sweep --optimizers sgd,adam --task digits --lrs 1e-4:10:16 --steps 300 "
-        "--seeds 3 --out /tmp/sweep.png",
+        "\n\nexample:\n  optimlab sweep -o sgd,adam --lrs 1e-4:10:16 --steps 300 --seeds 3 "
+        "--out /tmp/sweep.png",
         epilog="tasks: digits (scikit-learn 8×8 digits, MLP), charlm (pydoc text, tiny transformer); options "
         "as text: --task digits:hidden=128,depth=4.\n\noptimizers: registry names and presets (optimlab "
         "list), with hyperparameters as name:key=value,… but without lr. The band is contiguous around the "

@@ -161,7 +161,8 @@ class StepDecay(Schedule):
         return self.gamma ** (t // self.step_size)
 
     def key_steps(self, until):
-        return list(range(0, until + 1, self.step_size))[:MARKS]  # the first MARKS drops: enough to see
+        last = min(until, self.step_size * (MARKS - 1))  # the first MARKS drops: as many as a plot shows
+        return list(range(0, last + 1, self.step_size))
 
 
 MARKS = 1000  # phase marks a periodic schedule lists at most (a plot cannot show more)
