@@ -75,7 +75,7 @@ def test_state_sizes_per_parameter():
     matrix = (4096, 4096)
     per_param = {name: optimlab.spec(name).state_bytes(matrix) / (4096 * 4096) for name in REQUIRED}
     assert per_param["adam"] == per_param["adamw"] == per_param["lamb"] == 8
-    # Lion keeps one buffer against Adam's two: half the state (seed 003 says "3x" savings; it is 2x).
+    # Lion keeps one buffer against Adam's two: half the state (the adam-vs-sgd lesson says "3x" savings; it is 2x).
     assert per_param["lion"] == per_param["adam"] / 2 == 4
     # Adafactor keeps a row and a column for a d×m matrix: O(d + m), not O(dm).
     assert optimlab.spec("adafactor").state_bytes(matrix) == (4096 + 4096) * 4

@@ -2,7 +2,7 @@
 
     from optimlab.lab import race
     r = race("canyon", "sgd,momentum,adam", steps=100)
-    r["sgd"].positions[:4]          # (1, 1), (−1, 0.98), (1, 0.9604), (−1, 0.941192): the seed's bounce
+    r["sgd"].positions[:4]          # (1, 1), (−1, 0.98), (1, 0.9604), (−1, 0.941192): the lesson's bounce
     print(r.format())               # final loss and distance to the minimum, one row per optimizer
     race("canyon", {"torch adam": torch.optim.Adam, "mine": lambda params: MyOpt(params, lr=0.1)})
 

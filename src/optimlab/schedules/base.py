@@ -188,7 +188,7 @@ class Warmup(Schedule):
 
     For t < warmup_steps the multiplier is `target * (start + (1 - start) * t / warmup_steps)` with
     `target = schedule(0)` (1 for the usual schedules), so the ramp meets the schedule without a jump.
-    With start=0 (the seed's convention) the first update is taken with lr 0. For t >= warmup_steps:
+    With start=0 (the lesson's convention) the first update is taken with lr 0. For t >= warmup_steps:
     `schedule(t - warmup_steps)`. t is the number of optimizer updates taken.
     """
 

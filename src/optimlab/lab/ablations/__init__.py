@@ -6,7 +6,7 @@
         print(r.name, r.value, r.unit, r.verdict, r.summary)
     breakit(out="/tmp/breakit")        # all six; writes breakit.png and breakit.json there
 
-Each ablation is a declarative `Ablation` (what is removed, the seed's claim, the measured number
+Each ablation is a declarative `Ablation` (what is removed, the lesson's claim, the measured number
 defined precisely, the verdict rule) in its own module; `run` returns a `Result`. Every run is seeded,
 on one thread, so results repeat exactly.
 """

@@ -12,7 +12,7 @@ from .common import Ablation, Panel, Result, Settings, digits_data, fmt, median,
 
 EVERY_NTH = 25  # one corrupted batch in 25
 GAIN = 20.0  # its inputs are 20× too large (as if a preprocessing step had been skipped)
-MAX_NORM = 1.0  # clip_grad_norm_ threshold, the usual transformer setting (seed 001)
+MAX_NORM = 1.0  # clip_grad_norm_ threshold, the usual transformer setting (lesson adamw-recipe)
 OPTIMIZERS = {"adam": "adam:lr=1e-3", "sgd": "sgd:lr=0.05,momentum=0.9"}
 SAMPLE = 10
 

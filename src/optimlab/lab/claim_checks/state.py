@@ -32,7 +32,7 @@ def lion_vs_adam(ctx) -> dict:
             "adam_bytes_per_param": optimlab.spec("adam").state_bytes((4096, 4096)) / n,
             "ratio_by_shape": declared, "shapes": [list(s) for s in SHAPES],
             "ratio_allocated": allocated_state_bytes("lion") / allocated_state_bytes("adam"),
-            # seed 000's table counts bf16-mixed: state with the fp32 master copy, and the whole footprint
+            # the curvature-bets lesson's table counts bf16-mixed: state with the fp32 master copy, and the whole footprint
             "adam_over_lion_with_master": _with_master("adam") / _with_master("lion"),
             "adam_over_lion_total": plan(1e9, "adam").whole_bytes / plan(1e9, "lion").whole_bytes}
 
@@ -115,7 +115,7 @@ CLAIMS = [
     Claim(
         id="lion-3x-memory", seed="adam-vs-sgd",
         claim="Lion: 'approximately 3x memory savings over Adam (one buffer vs two)'",
-        experiment="the same declared and allocated state as lion-half-state; also seed 000's bf16-mixed "
+        experiment="the same declared and allocated state as lion-half-state; also the curvature-bets lesson's bf16-mixed "
         "accounting (state + fp32 master) and the whole footprint from the memory planner",
         rule="confirmed if Adam ÷ Lion state is 2.5–3.5, refuted otherwise",
         measure=shared("lion-vs-adam", lion_vs_adam),
@@ -123,7 +123,7 @@ CLAIMS = [
         describe=lambda n: f"Adam ÷ Lion = {fmt(1 / n['ratio_by_shape'][0])}× on optimizer state (one buffer "
         f"against two); {fmt(n['adam_over_lion_with_master'])}× counting the fp32 master copy, "
         f"{fmt(n['adam_over_lion_total'])}× on the whole bf16-mixed footprint",
-        reference="one buffer against two is 2× by arithmetic; seed 000 says 'halves'"),
+        reference="one buffer against two is 2× by arithmetic; the curvature-bets lesson says 'halves'"),
     Claim(
         id="adafactor-o-d-plus-m", seed="curvature-bets",
         claim="'Adam's v for a (d × m) weight matrix is O(d·m); Adafactor stores O(d + m)'",
@@ -155,7 +155,7 @@ CLAIMS = [
         describe=lambda n: f"Adafactor ÷ AdamW: state {n['state_ratio']:.2%} "
         f"({n['adafactor_state_bytes_per_param']:.3f} B/param), state + master "
         f"{n['state_and_master_ratio']:.0%}, whole footprint {n['total_ratio']:.0%}",
-        reference="Shazeer & Stern 2018: factored second moment, no first moment by default; the seed's "
+        reference="Shazeer & Stern 2018: factored second moment, no first moment by default; the lesson's "
         "table puts AdamW's fp32 master copy in its state column, so its ~4 B/param for Adafactor is that "
         "copy"),
     Claim(
@@ -198,7 +198,7 @@ CLAIMS = [
         claim="13B in bf16 + AdamW: 'Total: ~208 GB just for state … With ZeRO-2 across 8 ranks … per-rank ≈ "
         "49 GB → fits'",
         experiment="memory planner: 13e9 parameters, AdamW, bf16-mixed, one rank and ZeRO-2 on 8 ranks",
-        rule="confirmed if both the total and the per-rank figure are within 5% of the seed's, refuted "
+        rule="confirmed if both the total and the per-rank figure are within 5% of the lesson's, refuted "
         "otherwise",
         measure=model_13b,
         judge=lambda n: confirmed()

@@ -1,6 +1,6 @@
-"""Seed 002's hand-computed steps on the canyon L = 100x² + y² from (1, 1), to the digits printed there.
+"""The canyon lesson's hand-computed steps on the canyon L = 100x² + y² from (1, 1), to the digits printed there.
 
-Four of the seed's numbers come from carrying its own rounded numbers into the next line: momentum's
+Four of the lesson's numbers come from carrying its own rounded numbers into the next line: momentum's
 g_y = 1.884 is 2 × the printed y = 0.942 (exactly 2 × 0.9424 = 1.8848); Adam's second update −0.413
 is 0.1 × 31.68/√58.7 from the printed moments (exactly −0.41357), so its position 0.271 = 0.684 − 0.413
 is exactly 0.27021 and the next gradient 54.2 is exactly 54.04. The tests check the exact values at the
@@ -30,7 +30,7 @@ def canyon_steps(make, steps=3):
 
 
 def printed(value, text: str) -> bool:
-    """value shown as `text` (the seed's digits): within half a unit of its last printed place."""
+    """value shown as `text` (the lesson's digits): within half a unit of its last printed place."""
     decimals = len(text.split(".")[1]) if "." in text else 0
     return abs(value - float(text)) <= 0.5 * 10**-decimals + 1e-12
 
