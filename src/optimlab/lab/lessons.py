@@ -17,19 +17,19 @@ class Lesson:
 
 
 LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in (
-    Lesson("curvature-bets", "Optimizers as curvature bets",
+    Lesson("curvature-bets", "Curvature bets",
            "SGD, momentum, Adam, AdamW, Lion and Adafactor as variance reduction plus preconditioning; "
            "schedules; warmup, clipping, β₂ and ε; memory per parameter and mixed precision"),
-    Lesson("adamw-recipe", "AdamW and the LLM recipe",
+    Lesson("adamw-recipe", "The AdamW recipe",
            "from SGD to AdamW one fix at a time; decoupled weight decay; AdamW with warmup and cosine "
            "decay; the optimizers real models use"),
-    Lesson("canyon", "The canyon, step by step",
+    Lesson("canyon", "The canyon",
            "SGD, momentum and Adam computed by hand for three steps on 100x² + y² from (1, 1); RMSProp; "
            "AdamW's weight decay; Adam's memory"),
-    Lesson("adam-vs-sgd", "Adam vs SGD in practice",
+    Lesson("adam-vs-sgd", "Adam vs SGD",
            "why Adam and SGD win on different problems; bias correction; learning-rate sensitivity; "
            "memory estimates; Lion; layer-wise decay; exploding gradients"),
-    Lesson("modern-variants", "SGD to modern variants",
+    Lesson("modern-variants", "Modern variants",
            "a survey: momentum, Nesterov, AdaGrad, RMSProp, Adam, AdaFactor, Lion, Sophia, schedule-free; "
            "schedules and debugging training"),
 )}

@@ -9,7 +9,7 @@
 
 The catalogue is declarative: one `Claim` per claim (seed, quote, experiment, the rule that turns the
 measured numbers into confirmed / refuted / depends), grouped by topic in adam.py, ablated.py (reusing
-Break It's ablations), state.py (state and memory), canyon.py (the canyon lesson's canyon, Reddi) and lrs.py (lr
+Break It's ablations), state.py (state and memory), canyon.py (the canyon lesson, Reddi) and lrs.py (lr
 sweeps). Every run is seeded and on one thread, so the numbers repeat exactly.
 """
 

@@ -1,4 +1,4 @@
-"""The canyon lesson's canyon 100x² + y² from (1, 1), and Reddi et al.'s counterexample, raced with real optimizers."""
+"""The canyon 100x² + y² from (1, 1) of the canyon lesson, and Reddi et al.'s counterexample, raced."""
 
 from __future__ import annotations
 
