@@ -1,4 +1,5 @@
-"""The canyon lesson's hand-computed steps on the canyon L = 100x² + y² from (1, 1), to the digits printed there.
+"""The canyon lesson's hand-computed steps on the canyon L = 100x² + y² from (1, 1), to the digits printed
+there.
 
 Four of the lesson's numbers come from carrying its own rounded numbers into the next line: momentum's
 g_y = 1.884 is 2 × the printed y = 0.942 (exactly 2 × 0.9424 = 1.8848); Adam's second update −0.413

@@ -11,7 +11,6 @@ import re
 import pytest
 import torch
 
-import optimlab
 from optimlab.cli import main
 from optimlab.lab import lessons
 from optimlab.lab.claim_checks import VERDICTS, catalogue, claims, get, report_markdown, to_json

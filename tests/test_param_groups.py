@@ -43,7 +43,8 @@ def test_no_decay_for_biases_norms_embeddings_and_declared_names():
 
 
 class Odd(nn.Module):
-    """Names that mislead name-based rules: the lesson's `'norm' in name or 'bias' in name` gets these wrong."""
+    """Names that mislead name-based rules: the lesson's `'norm' in name or 'bias' in name` gets these
+    wrong."""
 
     def __init__(self):
         super().__init__()

@@ -128,8 +128,8 @@ def canyon() -> Landscape:
     return Landscape(
         "canyon", "100x² + y²", lambda x, y: 100 * x**2 + y**2, start=(1.0, 1.0),
         window=((-1.5, 1.5), (-0.5, 1.5)), minima=((0.0, 0.0),), lr={"sgd": 0.01, "adam": 0.1},
-        about="the canyon 100x² + y² (the canyon lesson): at α = 0.01 SGD's x flips sign every step, momentum damps "
-              "the bounce, Adam walks straight down the diagonal")
+        about="the canyon 100x² + y² (the canyon lesson): at α = 0.01 SGD's x flips sign every step, "
+              "momentum damps the bounce, Adam walks straight down the diagonal")
 
 
 @_register

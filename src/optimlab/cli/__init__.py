@@ -41,8 +41,8 @@ class HelpFormatter(argparse.HelpFormatter):
         for block in blocks:
             lines = block.splitlines()
             if any(line[:1].isspace() for line in lines):  # kept as written; a long heading is wrapped
-                out.append("\n".join(indent + line if line[:1].isspace() else
-                                     textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent)
+                fill = dict(width=width, initial_indent=indent, subsequent_indent=indent)
+                out.append("\n".join(indent + line if line[:1].isspace() else textwrap.fill(line, **fill)
                                      for line in lines))
             else:
                 out.append(textwrap.fill(" ".join(line.strip() for line in lines), width,

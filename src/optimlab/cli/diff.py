@@ -5,8 +5,8 @@ from __future__ import annotations
 
 def register(verbs) -> None:
     p = verbs.add_parser("diff", help="show the lines in which two update rules differ",
-                         description="Print a unified diff of two optimizers' update rules, each specialised to "
-                         "its hyperparameters: `diff adam adamw` shows where the weight decay goes, "
+                         description="Print a unified diff of two optimizers' update rules, each specialised "
+                         "to its hyperparameters: `diff adam adamw` shows where the weight decay goes, "
                          "`diff adam amsgrad` the one max. A and B are registry names or presets, in any "
                          "case, or name:key=value,… (e.g. 'adam:amsgrad=True'); values are checked as "
                          "optimlab.create checks them.")

@@ -32,7 +32,8 @@ def register(verbs) -> None:
                    help="weight of each new loss in the moving average (default 0.05)")
     p.add_argument("--diverge", type=float, default=4.0,
                    help="stop when the smoothed loss exceeds this multiple of its best (default 4)")
-    p.add_argument("--out", metavar="PNG", help="write the plot here (e.g. /tmp/lr-find.png; .png, .svg, .pdf)")
+    p.add_argument("--out", metavar="PNG",
+                   help="write the plot here (e.g. /tmp/lr-find.png; .png, .svg, .pdf)")
     p.add_argument("--json", action="store_true", help="print the curve and suggestions as JSON")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")

@@ -16,8 +16,8 @@ def register(verbs) -> None:
         description="Run real optimizers from the same start on a small landscape and print the final loss "
         "and distance to the minimum of each; --out draws the paths on the contours beside log(loss) "
         "against the step, --html writes an offline interactive page with a step slider, --gif an "
-        "animation.\n\nexample:\n  optimlab race --landscape canyon --optimizers sgd,momentum,adam --steps 100 "
-        "--out race.png",
+        "animation.\n\nexample:\n  optimlab race --landscape canyon --optimizers sgd,momentum,adam "
+        "--steps 100 --out race.png",
         epilog="landscapes (parameters as text: --landscape quadratic:kappa=100,angle=30; every one also "
         "takes noise=σ,seed=n):\n  " + landscapes.catalogue().replace("\n", "\n  ")
         + "\n\noptimizers: registry names and presets (optimlab list), in any case, with hyperparameters as "

@@ -44,7 +44,8 @@ def register(verbs) -> None:
                    "means something) or the full training split (heads to 0 on digits)")
     p.add_argument("--workers", "-j", type=int, default=None,
                    help="parallel processes, one thread each (default: the number of CPUs)")
-    p.add_argument("--out", default=None, metavar="PNG", help="write the loss-vs-lr plot here (.png, .svg, .pdf)")
+    p.add_argument("--out", default=None, metavar="PNG",
+                   help="write the loss-vs-lr plot here (.png, .svg, .pdf)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")

@@ -154,7 +154,8 @@ def _entries(optimizers) -> list[tuple[str | None, object]]:
     if isinstance(optimizers, type) or callable(optimizers):
         return [(None, optimizers)]
     if not isinstance(optimizers, (list, tuple)):
-        raise ValueError(f"optimizers: a text such as 'sgd,momentum,adam', a list or a dict; got {optimizers!r}")
+        raise ValueError("optimizers: a text such as 'sgd,momentum,adam', a list or a dict; "
+                         f"got {optimizers!r}")
     entries = []
     for item in optimizers:
         entries += [(None, t) for t in split_list(item)] if isinstance(item, str) else [(None, item)]

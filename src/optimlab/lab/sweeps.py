@@ -62,7 +62,8 @@ def parse_lrs(lrs: str | Sequence[float]) -> list[float]:
 
 
 def split_optimizers(items: str | Sequence[str]) -> list[str]:
-    """'sgd:momentum=0.9,nesterov=True,adam' -> ['sgd:momentum=0.9,nesterov=True', 'adam'] (settings.split_list)."""
+    """'sgd:momentum=0.9,nesterov=True,adam' -> ['sgd:momentum=0.9,nesterov=True', 'adam']
+    (settings.split_list)."""
     out = split_list(items)
     if not out:
         raise ValueError("no optimizers given")

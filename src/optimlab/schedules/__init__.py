@@ -56,4 +56,6 @@ __all__ = ["Schedule", "ScheduledLR", "attach", "available", "get", "parse", "fr
            "sequence", "constant", "linear_warmup", "cosine", "warmup_cosine", "wsd", "linear_decay",
            "polynomial", "step",
            "multistep", "exponential", "inverse_sqrt", "cosine_restarts", "one_cycle", "one_cycle_momentum",
-           "cyclical", "cyclical_momentum", "Warmup", "Sequence"]
+           "cyclical", "cyclical_momentum", "Warmup", "Sequence", "Constant", "Cosine", "WSD", "LinearDecay",
+           "Polynomial", "StepDecay", "MultiStep", "Exponential", "InverseSqrt", "CosineRestarts", "OneCycle",
+           "OneCycleMomentum", "Cyclical", "CyclicalMomentum"]

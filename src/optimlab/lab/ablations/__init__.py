@@ -24,8 +24,8 @@ from .common import Ablation, Panel, Result, Settings, single_thread
 ABLATIONS: dict[str, Ablation] = {m.ABLATION.name: m.ABLATION
                                   for m in (bias, warmup, decay, clipping, beta2, eps)}
 
-__all__ = ["breakit", "names", "get", "table", "plot", "write", "to_json", "Ablation", "Result", "Panel", "Settings",
-           "ABLATIONS"]
+__all__ = ["breakit", "names", "get", "table", "plot", "write", "to_json", "Ablation", "Result", "Panel",
+           "Settings", "ABLATIONS"]
 
 
 def names() -> list[str]:

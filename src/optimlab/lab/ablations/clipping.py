@@ -111,8 +111,8 @@ def run(settings: Settings) -> Result:
 ABLATION = Ablation(
     name="clipping",
     removed=f"gradient clipping (clip_grad_norm_ to {MAX_NORM:g})",
-    claim="clipping is 'essential for transformer stability' (001), but for Adam it 'barely matters at "
-    "steady state (Adam already normalises)' (000)",
+    claim="clipping is 'essential for transformer stability' (lesson adamw-recipe), but for Adam it "
+    "'barely matters at steady state (Adam already normalises)' (lesson curvature-bets)",
     measure=f"final full-split training loss on digits with one batch in {EVERY_NTH} scaled ×{GAIN:g}, "
     "without ÷ with clipping, per seed, median over 5 seeds, Adam lr 1e-3 (SGD+momentum lr 0.05 also "
     "reported)",

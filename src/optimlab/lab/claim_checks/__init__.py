@@ -1,4 +1,5 @@
-"""optimlab.lab.claims (this package: lab/claim_checks): the lessons' checkable claims, each measured by a small experiment, with a verdict.
+"""optimlab.lab.claims (this package: lab/claim_checks): the lessons' checkable claims, each measured by a
+small experiment, with a verdict.
 
     from optimlab.lab.claim_checks import claims, report_markdown, to_json, catalogue
     results = claims(["lion-half-state", "amsgrad-fixes-reddi"], quick=True)

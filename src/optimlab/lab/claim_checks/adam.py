@@ -154,7 +154,8 @@ def judge_first(n) -> Verdict:
 
 
 def no_correction_steps(ctx) -> dict:
-    """|Δθ|/η without bias correction: one step on the canyon (the canyon lesson's setting), and the ratio to the
+    """|Δθ|/η without bias correction: one step on the canyon (the canyon lesson's setting), and the ratio to
+    the
     corrected step under a constant gradient, step by step."""
     p = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
     opt = optimlab.create("adam", [p], lr=0.1, bias_correction=False)

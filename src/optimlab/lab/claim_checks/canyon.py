@@ -94,7 +94,8 @@ CLAIMS = [
         judge=lambda n: confirmed() if max(v for k, v in n.items() if k.endswith("max_abs_x_minus_y")) < 1e-6
         else refuted(),
         describe=lambda n: f"max |x − y| over {n['steps']} steps: {fmt(n['adam_max_abs_x_minus_y'])} (Adam), "
-        f"{fmt(n['adam_no_bias_correction_max_abs_x_minus_y'])} (no bias correction, the lesson's variant: x = "
+        f"{fmt(n['adam_no_bias_correction_max_abs_x_minus_y'])} (no bias correction, the lesson's variant: "
+        "x = "
         f"{', '.join(f'{v:.4f}' for v in n['adam_no_bias_correction_first_points'])} after steps 1, 2; with "
         f"the correction {', '.join(f'{v:.4f}' for v in n['adam_first_points'])})"),
     Claim(

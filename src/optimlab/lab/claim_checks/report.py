@@ -16,8 +16,8 @@ def report_markdown(results: list[Result], *, command: str = "optimlab claims",
     took = f", {seconds:.0f} s" if seconds is not None else ""
     lines = ["# The lessons' claims, measured", "",
              f"`{command}`: {len(results)} claims, {tally} ({size}{took}). Each verdict follows from the "
-             "measured numbers by a rule fixed in advance (under each claim below). Where a lesson and a paper "
-             "disagree, the paper and the measurement win.", "",
+             "measured numbers by a rule fixed in advance (under each claim below). Where a lesson and a "
+             "paper disagree, the paper and the measurement win.", "",
              "| id | lesson | verdict | claim | measured |", "|---|---|---|---|---|"]
     for r in results:
         verdict = f"**{r.verdict}**" + (f": {r.condition}" if r.condition else "")

@@ -32,7 +32,8 @@ def lion_vs_adam(ctx) -> dict:
             "adam_bytes_per_param": optimlab.spec("adam").state_bytes((4096, 4096)) / n,
             "ratio_by_shape": declared, "shapes": [list(s) for s in SHAPES],
             "ratio_allocated": allocated_state_bytes("lion") / allocated_state_bytes("adam"),
-            # the curvature-bets lesson's table counts bf16-mixed: state with the fp32 master copy, and the whole footprint
+            # the curvature-bets lesson's table counts bf16-mixed: state with the fp32 master copy, and the
+            # whole footprint
             "adam_over_lion_with_master": _with_master("adam") / _with_master("lion"),
             "adam_over_lion_total": plan(1e9, "adam").whole_bytes / plan(1e9, "lion").whole_bytes}
 
@@ -115,8 +116,9 @@ CLAIMS = [
     Claim(
         id="lion-3x-memory", seed="adam-vs-sgd",
         claim="Lion: 'approximately 3x memory savings over Adam (one buffer vs two)'",
-        experiment="the same declared and allocated state as lion-half-state; also the curvature-bets lesson's bf16-mixed "
-        "accounting (state + fp32 master) and the whole footprint from the memory planner",
+        experiment="the same declared and allocated state as lion-half-state; also the curvature-bets "
+        "lesson's bf16-mixed accounting (state + fp32 master) and the whole footprint from the memory "
+        "planner",
         rule="confirmed if Adam ÷ Lion state is 2.5–3.5, refuted otherwise",
         measure=shared("lion-vs-adam", lion_vs_adam),
         judge=lambda n: confirmed() if 2.5 <= 1 / n["ratio_by_shape"][0] <= 3.5 else refuted(),
