@@ -260,15 +260,18 @@ def run_without(modules: str, commands: list[list[str]]) -> list:
 
 def test_a_core_install_names_the_extra_in_one_line(tmp_path):
     lab = [["race", "--steps", "5", "--out", str(tmp_path / "race.png")],
+           ["race", "--steps", "5", "--html", str(tmp_path / "race.html")],
+           ["race", "--steps", "5", "--gif", str(tmp_path / "race.gif")],
+           ["schedule", "cosine", "total_steps=10", "--out", str(tmp_path / "s.png")],
            ["lr-find", "--steps", "5"],
            ["memory", "--task", "digits"],
            ["sweep", "-o", "sgd", "--lrs", "0.1", "--steps", "3", "--seeds", "1"],
            ["breakit", "decoupled-decay", "--quick", "--out", str(tmp_path / "b")]]
-    core = [["list"], ["race", "--steps", "5"], ["memory", "--params", "7B"],
-            ["schedule", "cosine", "total_steps=10"], ["diff", "adam", "adamw"]]
+    core = [["list"], ["race", "--steps", "5"], ["breakit", "--list"], ["claims", "--list"],
+            ["memory", "--params", "7B"], ["schedule", "cosine", "total_steps=10"], ["diff", "adam", "adamw"]]
     results = run_without("matplotlib,plotly,sklearn,tqdm,PIL", lab + core)
     for argv, (code, out, err) in zip(lab, results):
-        assert code == 3 and err.count("\n") == 1, (argv, code, err)
+        assert code == 3 and out == "" and err.count("\n") == 1, (argv, code, out, err)  # before any work
         assert 'pip install "optimlab[lab]"' in err and "Traceback" not in err, (argv, err)
     for argv, (code, out, err) in zip(core, results[len(lab):]):
         assert code == 0 and out and not err, (argv, code, err)

@@ -7,6 +7,7 @@ a picture that cannot be written never costs the table.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -54,6 +55,14 @@ def _try_create(target: Path, option: str, shown: str) -> None:
         raise ValueError(f"{option} {shown}: cannot write there ({err.strerror or err})") from None
     if not existed:
         target.unlink()
+
+
+def require(path, *modules: str) -> None:
+    """Import the writer's libraries now, when there is a file to write: a core install (no lab extra)
+    then fails in one line before the work, not after it."""
+    if path is not None:
+        for module in modules:
+            importlib.import_module(module)
 
 
 def save(path, write, what: str = "") -> bool:

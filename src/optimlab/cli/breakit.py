@@ -8,7 +8,7 @@ import os
 import sys
 import textwrap
 
-from ._outputs import check_folder, failed, save
+from ._outputs import check_folder, failed, require, save
 
 
 def register(verbs) -> None:
@@ -52,8 +52,7 @@ def run(args) -> int:
         return 0
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    if out is not None:
-        import matplotlib  # noqa: F401  (the figure needs the lab extra: say so before the work)
+    require(out, "matplotlib")
     results = ablations.breakit(args.names or None, quick=args.quick, seeds=args.seeds, workers=workers,
                                 progress=progress)
     if args.json:

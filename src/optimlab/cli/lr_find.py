@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ._outputs import check, failed, save
+from ._outputs import check, failed, require, save
 
 
 def register(verbs) -> None:
@@ -48,6 +48,7 @@ def run(args) -> int:
 
     torch.set_num_threads(1)  # a tiny model on a shared CPU: threads only add overhead
     out = check(args.out, "--out", (".png", ".svg", ".pdf"))  # bad input fails here, before the dataset
+    require(out, "matplotlib")
     check_optimizer(args.optimizer)
     check_ramp(args.start_lr, args.end_lr, args.steps, args.smoothing, args.diverge)
     progress = sys.stderr.isatty() if args.progress is None else args.progress

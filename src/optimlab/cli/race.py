@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ._outputs import check, failed, save
+from ._outputs import check, failed, require, save
 
 
 def register(verbs) -> None:
@@ -69,8 +69,10 @@ def run(args) -> int:
              (check(args.html, "--html", (".html", ".htm")), "save_html"),
              (check(args.gif, "--gif", (".gif",)), "save_gif")]
     files = [(path, writer) for path, writer in files if path is not None]
-    if files:  # fail now, not after the race, on a core install without the lab extra
-        from optimlab.lab import plots
+    require(args.out, "matplotlib")
+    require(args.gif, "matplotlib", "PIL")
+    require(args.html, "plotly")
+    from optimlab.lab import plots
     result = race(args.landscape, list(args.optimizers), steps=args.steps, start=_start(args.start),
                   noise=args.noise, seed=args.seed, schedule=args.schedule)
     if args.json:

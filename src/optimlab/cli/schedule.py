@@ -6,7 +6,7 @@ import json
 import math
 import sys
 
-from ._outputs import check, save
+from ._outputs import check, require, save
 
 MAX_STEPS = 10**12  # nothing is kept per update: the table, plot and sparkline sample the schedule
 MAX_JSON_POINTS = 1_000_000  # values --json prints at most (use --every for longer schedules)
@@ -96,6 +96,7 @@ def run(args) -> int:
     if args.name is None:
         return listing()
     out = check(args.out, "--out", (".png", ".svg", ".pdf"))
+    require(out, "matplotlib")
     schedule, steps = build(args)
     kind = "momentum" if schedule.absolute else "multiplier"
     if args.json:

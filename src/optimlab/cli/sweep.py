@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from ._outputs import check, failed, save
+from ._outputs import check, failed, require, save
 
 
 def register(verbs) -> None:
@@ -54,6 +54,7 @@ def register(verbs) -> None:
 
 def run(args) -> int:
     out = check(args.out, "--out", (".png", ".svg", ".pdf"))
+    require(out, "matplotlib")
     from optimlab.lab.sweeps import sweep
 
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
