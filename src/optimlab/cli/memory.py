@@ -6,7 +6,7 @@ import importlib
 import json
 
 SUFFIXES = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
-MAX_PARAMS = 1e15  # a thousand times the largest models trained: beyond this a count is a typo
+MAX_PARAMS = "1e15"  # a thousand times the largest models trained: beyond this a count is a typo
 
 DESCRIPTION = """\
 Plan the memory of training: parameters, gradients, optimizer state and master weights (and
@@ -103,8 +103,8 @@ def parse_count(text: str) -> int:
         value = float(number) * scale
     except ValueError:
         raise ValueError(f"--params: expected a count such as 13e9, 13B or 125M, got {text!r}") from None
-    if not 1 <= value <= MAX_PARAMS or value != int(value):
-        raise ValueError(f"--params must be a whole number of parameters from 1 to {MAX_PARAMS:.0e}, "
+    if not 1 <= value <= float(MAX_PARAMS) or value != int(value):
+        raise ValueError(f"--params must be a whole number of parameters from 1 to {MAX_PARAMS}, "
                          f"got {text!r}")
     return int(value)
 
