@@ -52,7 +52,8 @@ def layout_flat(total: int, count: int = 10) -> list[tuple]:
 def layout_transformer(total: int, d: int = 352, vocab: int = 3000) -> list[tuple]:
     """Embedding, then blocks of (qkv, proj, fc1, fc2 weights and biases, two norms) until ~total."""
     shapes = [(vocab, d)]
-    block = [(3 * d, d), (3 * d,), (d, d), (d,), (4 * d, d), (4 * d,), (d, 4 * d), (d,), (d,), (d,), (d,), (d,)]
+    block = [(3 * d, d), (3 * d,), (d, d), (d,), (4 * d, d), (4 * d,), (d, 4 * d), (d,),
+             (d,), (d,), (d,), (d,)]
     size = lambda shapes: sum(torch.Size(s).numel() for s in shapes)  # noqa: E731
     while size(shapes) + size(block) <= total:
         shapes += block
@@ -122,7 +123,8 @@ def run(layout: str, shapes: list[tuple], names: list[str], reps: int) -> dict:
         goal = target(name, traffic) if impl == "optimlab" else None
         rows.append({
             "layout": layout, "optimizer": name, "impl": impl, "ms": seconds * 1e3, "ratio": seconds / anchor,
-            "bytes_per_param": traffic, "bandwidth_pct": None if traffic is None else 100 * traffic * total / seconds / bandwidth,
+            "bytes_per_param": traffic,
+            "bandwidth_pct": None if traffic is None else 100 * traffic * total / seconds / bandwidth,
             "target": goal, "meets": None if goal is None else seconds / anchor <= goal,
             "cold_s": cold[name] if impl == "optimlab" else None,
         })
@@ -131,8 +133,9 @@ def run(layout: str, shapes: list[tuple], names: list[str], reps: int) -> dict:
 
 
 def report(result: dict) -> None:
-    print(f"\n{result['layout']}: {result['params'] / 1e6:.1f} M fp32 parameters in {result['tensors']} tensors; "
-          f"in-place bandwidth {result['bandwidth_GBps']:.1f} GB/s; torch fused AdamW {result['fused_adamw_ms']:.1f} ms")
+    print(f"\n{result['layout']}: {result['params'] / 1e6:.1f} M fp32 parameters in {result['tensors']} "
+          f"tensors; in-place bandwidth {result['bandwidth_GBps']:.1f} GB/s; torch fused AdamW "
+          f"{result['fused_adamw_ms']:.1f} ms")
     print(f"{'optimizer':<13} {'impl':<14} {'median ms':>9} {'× fused AdamW':>13} {'B/param':>7} {'% bw':>5} "
           f"{'target':>7} {'cold s':>6}")
     for r in sorted(result["rows"], key=lambda r: (list(CANDIDATES).index(r["optimizer"]), r["impl"])):
@@ -140,16 +143,21 @@ def report(result: dict) -> None:
         pct = "—" if r["bandwidth_pct"] is None else f"{r['bandwidth_pct']:.0f}"
         goal = "" if r["target"] is None else f"≤{r['target']:.2f}" + (" ✓" if r["meets"] else " ✗")
         cold = "" if r["cold_s"] is None else f"{r['cold_s']:.2f}"
-        print(f"{r['optimizer']:<13} {r['impl']:<14} {r['ms']:>9.1f} {r['ratio']:>13.2f} {traffic:>7} {pct:>5} "
+        print(f"{r['optimizer']:<13} {r['impl']:<14} {r['ms']:>9.1f} {r['ratio']:>13.2f} {traffic:>7} "
+              f"{pct:>5} "
               f"{goal:>7} {cold:>6}")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=float, default=25e6, help="total parameters (default 25e6)")
-    parser.add_argument("--reps", type=int, default=20, help="interleaved repetitions per candidate (default 20)")
-    parser.add_argument("--optimizers", default=",".join(CANDIDATES), help="comma-separated subset of: " + ", ".join(CANDIDATES))
-    parser.add_argument("--layouts", default="flat,transformer", help="flat (10 tensors), transformer (~200 tensors)")
+    parser.add_argument("--reps", type=int, default=20,
+                        help="interleaved repetitions per candidate (default 20)")
+    parser.add_argument("--optimizers", default=",".join(CANDIDATES),
+                        help="comma-separated subset of: " + ", ".join(CANDIDATES))
+    parser.add_argument("--layouts", default="flat,transformer",
+                        help="flat (10 tensors), transformer (~200 tensors)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     names = [n.strip() for n in args.optimizers.split(",")]

@@ -17,7 +17,8 @@ SHAPES = [(4, 3), (1,), (2, 3, 2, 2), (7,)]
 
 # A non-default value for each hyperparameter, to show it reaches the math and changes the result.
 TEST_VALUES = {
-    "weight_decay": 0.1, "momentum": 0.9, "dampening": 0.3, "nesterov": True, "amsgrad": True, "maximize": True,
+    "weight_decay": 0.1, "momentum": 0.9, "dampening": 0.3, "nesterov": True, "amsgrad": True,
+    "maximize": True,
     "centered": True, "alpha": 0.9, "lr_decay": 0.05, "initial_accumulator_value": 0.3, "eps": 1e-3,
     "betas": (0.8, 0.95), "momentum_decay": 0.01, "decoupled_weight_decay": True, "bias_correction": False,
     "beta2_decay": -0.5, "d": 2.0, "matrix_view": "last_two",
@@ -32,7 +33,8 @@ PER_OPTIMIZER.update({("adopt", "clip_exponent"): [0.1, None], ("lars", "momentu
                       ("schedulefree_sgd", "momentum"): [0.5], ("sophia", "weight_decay"): [0.3],
                       ("adopt", "eps"): [1.0]})
 # Flags that only act together with another.
-NEEDS = {"nesterov": {"momentum": 0.9}, "dampening": {"momentum": 0.9}, "decoupled_weight_decay": {"weight_decay": 0.1}}
+NEEDS = {"nesterov": {"momentum": 0.9}, "dampening": {"momentum": 0.9},
+         "decoupled_weight_decay": {"weight_decay": 0.1}}
 NEEDS.update({"weight_lr_power": {"warmup_steps": 5}})  # the weights differ only while the lr warms up
 # Hyperparameters torch.optim does not have (their references are elsewhere).
 OPTIMLAB_ONLY = {"bias_correction", "matrix_view", "path"}
@@ -104,7 +106,8 @@ def train(make, steps=100, dtype=torch.float64, seed=0, shapes=SHAPES):
 
 def snapshot(params, opt) -> tuple[list, dict]:
     """Copies of the parameters and of every tensor in the optimizer state, for exact comparisons."""
-    state = {i: {k: copy.deepcopy(v) for k, v in opt.state[p].items()} for i, p in enumerate(params) if p in opt.state}
+    state = {i: {k: copy.deepcopy(v) for k, v in opt.state[p].items()}
+             for i, p in enumerate(params) if p in opt.state}
     return [p.detach().clone() for p in params], state
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 
 
-def lion_step(θ: list[float], g: list[float], state: dict, lr: float, betas: tuple, weight_decay: float) -> None:
+def lion_step(θ: list[float], g: list[float], state: dict, lr: float, betas: tuple,
+              weight_decay: float) -> None:
     """Chen et al. (2023), "Symbolic Discovery of Optimization Algorithms", Program 1 / Algorithm 2."""
     β1, β2 = betas
     m = state.setdefault("m", [0.0] * len(θ))

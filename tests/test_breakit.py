@@ -68,7 +68,7 @@ def test_adamw_shrinks_a_zero_gradient_weight_by_exactly_one_minus_lr_lambda_per
 
 def test_l2_inside_adam_decays_at_lambda_over_sqrt_v(results):
     r = results("decoupled-decay")
-    assert r.value == pytest.approx(0.1, rel=0.1)  # the seed's quick check: λ/√v̂ = λ/10
+    assert r.value == pytest.approx(0.1, rel=0.1)  # the lesson's quick check: λ/√v̂ = λ/10
     d = r.details
     for s in (1, 10, 100):
         assert d[f"kappa_over_lambda_adamw_s{s}"] == pytest.approx(1.0, rel=0.01)  # AdamW: λ at every scale

@@ -11,8 +11,8 @@ import re
 import pytest
 import torch
 
-import optimlab
 from optimlab.cli import main
+from optimlab.lab import lessons
 from optimlab.lab.claim_checks import VERDICTS, catalogue, claims, get, report_markdown, to_json
 from optimlab.lab.claim_checks import adam as adam_claims
 from optimlab.lab.claim_checks import canyon, lrs
@@ -31,14 +31,14 @@ def measured(claim_id: str):
 
 # --- the catalogue --------------------------------------------------------------------------------
 
-def test_catalogue_has_at_least_twelve_claims_from_several_seeds_each_fully_declared():
+def test_catalogue_has_at_least_twelve_claims_from_several_lessons_each_fully_declared():
     entries = catalogue()
     assert len(entries) >= 12
     assert len({c.id for c in entries}) == len(entries)
     assert len({c.seed for c in entries}) >= 4
     for c in entries:
         assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", c.id), c.id
-        assert re.fullmatch(r"00[0-4]", c.seed), c.seed
+        assert c.seed in lessons.names(), c.seed  # a lesson's short name, never a file number
         assert c.claim.strip() and c.experiment.strip() and c.rule.strip()
 
 
@@ -95,11 +95,11 @@ def test_adafactor_keeps_one_row_and_one_column_statistic():
     assert half.verdict == "depends" and "footprint" in half.condition
 
 
-def test_the_seeds_memory_figures_against_bytes_per_parameter_by_hand():
+def test_the_lessons_memory_figures_against_bytes_per_parameter_by_hand():
     state70 = measured("memory-70b-state").numbers
     assert state70["optimizer_state_bytes"] == pytest.approx(70e9 * 8)  # m and v, fp32
     assert state70["master_weights_bytes"] == pytest.approx(70e9 * 4)
-    assert state70["total_bytes"] == pytest.approx(70e9 * 16)  # the seed's 1.12 TB is everything
+    assert state70["total_bytes"] == pytest.approx(70e9 * 16)  # the lesson's 1.12 TB is everything
     seven = measured("memory-7b-total").numbers
     assert seven["total_bytes"] == pytest.approx(7e9 * (4 + 4 + 8))
     assert seven["total_bytes"] - seven["gradients_bytes"] == pytest.approx(84e9)
@@ -225,7 +225,7 @@ def test_beta2_verdict_follows_from_the_recovery_ratios():
     assert r.verdict == ("confirmed" if drop > 2 and stay > 0.8 else "depends" if drop > 2 else "refuted")
 
 
-# --- seed 002's canyon and Reddi's counterexample -------------------------------------------------
+# --- the canyon lesson and Reddi's counterexample -------------------------------------------------
 
 def test_canyon_numbers_against_the_recursions_by_hand():
     sgd = measured("sgd-flips-forever").numbers
@@ -310,7 +310,7 @@ def test_markdown_report_has_a_row_and_a_section_per_claim():
         row = next(line for line in text.splitlines() if line.startswith(f"| `{r.id}` |"))
         assert row.count(" | ") == 4  # five cells: pipes inside the text are escaped
         assert f"**{r.verdict}**" in row
-        assert f"### `{r.id}` (seed {r.seed}): {r.verdict}" in text
+        assert f"### `{r.id}` (lesson {r.seed}): {r.verdict}" in text
     assert measured("adafactor-half-memory").condition in text
 
 
@@ -318,7 +318,8 @@ def test_json_has_exactly_the_claims_list_with_the_required_fields():
     data = to_json([measured("memory-7b-state")])
     assert list(data) == ["claims"]
     entry = data["claims"][0]
-    assert {"id", "seed", "claim", "measured", "verdict"} <= set(entry)
+    assert {"id", "seed", "lesson", "claim", "measured", "verdict"} <= set(entry)
+    assert (entry["seed"], entry["lesson"]) == ("canyon", lessons.get("canyon").title)
     assert entry["numbers"]["optimizer_state_bytes"] == pytest.approx(56e9)
 
 
@@ -327,15 +328,16 @@ def test_cli_json_subset(capsys):
     data = json.loads(capsys.readouterr().out)
     assert [c["id"] for c in data["claims"]] == ["lion-3x-memory", "memory-70b-state"]  # catalogue order
     assert [c["verdict"] for c in data["claims"]] == ["refuted", "refuted"]
-    assert all(c["seed"] in ("000", "003") and c["claim"] and c["measured"] for c in data["claims"])
+    assert [c["seed"] for c in data["claims"]] == ["adam-vs-sgd", "curvature-bets"]
+    assert all(c["claim"] and c["measured"] for c in data["claims"])
 
 
 def test_cli_markdown_to_a_file_and_the_list(tmp_path, capsys):
     out = tmp_path / "report.md"
     assert main(["claims", "memory-7b-state", "--out", str(out)]) == 0
     text = out.read_text()
-    assert text.startswith("# The seeds' claims, measured")
-    assert "| `memory-7b-state` | 002 | **confirmed**" in text
+    assert text.startswith("# The lessons' claims, measured")
+    assert "| `memory-7b-state` | canyon | **confirmed**" in text
     capsys.readouterr()
     assert main(["claims", "--list"]) == 0
     listed = capsys.readouterr().out

@@ -10,7 +10,8 @@ import torch
 import optimlab
 from cases import backward, loss_fn, make_params, paths, snapshot, train
 
-CASES = [pytest.param(name, path, id=f"{name}-{path}") for name in optimlab.available() for path in paths(name)]
+CASES = [pytest.param(name, path, id=f"{name}-{path}")
+         for name in optimlab.available() for path in paths(name)]
 
 
 def make(name, path, **hp):
@@ -65,7 +66,8 @@ def test_zero_gradients_make_no_nan(name, path):
             p.grad = torch.zeros_like(p)
         opt.step()
     assert all(torch.isfinite(p).all() for p in params)
-    assert all(torch.isfinite(v).all() for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor))
+    tensors = [v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+    assert all(torch.isfinite(v).all() for v in tensors)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
@@ -179,7 +181,8 @@ def test_changing_lr_every_step_never_recompiles(name):
         opt.step()
         schedule.step()
         lrs.append(opt.param_groups[0]["lr"])
-    assert (native.compiles, len(engine_paths._kernels), len(engine_paths._graphs)) == (compiled, kernels, graphs)
+    counts = (native.compiles, len(engine_paths._kernels), len(engine_paths._graphs))
+    assert counts == (compiled, kernels, graphs)
     assert len(set(lrs)) == len(lrs)  # the lr really changed every step
     # ...and the kernel used it: the same schedule on the per-tensor path gives the same result.
     twin = make_params(torch.float32)

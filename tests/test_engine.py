@@ -162,7 +162,8 @@ def test_a_tensor_lr_and_a_param_group_added_mid_run(float64_default):
 
 
 def test_adafactor_treats_a_conv_weight_like_the_same_weight_flattened():
-    """DESIGN §3: a 4-D weight must get the update of the same weights as a (out, in·kh·kw) matrix."""
+    """A bug shipped elsewhere (docs/fidelity.md): a 4-D weight must get the update of the same weights
+    as a (out, in·kh·kw) matrix."""
     g = torch.Generator().manual_seed(0)
     conv = torch.randn(8, 3, 3, 3, generator=g).requires_grad_()
     flat = conv.detach().reshape(8, 27).clone().requires_grad_()

@@ -1,4 +1,4 @@
-"""The memory planner against the seeds' figures, hand arithmetic, published parameter counts, the
+"""The memory planner against the lessons' figures, hand arithmetic, published parameter counts, the
 activation formula of Korthikanti et al. 2022, and the state each optimizer really allocates."""
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from optimlab.memory import Transformer, measured_state_bytes, plan
 GB = 10**9
 
 
-# --- the seeds' figures -----------------------------------------------------------------------------
+# --- the lessons' figures -----------------------------------------------------------------------------
 
 def test_seed_13b_bf16_mixed_adamw():
-    """Seed 000: params 26 GB, grads 26 GB, Adam m and v 52 + 52 = 104 GB, fp32 master 52 GB, ~208 GB."""
+    """The curvature-bets lesson: params 26 GB, grads 26 GB, Adam m and v 52 + 52 = 104 GB, fp32 master 52
+    GB, ~208 GB."""
     p = plan(13e9, "adamw", "bf16-mixed")
     assert p.parameters == 26 * GB and p.gradients == 26 * GB and p.master_weights == 52 * GB
     assert p.optimizer_state == 104 * GB
@@ -28,7 +29,8 @@ def test_seed_13b_bf16_mixed_adamw():
 
 
 def test_seed_13b_zero2_on_8_ranks_is_about_49_gb():
-    """Seed 000: 26 (params, unsharded) + 26/8 (grads) + 156/8 (m, v and master) ≈ 49 GB per rank."""
+    """The curvature-bets lesson: 26 (params, unsharded) + 26/8 (grads) + 156/8 (m, v and master) ≈ 49 GB per
+    rank."""
     p = plan(13e9, "adamw", "bf16-mixed", zero=2, ranks=8)
     assert p.parameters == 26 * GB and p.gradients == 26 * GB // 8 and p.master_weights == 52 * GB // 8
     assert p.optimizer_state == -(-(104 * GB) // 8)  # rounded up: a rank holds whole bytes
@@ -37,7 +39,8 @@ def test_seed_13b_zero2_on_8_ranks_is_about_49_gb():
 
 
 def test_seed_70b_times_16_bytes_is_the_total_not_the_optimizer_state():
-    """Seed 000 says 70e9 × 16 = 1.12 TB 'of optimizer state'. 1.12 TB is right, but it is everything:
+    """The curvature-bets lesson says 70e9 × 16 = 1.12 TB 'of optimizer state'. 1.12 TB is right, but it is
+    everything:
     the optimizer's state is m and v, 560 GB (840 GB if the fp32 master copy is counted with it)."""
     p = plan(70e9, "adamw", "bf16-mixed")
     assert p.total_bytes == 1120 * GB
@@ -45,7 +48,8 @@ def test_seed_70b_times_16_bytes_is_the_total_not_the_optimizer_state():
 
 
 def test_seed_7b_fp32_adam_total_includes_gradients():
-    """Seed 003: weights 28 GB + Adam states 56 GB = '84 GB minimum'. It leaves out the 28 GB of gradients."""
+    """The adam-vs-sgd lesson: weights 28 GB + Adam states 56 GB = '84 GB minimum'. It leaves out the 28 GB
+    of gradients."""
     p = plan(7e9, "adam", "fp32")
     parts = (p.parameters, p.gradients, p.optimizer_state, p.master_weights)
     assert parts == (28 * GB, 28 * GB, 56 * GB, 0)
@@ -54,10 +58,11 @@ def test_seed_7b_fp32_adam_total_includes_gradients():
 
 @pytest.mark.parametrize("name, fp32, mixed, bf16", [
     # hand table, bytes per parameter: params + grads + state (+ fp32 master in the mixed recipe)
-    ("sgd", 4 + 4, 2 + 2 + 4, 2 + 2),  # seed 000 says 4 for mixed: it forgets the master copy
-    ("momentum", 4 + 4 + 4, 2 + 2 + 4 + 4, 2 + 2 + 2),  # seed 000 says 8: the same omission
-    ("adamw", 4 + 4 + 8, 2 + 2 + 8 + 4, 2 + 2 + 4),  # the seeds' 16
-    ("lion", 4 + 4 + 4, 2 + 2 + 4 + 4, 2 + 2 + 2),  # seed 000's 12
+    # the curvature-bets lesson says 4 for mixed: it forgets the master copy
+    ("sgd", 4 + 4, 2 + 2 + 4, 2 + 2),
+    ("momentum", 4 + 4 + 4, 2 + 2 + 4 + 4, 2 + 2 + 2),  # the curvature-bets lesson says 8: the same omission
+    ("adamw", 4 + 4 + 8, 2 + 2 + 8 + 4, 2 + 2 + 4),  # the lessons' 16
+    ("lion", 4 + 4 + 4, 2 + 2 + 4 + 4, 2 + 2 + 2),  # the curvature-bets lesson's 12
     ("adagrad", 4 + 4 + 4, 2 + 2 + 4 + 4, 2 + 2 + 2),
     ("amsgrad", 4 + 4 + 12, 2 + 2 + 12 + 4, 2 + 2 + 6),
 ])
@@ -68,15 +73,16 @@ def test_bytes_per_parameter_per_recipe(name, fp32, mixed, bf16):
 
 
 def test_lion_keeps_half_of_adams_state_not_a_third():
-    """Seed 003 claims '~3x memory savings over Adam (one buffer vs two)': one buffer of two is half."""
+    """The adam-vs-sgd lesson claims '~3x memory savings over Adam (one buffer vs two)': one buffer of two is
+    half."""
     adam, lion = plan(10**9, "adamw", "fp32"), plan(10**9, "lion", "fp32")
     assert adam.optimizer_state == 2 * (lion.optimizer_state)
 
 
 def test_adafactor_factored_state_is_rows_plus_columns_not_a_buffer():
-    """Seeds: '~4 bytes/param' (000) and '~1 buffer ... SVD' (003). Adafactor keeps a row and a column
-    mean of g² per matrix: (n + m) numbers, no SVD; the ~4 B/param in seed 000's ~8 total is the master
-    copy."""
+    """The lessons: '~4 bytes/param' (curvature-bets) and '~1 buffer ... SVD' (adam-vs-sgd). Adafactor
+    keeps a row and a column mean of g² per matrix: (n + m) numbers, no SVD; the ~4 B/param in the
+    curvature-bets lesson's ~8 total is the master copy."""
     p = plan([(4096, 4096)], "adafactor", "bf16-mixed")
     assert p.optimizer_state == (4096 + 4096) * 4
     assert p.total_bytes / 4096**2 == pytest.approx(8.0, abs=0.01)  # 2 + 2 + ~0 + 4

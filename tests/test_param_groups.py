@@ -43,7 +43,8 @@ def test_no_decay_for_biases_norms_embeddings_and_declared_names():
 
 
 class Odd(nn.Module):
-    """Names that mislead name-based rules: the seed's `'norm' in name or 'bias' in name` gets these wrong."""
+    """Names that mislead name-based rules: the lesson's `'norm' in name or 'bias' in name` gets these
+    wrong."""
 
     def __init__(self):
         super().__init__()
@@ -114,7 +115,7 @@ def test_overlapping_or_unknown_overrides_raise():
 
 def test_check_catches_the_seed_layerwise_recipe_dropping_parameters():
     model = TinyLM()
-    # the seed's configure_layerwise_lr_decay groups only names with "layer.{i}." -- here "blocks.{i}."
+    # the lesson's configure_layerwise_lr_decay groups only names with "layer.{i}." -- here "blocks.{i}."
     seed_groups = [{"params": [p for n, p in model.named_parameters() if f"blocks.{i}." in n]}
                    for i in range(3)]
     with pytest.raises(ValueError, match=r"dropped \(never trained\): pos, embed.weight, norm.weight, "

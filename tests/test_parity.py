@@ -44,7 +44,8 @@ def test_matches_torch(name, hp, path):
     for p, q in zip(params, ref_params):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
         for key, theirs in ref_opt.state[q].items():
-            mine = torch.as_tensor(opt.state[p][key], dtype=theirs.dtype)  # optimlab keeps scalar state as a Python float
+            # optimlab keeps scalar state as a Python float
+            mine = torch.as_tensor(opt.state[p][key], dtype=theirs.dtype)
             torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-12, msg=key)
 
 
@@ -64,7 +65,8 @@ def paper_cases():
     for path in paths("adam"):
         yield pytest.param("adam", references.adam_without_bias_correction_step,
                            {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.1},
-                           {"bias_correction": False, "weight_decay": 0.1}, path, id=f"adam-no-bias-correction-{path}")
+                           {"bias_correction": False, "weight_decay": 0.1}, path,
+                           id=f"adam-no-bias-correction-{path}")
 
 
 @pytest.mark.parametrize("name,reference,ref_hp,hp,path", list(paper_cases()))
@@ -78,7 +80,8 @@ def test_matches_paper(name, reference, ref_hp, hp, path):
         backward(leaves, step)
         for i, p in enumerate(leaves):
             θ, g = p.detach().flatten().tolist(), p.grad.flatten().tolist()
-            reference(θ, g, states[i], **{k: v for k, v in ref_hp.items() if k in reference.__code__.co_varnames})
+            known = reference.__code__.co_varnames
+            reference(θ, g, states[i], **{k: v for k, v in ref_hp.items() if k in known})
             ref[i] = torch.tensor(θ, dtype=torch.float64).reshape(p.shape)
     for p, q in zip(params, ref):
         torch.testing.assert_close(p.detach(), q, rtol=1e-9, atol=1e-11)

@@ -1,4 +1,4 @@
-"""Races: the seeds' hand-computed canyon steps, Reddi et al.'s counterexample, noise, user objects, CLI."""
+"""Races: the lessons' hand-computed canyon steps, Reddi et al.'s counterexample, noise, user objects, CLI."""
 
 import json
 import math
@@ -10,7 +10,7 @@ import torch
 from optimlab.cli import main
 from optimlab.lab import race
 
-# --- the canyon L = 100x² + y² from (1, 1), against seed 002's hand-computed steps -----------------
+# --- the canyon L = 100x² + y² from (1, 1), against the canyon lesson's hand-computed steps -----------------
 
 SEED_SGD = [(1.0, 1.0), (-1.0, 0.980), (1.0, 0.960), (-1.0, 0.941)]  # α = 0.01
 SEED_MOMENTUM = [(1.0, 1.0), (-1.0, 0.980), (-0.800, 0.942), (0.980, 0.890)]  # α = 0.01, β = 0.9
@@ -22,7 +22,7 @@ def canyon_grad(x, y):
 
 
 def heavy_ball(lr, beta, steps, x=1.0, y=1.0):
-    """v ← βv + g; θ ← θ − αv (the seed's formula), in plain floats."""
+    """v ← βv + g; θ ← θ − αv (the lesson's formula), in plain floats."""
     out, vx, vy = [(x, y)], 0.0, 0.0
     for _ in range(steps):
         gx, gy = canyon_grad(x, y)
@@ -64,7 +64,7 @@ def test_sgd_bounces_wall_to_wall_as_the_seed_computes():
     np.testing.assert_allclose(pos[:, 1], 0.98**t, rtol=1e-12)
     assert np.all(np.sign(pos[1:, 0]) == -np.sign(pos[:-1, 0]))  # x flips sign every single step
     row = r.table()[0]
-    assert row["settings"] == "lr=0.01"  # the landscape's default, the seed's α
+    assert row["settings"] == "lr=0.01"  # the landscape's default, the lesson's α
     assert row["final_loss"] == pytest.approx(100 + 0.98**200, rel=1e-12)
     assert row["distance"] == pytest.approx(math.hypot(1, 0.98**100), rel=1e-12)
 

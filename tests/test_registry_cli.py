@@ -37,12 +37,14 @@ def test_text_form_and_presets():
 
 
 def test_unknown_name_names_the_choices():
-    with pytest.raises(ValueError, match=r"unknown optimizer 'adamx' \(did you mean 'adam'\?\); available: .*adamw"):
+    expected = r"unknown optimizer 'adamx' \(did you mean 'adam'\?\); available: .*adamw"
+    with pytest.raises(ValueError, match=expected):
         optimlab.create("adamx", make_params())
 
 
 def test_unknown_hyperparameter_names_itself_and_the_valid_ones():
-    with pytest.raises(ValueError, match=r"adam has no hyperparameter 'bettas' \(did you mean 'betas'\?\); valid: lr, betas"):
+    expected = r"adam has no hyperparameter 'bettas' \(did you mean 'betas'\?\); valid: lr, betas"
+    with pytest.raises(ValueError, match=expected):
         optimlab.create("adam", make_params(), bettas=(0.9, 0.99))
 
 
@@ -75,7 +77,8 @@ def test_state_sizes_per_parameter():
     matrix = (4096, 4096)
     per_param = {name: optimlab.spec(name).state_bytes(matrix) / (4096 * 4096) for name in REQUIRED}
     assert per_param["adam"] == per_param["adamw"] == per_param["lamb"] == 8
-    # Lion keeps one buffer against Adam's two: half the state (seed 003 says "3x" savings; it is 2x).
+    # Lion keeps one buffer against Adam's two: half the state (the adam-vs-sgd lesson says "3x" savings; it
+    # is 2x).
     assert per_param["lion"] == per_param["adam"] / 2 == 4
     # Adafactor keeps a row and a column for a d×m matrix: O(d + m), not O(dm).
     assert optimlab.spec("adafactor").state_bytes(matrix) == (4096 + 4096) * 4
@@ -129,5 +132,6 @@ def test_cli_errors_are_one_line_and_exit_2(capsys):
 
 
 def test_console_script_runs():
-    done = subprocess.run([sys.executable, "-m", "optimlab", "diff", "sgd", "momentum"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "optimlab", "diff", "sgd", "momentum"], capture_output=True,
+                          text=True)
     assert done.returncode == 0 and "b = h.momentum * b + (1 - h.damp) * g" in done.stdout

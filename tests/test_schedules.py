@@ -28,7 +28,7 @@ def test_warmup_cosine_is_the_seed_recipe():
     assert s(100_000) == pytest.approx(0.1, abs=1e-15)
     assert s(150_000) == pytest.approx(0.1, abs=1e-15)  # held at the floor, never climbs back
 
-    def seed_lambda(step):  # the seed's LambdaLR function, with math.pi for its 3.14159
+    def seed_lambda(step):  # the lesson's LambdaLR function, with math.pi for its 3.14159
         if step < 2000:
             return step / 2000
         progress = (step - 2000) / (100_000 - 2000)

@@ -1,4 +1,4 @@
-"""Small loss landscapes to watch optimizers on: the seeds' canyon and the classic test functions.
+"""Small loss landscapes to watch optimizers on: the canyon 100x² + y² and the classic test functions.
 
     from optimlab import landscapes
     landscapes.available()                    # ['beale', 'canyon', 'himmelblau', 'quadratic', ...]
@@ -7,7 +7,7 @@
     L.loss(torch.tensor([1.0, 1.0]))          # 101.0; torch ops, so autograd gives the gradient
 
 A landscape is declarative: formula, loss in torch, minima, default start, view window, and the
-learning rates that make the seeds' pictures (SGD bounces on the canyon at α = 0.01, Adam walks
+learning rates that make the lessons' pictures (SGD bounces on the canyon at α = 0.01, Adam walks
 straight down at α = 0.1). `noise=σ` makes the gradients stochastic (g + σξ, ξ ~ N(0, I), seeded);
 `bounds` makes the problem constrained (the race clamps the iterate back after each step);
 `online` gives a loss that changes with the step t (Reddi et al.'s counterexample).
@@ -128,8 +128,8 @@ def canyon() -> Landscape:
     return Landscape(
         "canyon", "100x² + y²", lambda x, y: 100 * x**2 + y**2, start=(1.0, 1.0),
         window=((-1.5, 1.5), (-0.5, 1.5)), minima=((0.0, 0.0),), lr={"sgd": 0.01, "adam": 0.1},
-        about="the seeds' canyon (lesson 002): at α = 0.01 SGD's x flips sign every step, momentum damps "
-              "the bounce, Adam walks straight down the diagonal")
+        about="the canyon 100x² + y² (the canyon lesson): at α = 0.01 SGD's x flips sign every step, "
+              "momentum damps the bounce, Adam walks straight down the diagonal")
 
 
 @_register

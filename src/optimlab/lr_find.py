@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import itertools
 import math
+import sys
 from typing import Callable, Iterable
 
 import numpy as np
@@ -86,7 +87,7 @@ class LRFind:
 
 def lr_find(target, optimizer="adamw", loss: Callable[[int], Tensor] | None = None, *,
             start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100, smoothing: float = 0.05,
-            diverge: float = 4.0) -> LRFind:
+            diverge: float = 4.0, progress: bool = False) -> LRFind:
     """Run the range test and restore everything it touched.
 
     target: an `nn.Module`, or an `optimlab.tasks` Problem (which brings its model and its loss).
@@ -96,16 +97,18 @@ def lr_find(target, optimizer="adamw", loss: Callable[[int], Tensor] | None = No
     The lr goes from start_lr to end_lr geometrically over `steps` updates; the test stops early when the
     smoothed loss exceeds `diverge` × its best, or a loss is not finite. `smoothing` is the weight of each
     new loss in the moving average (torch-lr-finder's 0.05; fastai's β = 0.98 is 0.02).
+    progress: a progress bar on stderr (needs tqdm, from the lab extra).
     """
     model, loss = _model_and_loss(target, loss)
     check_ramp(start_lr, end_lr, steps, smoothing, diverge)
     if isinstance(optimizer, str):
         import optimlab
 
+        check_optimizer(optimizer)
         optimizer = optimlab.create(optimizer, model.parameters())
     with _Restored(model, optimizer):
         lrs, losses, smoothed, stop = _ramp(model, optimizer, loss, start_lr, end_lr, steps, smoothing,
-                                            diverge)
+                                            diverge, progress)
     return LRFind(lrs, losses, smoothed, stop, suggest(lrs, smoothed))
 
 
@@ -156,11 +159,17 @@ def _valley(curve: np.ndarray) -> int:
     return path[::-1][len(path) // 2]
 
 
-def _ramp(model, optimizer, loss, start_lr, end_lr, steps, smoothing, diverge):
+def _ramp(model, optimizer, loss, start_lr, end_lr, steps, smoothing, diverge, progress=False):
     ratios = _group_ratios(optimizer)
     lrs, losses, smoothed = [], [], []
     average, best = 0.0, math.inf
-    for step in range(steps):
+    if progress:
+        from tqdm import tqdm  # only when a bar is drawn: a core install has no tqdm
+
+        counter = tqdm(range(steps), file=sys.stderr, unit="update", dynamic_ncols=True, leave=False)
+    else:
+        counter = range(steps)
+    for step in counter:
         lr = start_lr * (end_lr / start_lr) ** (step / (steps - 1))
         for group, ratio in zip(optimizer.param_groups, ratios):
             _set_lr(group, lr * ratio)
@@ -238,12 +247,25 @@ def _model_and_loss(target, loss):
                      f"got {type(target).__name__}")
 
 
+MAX_STEPS = 100_000  # a range test needs a few hundred updates; more is a typo, not a test
+
+
+def check_optimizer(text: str) -> None:
+    """ValueError for an unknown optimizer or one that sets lr (the ramp sets it; it would be ignored)."""
+    import optimlab
+
+    _, hyper = optimlab.resolve(text)
+    if "lr" in hyper:
+        raise ValueError(f"{text!r} sets lr, but the range test sets lr itself (from start_lr to end_lr); "
+                         "remove lr=")
+
+
 def check_ramp(start_lr, end_lr, steps, smoothing, diverge) -> None:
     """ValueError for settings the range test cannot run with."""
-    if not 0 < start_lr < end_lr:
-        raise ValueError(f"need 0 < start_lr < end_lr, got start_lr={start_lr}, end_lr={end_lr}")
-    if not isinstance(steps, int) or steps < 3:
-        raise ValueError(f"steps must be an integer ≥ 3, got {steps!r}")
+    if not 0 < start_lr < end_lr < math.inf:
+        raise ValueError(f"need 0 < start_lr < end_lr < inf, got start_lr={start_lr}, end_lr={end_lr}")
+    if not isinstance(steps, int) or not 3 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be an integer from 3 to {MAX_STEPS:,}, got {steps!r}")
     if not 0 < smoothing <= 1:
         raise ValueError(f"smoothing must be in (0, 1] (the weight of each new loss), got {smoothing}")
     if not diverge > 1:

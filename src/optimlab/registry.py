@@ -76,18 +76,28 @@ class Spec:
         return {key: (tuple(t.shape), t.dtype) for key, t in kept.items()}
 
     def state_bytes(self, shape, dtype=torch.float32, **hyper) -> int:
-        """Bytes of state tensors for one parameter (the 4-byte step counter per tensor not included)."""
-        return sum(torch.Size(s).numel() * d.itemsize for s, d in self.state_tensors(shape, dtype, **hyper).values())
+        """Bytes of state tensors for one parameter (the step counter, a Python float, not included)."""
+        tensors = self.state_tensors(shape, dtype, **hyper).values()
+        return sum(torch.Size(s).numel() * d.itemsize for s, d in tensors)
 
 
 _specs: dict[str, Spec] = {}
 presets: dict[str, Spec] = {}
 
 
-def register(spec: Spec) -> Spec:
+def register(spec: Spec, *, replace: bool = False) -> Spec:
+    """Add an optimizer (or, with `preset` set, a preset); an existing name is kept unless `replace`."""
     unknown = set(spec.capabilities) - set(CAPABILITIES)
     if unknown:
         raise ValueError(f"{spec.name}: unknown capabilities {sorted(unknown)}")
+    if spec.name != spec.name.lower():
+        raise ValueError(f"registry names are lower-case (lookups ignore case); got {spec.name!r}")
+    taken = spec.name in _specs or spec.name in presets
+    if taken and not replace:
+        raise ValueError(f"an optimizer named {spec.name!r} is already registered; pass replace=True to "
+                         "replace it, or choose another name")
+    _specs.pop(spec.name, None)
+    presets.pop(spec.name, None)
     (presets if spec.preset else _specs)[spec.name] = spec
     return spec
 
@@ -103,15 +113,17 @@ def available() -> list[str]:
 
 
 def spec(name: str) -> Spec:
-    if name in _specs:
-        return _specs[name]
-    if name in presets:
-        return presets[name]
+    """The spec of a registered optimizer or preset; names are matched in any case ('AdamW' is 'adamw')."""
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key in _specs:
+        return _specs[key]
+    if key in presets:
+        return presets[key]
     known = sorted([*_specs, *presets])
-    hint = difflib.get_close_matches(name, known, n=1)
-    raise ValueError(
-        f"unknown optimizer {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "") + f"; available: {', '.join(known)}"
-    )
+    # suggestions compare case-folded names, so 'AdamW' can never be steered to 'adam'
+    hint = difflib.get_close_matches(str(key), known, n=1)
+    raise ValueError(f"unknown optimizer {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                     + f"; available: {', '.join(known)}")
 
 
 def resolve(text: str) -> tuple[Spec, dict]:

@@ -30,7 +30,8 @@ def literal(text: str, strict: bool = False, key: str = "value"):
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         if strict:
-            raise ValueError(f"{key} needs a Python literal (a number, True, [1, 2], …), got {text!r}") from None
+            raise ValueError(f"{key} needs a Python literal (a number, True, [1, 2], …), "
+                             f"got {text!r}") from None
         return text
 
 
@@ -52,7 +53,8 @@ def split_list(items: str | Sequence[str]) -> list[str]:
     Commas (or list items) separate entries, except that a key=value piece continues the entry
     before it, so one comma-separated argument can carry several entries with their settings.
     """
-    pieces = [p.strip() for item in ([items] if isinstance(items, str) else items) for p in split_top_level(item)]
+    items = [items] if isinstance(items, str) else items
+    pieces = [p.strip() for item in items for p in split_top_level(item)]
     out: list[str] = []
     for piece in pieces:
         if "=" in piece and ":" not in piece.split("=", 1)[0]:

@@ -14,6 +14,8 @@ import difflib
 import inspect
 import textwrap
 
+import torch
+
 from .registry import Spec, resolve
 
 INDENT = "    "
@@ -76,6 +78,7 @@ def rule_source(found: Spec, hyper: dict) -> list[str]:
 def describe(text: str) -> tuple[str, list[str]]:
     """A label and the specialised rule source for 'name' or 'name:key=value,…'."""
     found, hyper = resolve(text)
+    found.create([torch.zeros(1, requires_grad=True)], **hyper)  # values checked as `create` checks them
     settings = {**found.preset, **hyper}
     label = found.name + (f" ({', '.join(f'{k}={v}' for k, v in settings.items())})" if settings else "")
     label += f"  [rule {found.rule.name} in {found.rule.update.__module__}]"
@@ -84,6 +87,8 @@ def describe(text: str) -> tuple[str, list[str]]:
 
 def diff(a: str, b: str, context: int = 2) -> str:
     """A unified diff between the rules of two optimizers (registry names, presets, or name:k=v)."""
+    if isinstance(context, bool) or not isinstance(context, int) or context < 0:
+        raise ValueError(f"context must be a whole number of lines >= 0, got {context!r}")
     label_a, src_a = describe(a)
     label_b, src_b = describe(b)
     lines = difflib.unified_diff(src_a, src_b, fromfile=label_a, tofile=label_b, n=context, lineterm="")

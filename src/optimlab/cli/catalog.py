@@ -9,9 +9,9 @@ MATRIX = (4096, 4096)  # state bytes per parameter are quoted for a large fp32 w
 
 def register(verbs) -> None:
     p = verbs.add_parser("list", help="the optimizers: idea, state bytes per parameter, reference",
-                         description="List every registered optimizer and preset with its one-line idea, the "
-                         "bytes of optimizer state it keeps per parameter (for a 4096×4096 fp32 weight, default "
-                         "hyperparameters) and what its tests compare it against.")
+                         description="List every registered optimizer and preset with its one-line idea, "
+                         "the bytes of optimizer state it keeps per parameter (for a 4096×4096 fp32 weight, "
+                         "default hyperparameters) and what its tests compare it against.")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.set_defaults(run=run)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 
 SUFFIXES = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+MAX_PARAMS = "1e15"  # a thousand times the largest models trained: beyond this a count is a typo
 
 DESCRIPTION = """\
 Plan the memory of training: parameters, gradients, optimizer state and master weights (and
@@ -17,7 +17,7 @@ model), --model MODULE:FACTORY (called with no arguments on the meta device: not
 or a transformer shape --layers L --hidden H --vocab V [--heads A --ffn F --mlp swiglu --no-bias
 --untied --positions P].
 
-Units: every figure is in bytes. The table shows decimal units (GB = 10^9 bytes, as the seeds and
+Units: every figure is in bytes. The table shows decimal units (GB = 10^9 bytes, as the lessons and
 vendors' spec sheets count) next to binary ones (GiB = 2^30 bytes, as nvidia-smi and torch.cuda
 report); --json prints plain byte counts.
 
@@ -25,8 +25,9 @@ Precision recipes: fp32 (4-byte everything); bf16-mixed and fp16-mixed (2-byte w
 fp32 optimizer state and an fp32 master copy of the weights); bf16 (everything 2-byte, no master).
 
 Optimizer state is what the optimizer's rule declares for each parameter's shape (Adafactor's
-row and column statistics for matrices, exactly), plus the 4-byte step counter optimlab keeps per
-tensor; --check runs one real step on the model and compares.
+row and column statistics for matrices, exactly); the step counter is a Python float in
+optimizer.state[p]["step"], not a tensor, and costs no tensor memory. --check runs one real step on
+the model and compares.
 
 ZeRO (Rajbhandari et al. 2020) on --ranks N data-parallel ranks: stage 1 shards the optimizer state
 and master weights, stage 2 also the gradients, stage 3 also the parameters. Per-rank figures divide
@@ -38,7 +39,7 @@ in 16-bit, less with --recompute selective or full.
 
 def register(verbs) -> None:
     p = verbs.add_parser("memory", help="bytes of params, grads, optimizer state, master weights; per rank",
-                         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+                         description=DESCRIPTION)
     source = p.add_argument_group("the model (one of)")
     source.add_argument("--params", metavar="N", help="a parameter count: 13e9, 13B, 125M, 7_000_000_000")
     source.add_argument("--task", help="a model from optimlab.tasks (e.g. digits)")
@@ -66,7 +67,8 @@ def register(verbs) -> None:
                    help="data-parallel ranks the ZeRO stage shards over (default 1)")
     p.add_argument("--batch", type=int, help="micro-batch per rank, for activations (with --seq)")
     p.add_argument("--seq", type=int, help="sequence length, for activations (with --batch)")
-    p.add_argument("--recompute", default="none", help="activation recomputation: none, selective or full")
+    p.add_argument("--recompute", default="none", choices=("none", "selective", "full"),
+                   help="activation recomputation (default none)")
     p.add_argument("--check", action="store_true",
                    help="with --task or --model: run one real step and compare the state it allocates "
                    "(small models)")
@@ -101,8 +103,9 @@ def parse_count(text: str) -> int:
         value = float(number) * scale
     except ValueError:
         raise ValueError(f"--params: expected a count such as 13e9, 13B or 125M, got {text!r}") from None
-    if not value >= 1 or value != int(value):
-        raise ValueError(f"--params must be a positive whole number of parameters, got {text!r}")
+    if not 1 <= value <= float(MAX_PARAMS) or value != int(value):
+        raise ValueError(f"--params must be a whole number of parameters from 1 to {MAX_PARAMS}, "
+                         f"got {text!r}")
     return int(value)
 
 

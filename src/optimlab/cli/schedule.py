@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
+import sys
+
+from ._outputs import check, require, save
+
+MAX_STEPS = 10**12  # nothing is kept per update: the table, plot and sparkline sample the schedule
+MAX_JSON_POINTS = 1_000_000  # values --json prints at most (use --every for longer schedules)
+PLOT_POINTS = 2000
 
 EPILOG = """\
 the unit is the optimizer update: t = 0 is the first update, and the value at t is the multiplier of
@@ -11,24 +19,24 @@ each param group's base lr for the update that follows t earlier updates.
 examples:
   optimlab schedule                                  list schedules and their arguments
   optimlab schedule warmup_cosine total_steps=2000 warmup_steps=100 floor=0.1
-  optimlab schedule wsd total_steps=1000 warmup_steps=50 decay_steps=200 shape=1-sqrt --out /tmp/wsd.png
+  optimlab schedule wsd total_steps=1000 warmup_steps=50 decay_steps=200 shape=1-sqrt \\
+                    --out /tmp/wsd.png
   optimlab schedule cosine total_steps=500 --warmup 50 --lr 3e-4 --json
   optimlab schedule multistep milestones=[30,60,80] gamma=0.1 --steps 100
-  optimlab schedule '{"name": "sequence", "boundaries": [300],
-                      "schedules": [{"name": "constant"}, {"name": "linear_decay", "total_steps": 100}]}'
+  optimlab schedule '{"name": "sequence", "boundaries": [300], "schedules":
+                     [{"name": "constant"}, {"name": "linear_decay", "total_steps": 100}]}'
                                                      (compositions: any Schedule.describe() output)
 """
 
 
 def register(verbs) -> None:
-    import argparse
-
     p = verbs.add_parser("schedule", help="print, plot (--out) or dump (--json) a learning-rate schedule",
                          description="Evaluate a schedule from optimlab.schedules over optimizer updates "
                          "t = 0..N and show it as a table, a PNG plot or JSON. Arguments are key=value "
                          "(Python literals: 100, 0.1, 1e-4, [30,60]); NAME may also be 'name:k=v,...' or a "
-                         "JSON description (for compositions).",
-                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                         "JSON description (for compositions). Nothing is kept per update: a billion-update "
+                         "schedule prints at once (the table and the plot sample it).",
+                         epilog=EPILOG)
     p.add_argument("name", nargs="?", metavar="NAME", help="schedule name (omit to list them all)")
     p.add_argument("args", nargs="*", metavar="KEY=VALUE",
                    help="the schedule's arguments, e.g. total_steps=1000")
@@ -49,7 +57,11 @@ def build(args):
 
     name = args.name
     if name.lstrip().startswith("{"):
-        schedule = schedules.from_dict(json.loads(name))
+        try:
+            description = json.loads(name)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"NAME looks like JSON but is not: {err}") from None
+        schedule = schedules.from_dict(description)
     else:
         text = name + (":" if ":" not in name else ",") + ",".join(args.args)
         schedule = schedules.parse(text)
@@ -60,8 +72,8 @@ def build(args):
     steps = args.steps if args.steps is not None else schedule.horizon
     if steps is None:
         raise ValueError(f"{schedule.name} has no natural length; pass --steps N")
-    if steps < 1:
-        raise ValueError(f"--steps must be >= 1 update, got {steps}")
+    if not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"--steps must be from 1 to {MAX_STEPS:,} updates, got {steps:,}")
     if args.every < 1:
         raise ValueError(f"--every must be >= 1, got {args.every}")
     return schedule, steps
@@ -83,38 +95,58 @@ def listing() -> int:
 def run(args) -> int:
     if args.name is None:
         return listing()
+    out = check(args.out, "--out", (".png", ".svg", ".pdf"))
+    require(out, "matplotlib")
     schedule, steps = build(args)
-    ts = list(range(0, steps + 1))
-    values = [schedule(t) for t in ts]
     kind = "momentum" if schedule.absolute else "multiplier"
     if args.json:
-        keep = ts[::args.every] if ts[-1] % args.every == 0 else ts[::args.every] + [ts[-1]]
-        out = {"schedule": schedule.describe(), "steps": steps, "unit": "optimizer updates taken",
-               "t": keep, kind: [values[t] for t in keep]}
-        if args.lr is not None and not schedule.absolute:
-            out["lr"] = [args.lr * values[t] for t in keep]
-        print(json.dumps(out))
+        dump_json(schedule, steps, args.every, args.lr, kind)
     else:
-        table(schedule, ts, values, args.lr, kind)
-    if args.out:
-        plot(schedule, ts, values, args.lr, kind, args.out)
-        print(f"wrote {args.out}")
+        table(schedule, steps, args.lr, kind)
+    if out is not None:
+        if not save(out, lambda path: plot(schedule, steps, args.lr, kind, path)):
+            return 1
+        print(f"wrote {args.out}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
-def table(schedule, ts, values, lr, kind) -> None:
-    steps = ts[-1]
-    rows = sorted(set(schedule.key_steps(steps)) | {round(i * steps / 10) for i in range(11)})
+def sampled(steps: int, count: int = PLOT_POINTS) -> list[int]:
+    """At most `count` update counts from 0 to steps, evenly spread, both ends included."""
+    if steps + 1 <= count:
+        return list(range(steps + 1))
+    return sorted({round(i * steps / (count - 1)) for i in range(count)})
+
+
+def dump_json(schedule, steps, every, lr, kind) -> None:
+    """Every `every`-th value and the last; refused (with the --every to use) beyond a million values."""
+    points = steps // every + 1 + (steps % every != 0)
+    if points > MAX_JSON_POINTS:
+        raise ValueError(f"--json would print {points:,} values (limit {MAX_JSON_POINTS:,}); "
+                         f"pass --every {math.ceil(steps / (MAX_JSON_POINTS - 2))} or more")
+    ts = [*range(0, steps + 1, every)] + ([steps] if steps % every else [])
+    values = [schedule(t) for t in ts]
+    out = {"schedule": schedule.describe(), "steps": steps, "unit": "optimizer updates taken", "t": ts,
+           kind: values}
+    if lr is not None and not schedule.absolute:
+        out["lr"] = [lr * v for v in values]
+    print(json.dumps(out))
+
+
+def table(schedule, steps, lr, kind) -> None:
+    marks = set(schedule.key_steps(steps))
+    rows = sorted((marks if len(marks) <= 40 else set()) | {round(i * steps / 10) for i in range(11)})
+    values = {t: schedule(t) for t in rows}  # all before the first line: an overflow is one clear error
+    shape = sparkline([schedule(t) for t in sampled(steps, 60)])
+    w = max(8, len(str(steps)))
     print(f"{schedule!r}")
     print(f"t = optimizer updates taken, 0..{steps}; value = {kind}"
           + (f", lr = {lr:g} * multiplier" if lr else ""))
-    print(f"{'t':>8}  {kind:>12}" + (f"  {'lr':>12}" if lr and kind != 'momentum' else ""))
-    marks = set(schedule.key_steps(steps))
+    print(f"{'t':>{w}}  {kind:>12}" + (f"  {'lr':>12}" if lr and kind != 'momentum' else ""))
     for t in rows:
-        line = f"{t:>8}  {values[t]:>12.6g}"
+        line = f"{t:>{w}}  {values[t]:>12.6g}"
         line += f"  {lr * values[t]:>12.6g}" if lr and kind != "momentum" else ""
         print(line + ("  <- phase" if t in marks and t not in (0, steps) else ""))
-    print("shape: " + sparkline(values))
+    print("shape: " + shape)
 
 
 def sparkline(values, width: int = 60) -> str:
@@ -127,9 +159,11 @@ def sparkline(values, width: int = 60) -> str:
     return "".join(bars[min(7, int((v - lo) / span * 8))] for v in cols) + f"  [{lo:.3g} .. {hi:.3g}]"
 
 
-def plot(schedule, ts, values, lr, kind, path) -> None:
+def plot(schedule, steps, lr, kind, path) -> None:
     from matplotlib.figure import Figure  # no pyplot, no GUI backend needed
 
+    ts = sorted(set(sampled(steps)) | set(schedule.key_steps(steps)))  # sampled, with every phase edge
+    values = [schedule(t) for t in ts]
     ys = [lr * v for v in values] if lr and kind != "momentum" else values
     fig = Figure(figsize=(7, 3.2), dpi=120)
     ax = fig.subplots()

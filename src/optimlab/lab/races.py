@@ -2,7 +2,7 @@
 
     from optimlab.lab import race
     r = race("canyon", "sgd,momentum,adam", steps=100)
-    r["sgd"].positions[:4]          # (1, 1), (−1, 0.98), (1, 0.9604), (−1, 0.941192): the seed's bounce
+    r["sgd"].positions[:4]          # (1, 1), (−1, 0.98), (1, 0.9604), (−1, 0.941192): the lesson's bounce
     print(r.format())               # final loss and distance to the minimum, one row per optimizer
     race("canyon", {"torch adam": torch.optim.Adam, "mine": lambda params: MyOpt(params, lr=0.1)})
 
@@ -154,7 +154,8 @@ def _entries(optimizers) -> list[tuple[str | None, object]]:
     if isinstance(optimizers, type) or callable(optimizers):
         return [(None, optimizers)]
     if not isinstance(optimizers, (list, tuple)):
-        raise ValueError(f"optimizers: a text such as 'sgd,momentum,adam', a list or a dict; got {optimizers!r}")
+        raise ValueError("optimizers: a text such as 'sgd,momentum,adam', a list or a dict; "
+                         f"got {optimizers!r}")
     entries = []
     for item in optimizers:
         entries += [(None, t) for t in split_list(item)] if isinstance(item, str) else [(None, item)]
@@ -191,6 +192,9 @@ def _schedule(schedule, landscape) -> Callable[[int], float] | None:
                      f"got {schedule!r}")
 
 
+MAX_STEPS = 20_000  # every position is kept for the pictures; 20,000 steps take ~5-10 s per optimizer
+
+
 def race(landscape, optimizers, steps: int | None = None, start=None, noise: float | None = None,
          seed: int | None = None, schedule="landscape", dtype: torch.dtype = torch.float64) -> Race:
     """Run each optimizer from the same start for `steps` steps; return every position and loss.
@@ -205,8 +209,9 @@ def race(landscape, optimizers, steps: int | None = None, start=None, noise: flo
     if noise is not None or seed is not None:
         L = L.with_noise(L.noise if noise is None else noise, L.seed if seed is None else seed)
     steps = L.steps if steps is None else steps
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a whole number ≥ 1, got {steps!r}")
+    if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be a whole number from 1 to {MAX_STEPS:,} (a race keeps every "
+                         f"position), got {steps!r}")
     start = L.start if start is None else (start,) if isinstance(start, (int, float)) else start
     start = tuple(float(v) for v in start)
     if len(start) != L.dim:

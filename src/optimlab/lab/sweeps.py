@@ -62,7 +62,8 @@ def parse_lrs(lrs: str | Sequence[float]) -> list[float]:
 
 
 def split_optimizers(items: str | Sequence[str]) -> list[str]:
-    """'sgd:momentum=0.9,nesterov=True,adam' -> ['sgd:momentum=0.9,nesterov=True', 'adam'] (settings.split_list)."""
+    """'sgd:momentum=0.9,nesterov=True,adam' -> ['sgd:momentum=0.9,nesterov=True', 'adam']
+    (settings.split_list)."""
     out = split_list(items)
     if not out:
         raise ValueError("no optimizers given")
@@ -175,12 +176,10 @@ class Sweep:
 
     def plot(self, path) -> None:
         """Median final loss against lr (log-log), min–max over seeds shaded, ✗ where the median diverged."""
-        import matplotlib
+        from matplotlib.figure import Figure  # no pyplot: the caller's backend (a notebook's) is left alone
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        fig = Figure(figsize=(6.4, 4.2))
+        ax = fig.subplots()
         # the axes follow the medians: one wild seed (see the shading) should not flatten every curve
         finite = [v for o in self.optimizers for v in self.median(o) if math.isfinite(v)]
         top = max(finite) * 3 if finite else 10.0
@@ -210,7 +209,9 @@ class Sweep:
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(path, dpi=80)
-        plt.close(fig)
+
+
+MAX_STEPS = 100_000  # updates per run: minutes per run on digits already
 
 
 def sweep(optimizers: str | Sequence[str] = ("sgd", "adam"), task: str = "digits",
@@ -239,6 +240,8 @@ def sweep(optimizers: str | Sequence[str] = ("sgd", "adam"), task: str = "digits
     for name, value in (("steps", steps), ("seeds", seeds), ("workers", workers)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if steps > MAX_STEPS:
+        raise ValueError(f"steps must be at most {MAX_STEPS:,} updates per run, got {steps:,}")
     if not (isinstance(factor, (int, float)) and factor > 1 and math.isfinite(factor)):
         raise ValueError(f"factor must be a number > 1, got {factor!r}")
     if metric not in METRICS:
@@ -295,9 +298,7 @@ def run_jobs(fn: Callable, jobs: list, *, workers: int = 1, progress: bool = Fal
 
     Processes are spawned, not forked: a forked child inherits torch's thread pool in an unknown state.
     """
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(jobs), disable=not progress, file=sys.stderr, unit=unit, dynamic_ncols=True)
+    bar = progress_bar(len(jobs), unit) if progress else _NoBar()
     out: list = [None] * len(jobs)
     try:
         if workers == 1 or len(jobs) <= 1:
@@ -312,6 +313,21 @@ def run_jobs(fn: Callable, jobs: list, *, workers: int = 1, progress: bool = Fal
     finally:
         bar.close()
     return out
+
+
+def progress_bar(total: int, unit: str):
+    """A tqdm bar on stderr (tqdm is imported only when a bar is drawn: a core install lacks it)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, file=sys.stderr, unit=unit, dynamic_ncols=True)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _indexed(item: tuple) -> tuple:

@@ -70,7 +70,7 @@ def plan(model, optimizer: str = "adamw", precision: str = "bf16-mixed", *, zero
         build it on the meta device to plan without allocating), a `Transformer` shape, or a list of
         parameter shapes.
     optimizer: a registry name, preset or 'name:key=value,…'; its state is what its rule declares for
-        each parameter's shape (spec.state_tensors); the step counter is a Python number, not a tensor.
+        each parameter's shape (spec.state_tensors); the step counter is a Python float, not a tensor.
     precision: 'fp32', 'bf16-mixed', 'fp16-mixed' or 'bf16' (see precision.PRECISIONS).
     zero, ranks: ZeRO stage 0–3 and data-parallel ranks; per-rank bytes split the sharded components.
     batch, seq, recompute: with a Transformer, add activations for one micro-batch per rank.

@@ -1,4 +1,4 @@
-"""A plan as a table people read: decimal units (GB = 1e9 bytes, as the seeds and vendors count) with
+"""A plan as a table people read: decimal units (GB = 1e9 bytes, as the lessons and vendors count) with
 binary ones (GiB = 2³⁰ bytes, as nvidia-smi and torch.cuda report) beside them."""
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def register(name: str):
 
 def check_step(t) -> int:
     """The update count as an int; a schedule is only defined for t = 0, 1, 2, ..."""
-    if isinstance(t, bool) or not isinstance(t, numbers.Real) or t != int(t):
+    if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t != int(t):
         raise ValueError(f"step must be a whole number of optimizer updates, got {t!r}")
     if t < 0:
         raise ValueError(f"step must be a non-negative number of optimizer updates, got {t!r}")
@@ -44,7 +44,8 @@ def check_step(t) -> int:
 
 # Argument checks shared by the schedules: each returns the (normalised) value or raises ValueError.
 def whole(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value):
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or value != int(value)):
         raise ValueError(f"{name} must be a whole number of updates, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
@@ -75,7 +76,12 @@ class Schedule:
     absolute: ClassVar[bool] = False  # True: values are momenta (for attach(momentum=)), not lr multipliers
 
     def __call__(self, step: int) -> float:
-        return self.value(check_step(step))
+        t = check_step(step)
+        try:
+            return self.value(t)
+        except OverflowError:  # gamma ** t with a huge gamma: a clear error, not Errno 34
+            raise ValueError(f"{self!r} overflows a float at t = {t} (above 1.8e308): check its "
+                             "arguments") from None
 
     def value(self, t: int) -> float:  # t: updates taken, already checked
         raise NotImplementedError
@@ -122,7 +128,7 @@ def from_dict(description: dict) -> Schedule:
         if isinstance(v, list):
             return tuple(build(x) for x in v)
         return v
-    return CLASSES[name](**{k: build(v) for k, v in args.items()})
+    return call(name, CLASSES[name], (), {k: build(v) for k, v in args.items()})
 
 
 def get(name: str, **kwargs) -> Schedule:
@@ -131,22 +137,34 @@ def get(name: str, **kwargs) -> Schedule:
         hint = difflib.get_close_matches(name, list(REGISTRY), n=1)
         raise ValueError(f"unknown schedule {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
                          + f"; available: {', '.join(sorted(REGISTRY))}")
-    factory = REGISTRY[name]
+    return call(name, REGISTRY[name], (), kwargs)
+
+
+def call(name: str, factory: Callable, args: tuple, kwargs: dict) -> Schedule:
+    """factory(*args, **kwargs), with the documented ValueError (the name, a suggestion, the valid
+    arguments) where Python would raise a bare TypeError."""
     accepted = inspect.signature(factory).parameters
     for key in kwargs:
         if key not in accepted:
             hint = difflib.get_close_matches(key, list(accepted), n=1)
             did = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ValueError(f"{name} has no argument {key!r}{did}"
-                             + f"; its arguments: {signature(name)}")
-    missing = [k for k, p in accepted.items() if p.default is inspect.Parameter.empty and k not in kwargs]
-    if missing:
-        raise ValueError(f"{name} needs {', '.join(missing)}; its arguments: {signature(name)}")
-    return factory(**kwargs)
+            raise ValueError(f"{name} has no argument {key!r}{did}; its arguments: {_signature(factory)}")
+    try:
+        bound = inspect.signature(factory).bind(*args, **kwargs)
+    except TypeError:
+        given = list(accepted)[:len(args)] + list(kwargs)
+        missing = [k for k, p in accepted.items() if p.default is inspect.Parameter.empty and k not in given]
+        what = f"needs {', '.join(missing)}" if missing else f"takes at most {len(accepted)} arguments"
+        raise ValueError(f"{name} {what}; its arguments: {_signature(factory)}") from None
+    return factory(*bound.args, **bound.kwargs)
 
 
 def signature(name: str) -> str:
-    params = inspect.signature(REGISTRY[name]).parameters.values()
+    return _signature(REGISTRY[name])
+
+
+def _signature(factory: Callable) -> str:
+    params = inspect.signature(factory).parameters.values()
     return ", ".join(p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
                      for p in params)
 
@@ -170,7 +188,7 @@ class Warmup(Schedule):
 
     For t < warmup_steps the multiplier is `target * (start + (1 - start) * t / warmup_steps)` with
     `target = schedule(0)` (1 for the usual schedules), so the ramp meets the schedule without a jump.
-    With start=0 (the seed's convention) the first update is taken with lr 0. For t >= warmup_steps:
+    With start=0 (the lesson's convention) the first update is taken with lr 0. For t >= warmup_steps:
     `schedule(t - warmup_steps)`. t is the number of optimizer updates taken.
     """
 

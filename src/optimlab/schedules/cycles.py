@@ -60,6 +60,9 @@ class _OneCycleBase(Schedule):
         return sorted({0, *(math.ceil(e) for e in ends if e <= until)})
 
 
+MARKS = 1000  # phase marks a periodic schedule lists at most
+
+
 @register("one_cycle")
 @dataclasses.dataclass(frozen=True)
 class OneCycle(_OneCycleBase):
@@ -152,7 +155,8 @@ class _CyclicBase(Schedule):
 
     def key_steps(self, until):
         size = self.step_size_up + self.step_size_down
-        return sorted({s for k in range(until // size + 1) for s in (k * size, k * size + self.step_size_up)
+        cycles = min(until // size + 1, MARKS // 2)  # the first cycles only: a plot cannot show more marks
+        return sorted({s for k in range(cycles) for s in (k * size, k * size + self.step_size_up)
                        if s <= until})
 
 

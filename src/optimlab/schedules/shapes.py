@@ -63,7 +63,7 @@ COOLDOWNS = {"linear": lambda p: 1.0 - p, "cosine": _cos, "1-sqrt": lambda p: 1.
 class WSD(Schedule):
     """Warmup-stable-decay over `total_steps` optimizer updates.
 
-    t < W: t / W (linear warmup, the seed's convention); W <= t < T - D: 1 (stable);
+    t < W: t / W (linear warmup, the lesson's convention); W <= t < T - D: 1 (stable);
     then a cool-down over the last D = `decay_steps` updates to `floor`, with p = (t - (T - D)) / D:
     'linear' 1 - p, 'cosine' (1 + cos(pi p)) / 2, or '1-sqrt' 1 - sqrt(p) (Hägele et al. 2024).
     decay_steps defaults to 20% of total_steps. The floor is reached at t = T.
@@ -161,7 +161,11 @@ class StepDecay(Schedule):
         return self.gamma ** (t // self.step_size)
 
     def key_steps(self, until):
-        return list(range(0, until + 1, self.step_size))
+        last = min(until, self.step_size * (MARKS - 1))  # the first MARKS drops: as many as a plot shows
+        return list(range(0, last + 1, self.step_size))
+
+
+MARKS = 1000  # phase marks a periodic schedule lists at most (a plot cannot show more)
 
 
 @register("multistep")
@@ -272,7 +276,7 @@ class CosineRestarts(Schedule):
 def linear_warmup(warmup_steps: int, start: float = 0.0) -> Warmup:
     """Linear warmup from `start` to 1 over `warmup_steps` optimizer updates, then 1.
 
-    m(t) = start + (1 - start) * t / W for t < W. start=0 is the seed's `step / warmup_steps` (the first
+    m(t) = start + (1 - start) * t / W for t < W. start=0 is the lesson's `step / warmup_steps` (the first
     update then uses lr 0); start>0 is torch's LinearLR(start_factor=start, total_iters=W).
     """
     return Warmup(Constant(1.0), whole("warmup_steps", warmup_steps), start)
@@ -280,11 +284,11 @@ def linear_warmup(warmup_steps: int, start: float = 0.0) -> Warmup:
 
 @register("warmup_cosine")
 def warmup_cosine(total_steps: int, warmup_steps: int, floor: float = 0.1) -> Warmup:
-    """The Llama-2 recipe of the seeds: linear warmup t / W, then cosine from 1 to `floor` (10% of peak).
+    """The Llama-2 recipe of the lessons: linear warmup t / W, then cosine from 1 to `floor` (10% of peak).
 
     For W <= t: m(t) = floor + (1 - floor) * (1 + cos(pi (t - W) / (T - W))) / 2, reaching the floor at t = T;
-    t and T count optimizer updates. Same values as the seed's lambda, with math.pi for its 3.14159
-    and held at the floor after T (the seed's lambda climbs back up).
+    t and T count optimizer updates. Same values as the lesson's lambda, with math.pi for its 3.14159
+    and held at the floor after T (the lesson's lambda climbs back up).
     """
     total, warm = whole("total_steps", total_steps), whole("warmup_steps", warmup_steps, 0)
     if warm >= total:

@@ -14,7 +14,8 @@ VALIDATION = 360  # held-out images; the other 1,437 train
 
 def classification_problem(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int, batch_size: int,
                            validation: int) -> Problem:
-    """Minibatches drawn by a seeded shuffle per epoch; the last `validation` rows of the split are held out."""
+    """Minibatches drawn by a seeded shuffle per epoch; the last `validation` rows of the split are held
+    out."""
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(10_000 + seed))
     x, y = x[order], y[order]
     x_train, y_train, x_val, y_val = x[:-validation], y[:-validation], x[-validation:], y[-validation:]
@@ -31,7 +32,8 @@ def classification_problem(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s
         epoch, i = divmod(step, per_epoch)
         if epoch not in epochs:
             epochs.clear()
-            epochs[epoch] = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+            shuffle = torch.Generator().manual_seed(seed * 7919 + epoch)
+            epochs[epoch] = torch.randperm(len(x_train), generator=shuffle)
         return epochs[epoch][i * batch_size:(i + 1) * batch_size]
 
     def loss(step: int) -> torch.Tensor:
@@ -41,7 +43,8 @@ def classification_problem(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s
     @torch.no_grad()
     def evaluate() -> dict[str, float]:
         logits = model(x_val)
-        return {"train_loss": criterion(model(x_train), y_train).item(), "val_loss": criterion(logits, y_val).item(),
+        return {"train_loss": criterion(model(x_train), y_train).item(),
+                "val_loss": criterion(logits, y_val).item(),
                 "val_accuracy": (logits.argmax(1) == y_val).float().mean().item()}
 
     return Problem(model=model, loss=loss, evaluate=evaluate)

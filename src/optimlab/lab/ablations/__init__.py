@@ -6,7 +6,7 @@
         print(r.name, r.value, r.unit, r.verdict, r.summary)
     breakit(out="/tmp/breakit")        # all six; writes breakit.png and breakit.json there
 
-Each ablation is a declarative `Ablation` (what is removed, the seed's claim, the measured number
+Each ablation is a declarative `Ablation` (what is removed, the lesson's claim, the measured number
 defined precisely, the verdict rule) in its own module; `run` returns a `Result`. Every run is seeded,
 on one thread, so results repeat exactly.
 """
@@ -24,8 +24,8 @@ from .common import Ablation, Panel, Result, Settings, single_thread
 ABLATIONS: dict[str, Ablation] = {m.ABLATION.name: m.ABLATION
                                   for m in (bias, warmup, decay, clipping, beta2, eps)}
 
-__all__ = ["breakit", "names", "get", "table", "plot", "to_json", "Ablation", "Result", "Panel", "Settings",
-           "ABLATIONS"]
+__all__ = ["breakit", "names", "get", "table", "plot", "write", "to_json", "Ablation", "Result", "Panel",
+           "Settings", "ABLATIONS"]
 
 
 def names() -> list[str]:
@@ -60,11 +60,16 @@ def breakit(names: list[str] | str | None = None, *, quick: bool = False, seeds:
 
     results = run_jobs(_run_one, jobs, workers=workers, progress=progress, unit="ablation")
     if out is not None:
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        plot(results, folder / "breakit.png")
-        (folder / "breakit.json").write_text(json.dumps(to_json(results), indent=2, ensure_ascii=False))
+        write(results, out)
     return results
+
+
+def write(results: list[Result], out: str | os.PathLike) -> None:
+    """breakit.json and breakit.png (one panel per ablation) in the folder `out`, created if needed."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "breakit.json").write_text(json.dumps(to_json(results), indent=2, ensure_ascii=False))
+    plot(results, folder / "breakit.png")
 
 
 def _run_one(job: tuple[str, Settings]) -> Result:
@@ -111,14 +116,12 @@ def _num(x: float) -> str:
 
 def plot(results: list[Result], path: str | os.PathLike) -> None:
     """One panel per ablation: the curves behind its number, titled with the number and the verdict."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend (a notebook's) is left alone
 
     cols = min(3, len(results))
     rows = math.ceil(len(results) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    fig = Figure(figsize=(4.6 * cols, 3.6 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[len(results):]:
         ax.set_visible(False)
     for ax, r in zip(axes.flat, results):
@@ -137,7 +140,6 @@ def plot(results: list[Result], path: str | os.PathLike) -> None:
         ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
     _save_small(fig, path)
-    plt.close(fig)
 
 
 def _save_small(fig, path) -> None:

@@ -106,8 +106,8 @@ def run(settings: Settings) -> Result:
 ABLATION = Ablation(
     name="beta2",
     removed="β₂ = 0.95 (back to the default 0.999) under a non-stationary objective",
-    claim="'lower β₂ = 0.95 so the optimizer doesn't carry stale variance estimates' (seed 000); "
-    "'β₂ → 0.95 for faster adaptation' (000, 001)",
+    claim="'lower β₂ = 0.95 so the optimizer doesn't carry stale variance estimates' "
+    "(lesson curvature-bets); 'β₂ → 0.95 for faster adaptation' (lessons curvature-bets, adamw-recipe)",
     measure="steps after the switch until full-data MSE ≤ 1.2 × the least-squares optimum (linear model on "
     "diabetes, Adam lr 1e-2, batch 32; target y → −y with the loss scale 10 → 0.1), β₂ 0.999 ÷ β₂ 0.95, "
     "per seed, median over 5 seeds; also with the scale kept at 10 (target only)",

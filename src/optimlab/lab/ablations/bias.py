@@ -74,7 +74,7 @@ def _pct(r: float) -> str:
 ABLATION = Ablation(
     name="bias-correction",
     removed="Adam's bias correction (m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ))",
-    claim="'Removing it gives ~10–30% slower initial progress' (seed 000)",
+    claim="'Removing it gives ~10–30% slower initial progress' (lesson curvature-bets)",
     measure=f"steps to reach full-split training loss {TARGET} on digits (evaluated every {EVERY} steps), "
     "without ÷ with bias correction, per seed (same init and batches), median over 5 seeds, at Adam's "
     "default lr 1e-3 (also reported at 1e-2)",

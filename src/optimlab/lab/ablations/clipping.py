@@ -12,7 +12,7 @@ from .common import Ablation, Panel, Result, Settings, digits_data, fmt, median,
 
 EVERY_NTH = 25  # one corrupted batch in 25
 GAIN = 20.0  # its inputs are 20× too large (as if a preprocessing step had been skipped)
-MAX_NORM = 1.0  # clip_grad_norm_ threshold, the usual transformer setting (seed 001)
+MAX_NORM = 1.0  # clip_grad_norm_ threshold, the usual transformer setting (lesson adamw-recipe)
 OPTIMIZERS = {"adam": "adam:lr=1e-3", "sgd": "sgd:lr=0.05,momentum=0.9"}
 SAMPLE = 10
 
@@ -111,8 +111,8 @@ def run(settings: Settings) -> Result:
 ABLATION = Ablation(
     name="clipping",
     removed=f"gradient clipping (clip_grad_norm_ to {MAX_NORM:g})",
-    claim="clipping is 'essential for transformer stability' (001), but for Adam it 'barely matters at "
-    "steady state (Adam already normalises)' (000)",
+    claim="clipping is 'essential for transformer stability' (lesson adamw-recipe), but for Adam it "
+    "'barely matters at steady state (Adam already normalises)' (lesson curvature-bets)",
     measure=f"final full-split training loss on digits with one batch in {EVERY_NTH} scaled ×{GAIN:g}, "
     "without ÷ with clipping, per seed, median over 5 seeds, Adam lr 1e-3 (SGD+momentum lr 0.05 also "
     "reported)",

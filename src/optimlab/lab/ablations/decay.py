@@ -74,7 +74,7 @@ ABLATION = Ablation(
     name="decoupled-decay",
     removed="AdamW's decoupled weight decay (Adam + L2 instead: λθ joins the gradient)",
     claim="with L2 inside Adam, 'parameters with large v̂ get less weight decay'; the quick check asks how "
-    "the per-step decay compares at √v̂ = 10 (seed 001; answer: λ/√v̂ = λ/10 vs λ)",
+    "the per-step decay compares at √v̂ = 10 (lesson adamw-recipe; answer: λ/√v̂ = λ/10 vs λ)",
     measure="effective per-step decay κ of the mean of 65,536 weights given Gaussian gradients of RMS 10 "
     "(so √v̂ ≈ 10), from mean θ after 500 steps relative to a λ = 0 run with the same noise, "
     "κ(Adam + L2) ÷ κ(AdamW), lr 1e-2, λ 0.1",

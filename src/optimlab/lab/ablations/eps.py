@@ -89,7 +89,7 @@ def run(settings: Settings) -> Result:
     summary = (f"with bf16 state ε 1e-8 ends with {ratio:.3f}× the loss of ε 1e-6 "
                f"({fmt(loss['bf16', 1e-8])} vs {fmt(loss['bf16', 1e-6])}) and v never underflows "
                f"({underflow['bf16', 1e-8]:.2%} of entries; fp32: {fmt(median(reference))}): bf16 has fp32's "
-               f"exponent range; the seed's reason is fp16's: "
+               f"exponent range; the lesson's reason is fp16's: "
                f"there v underflows ({underflow['fp16', 1e-6]:.0%}–{underflow['fp16', 1e-8]:.0%} of entries) "
                f"and ε 1e-8 fails in {fp16_bad} of {seeds} seeds ({fmt(loss['fp16', 1e-8])} vs "
                f"{fmt(loss['fp16', 1e-6])} with 1e-6)")
@@ -109,7 +109,7 @@ ABLATION = Ablation(
     name="eps-bf16",
     removed="ε = 1e-6 for low-precision state (back to the default 1e-8)",
     claim="'For mixed-precision (bf16), some recipes use ε = 1e-6 because v̂ can underflow below 1e-8 in "
-    "bf16' (seed 000)",
+    "bf16' (lesson curvature-bets)",
     measure="final full-split training loss of the digits MLP with bf16 parameters and Adam state, ε 1e-8 ÷ "
     "ε 1e-6, per seed, median over 5 seeds (lr 1e-3, 300 steps); with the share of v entries stored as 0 "
     "while m ≠ 0, and the same in fp16 as a control",

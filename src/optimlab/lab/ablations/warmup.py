@@ -62,7 +62,8 @@ ABLATION = Ablation(
     name="warmup",
     removed=f"the {WARMUP}-step linear lr warmup",
     claim="'At step 0, Adam's v̂ is near 0 → the denominator is small → the step is enormous. Warmup keeps η "
-    "small until v̂ stabilises' (000); removing warmup, 'loss diverge[s] in the first 200 steps' (001)",
+    "small until v̂ stabilises' (lesson curvature-bets); removing warmup, 'loss diverge[s] in the first 200 "
+    "steps' (lesson adamw-recipe)",
     measure=f"final training loss (nats, 64 fixed windows) of the charlm post-LN transformer after 100 Adam "
     f"steps at lr {LRS[1]:g}, without minus with a {WARMUP}-step linear warmup, median over 3 seeds "
     f"(also reported at lr {LRS[0]:g})",

@@ -1,4 +1,5 @@
-"""optimlab.lab.claims (this package: lab/claim_checks): the seeds' checkable claims, each measured by a small experiment, with a verdict.
+"""optimlab.lab.claims (this package: lab/claim_checks): the lessons' checkable claims, each measured by a
+small experiment, with a verdict.
 
     from optimlab.lab.claim_checks import claims, report_markdown, to_json, catalogue
     results = claims(["lion-half-state", "amsgrad-fixes-reddi"], quick=True)
@@ -9,7 +10,7 @@
 
 The catalogue is declarative: one `Claim` per claim (seed, quote, experiment, the rule that turns the
 measured numbers into confirmed / refuted / depends), grouped by topic in adam.py, ablated.py (reusing
-Break It's ablations), state.py (state and memory), canyon.py (seed 002's canyon, Reddi) and lrs.py (lr
+Break It's ablations), state.py (state and memory), canyon.py (the canyon lesson, Reddi) and lrs.py (lr
 sweeps). Every run is seeded and on one thread, so the numbers repeat exactly.
 """
 

@@ -102,7 +102,7 @@ def judge_beta2(n) -> Verdict:
 
 CLAIMS = [
     Claim(
-        id="no-bias-correction-slower", seed="000",
+        id="no-bias-correction-slower", seed="curvature-bets",
         claim="Bias correction: 'Removing it gives ~10–30% slower initial progress.'",
         experiment="breakit 'bias-correction': steps to training loss 0.25 on digits, without ÷ with bias "
         "correction, median over seeds, at lr 1e-3 and 1e-2",
@@ -115,7 +115,7 @@ CLAIMS = [
         reference="Kingma & Ba 2015 §3 and §6.4: removing the correction makes early steps larger, unstable "
         "for β₂ → 1"),
     Claim(
-        id="adamw-vs-l2-at-sqrt-v-10", seed="001",
+        id="adamw-vs-l2-at-sqrt-v-10", seed="adamw-recipe",
         claim="Adam + L2: 'λθ is added to the gradient, then scaled by the adaptive term' — so for a "
         "parameter with √v̂ = 10, its per-step weight decay is a tenth of AdamW's (quick check)",
         experiment="breakit 'decoupled-decay': mean of many weights with Gaussian gradients of RMS 10, λ = "
@@ -128,7 +128,7 @@ CLAIMS = [
         f"{fmt(n['kappa_over_lambda_adam_s100'] / n['kappa_over_lambda_adamw_s100'])}× at √v̂ ≈ 100",
         reference="Loshchilov & Hutter 2019 §2"),
     Claim(
-        id="eps-bf16-underflow", seed="000",
+        id="eps-bf16-underflow", seed="curvature-bets",
         claim="'For mixed-precision (bf16), some recipes use ε = 1e-6 because v̂ can underflow below 1e-8 in "
         "bf16.'",
         experiment="the smallest |g| whose v survives one Adam step in bf16, fp16, fp32; breakit 'eps-bf16': "
@@ -144,7 +144,7 @@ CLAIMS = [
         reference="bf16 keeps fp32's 8 exponent bits (smallest normal 1.2e-38); fp16's smallest subnormal is "
         "6e-8: the underflow the seed describes is fp16's"),
     Claim(
-        id="beta2-095-adapts", seed="000",
+        id="beta2-095-adapts", seed="curvature-bets",
         claim="'lower β₂ = 0.95 so the optimizer doesn't carry stale variance estimates' (non-stationary "
         "objectives)",
         experiment="breakit 'beta2': linear model on diabetes whose target flips (and loss scale drops 100×) "

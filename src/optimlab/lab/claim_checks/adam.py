@@ -154,7 +154,8 @@ def judge_first(n) -> Verdict:
 
 
 def no_correction_steps(ctx) -> dict:
-    """|Δθ|/η without bias correction: one step on the canyon (seed 002's setting), and the ratio to the
+    """|Δθ|/η without bias correction: one step on the canyon (the canyon lesson's setting), and the ratio to
+    the
     corrected step under a constant gradient, step by step."""
     p = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
     opt = optimlab.create("adam", [p], lr=0.1, bias_correction=False)
@@ -254,7 +255,7 @@ def judge_clipping(n) -> Verdict:
 
 CLAIMS = [
     Claim(
-        id="adam-scale-invariant", seed="000",
+        id="adam-scale-invariant", seed="curvature-bets",
         claim="'If you multiply the loss by k … Adam's update is the same regardless of loss scale (modulo "
         "ε)'",
         experiment="30 Adam steps (lr 1e-3) on the digits MLP in float64 with the loss × k, k = 1e-10…1e4, "
@@ -264,7 +265,7 @@ CLAIMS = [
         measure=scale_invariance, judge=judge_scale, describe=describe_scale,
         reference="Kingma & Ba 2015 §2.1: the effective step is invariant to the scale of the gradients"),
     Claim(
-        id="adam-steady-step-eta", seed="000",
+        id="adam-steady-step-eta", seed="curvature-bets",
         claim="'Adam's effective LR is η · sign(g) in steady state … the update is \"step η in the direction "
         "of the gradient\", regardless of magnitude'",
         experiment="Adam (lr 1e-3) fed gradients μ + σξ on 4096 coordinates for 2000 steps: mean |Δθ|/η over "
@@ -275,7 +276,7 @@ CLAIMS = [
         describe=describe_steady,
         reference="Kingma & Ba 2015 §2.1: |Δ| ≲ α, smaller when the gradient's sign is uncertain (low SNR)"),
     Claim(
-        id="first-step-not-enormous", seed="000",
+        id="first-step-not-enormous", seed="curvature-bets",
         claim="Warmup: 'At step 0, Adam's v̂ is near 0 → the denominator is small → the step is enormous.'",
         experiment="Adam (lr 1e-3, bias correction on) on the digits MLP: |Δθ|/η of every coordinate on the "
         "first step, v̂₁ against g₁², and the mean |Δθ|/η over the second half of 200 steps",
@@ -288,7 +289,7 @@ CLAIMS = [
         f"{fmt(n['first_median'] / n['later_mean'])}× a typical step",
         reference="Kingma & Ba 2015 §3: bias correction makes v̂₁ = g₁²"),
     Claim(
-        id="no-correction-first-step", seed="003",
+        id="no-correction-first-step", seed="adam-vs-sgd",
         claim="Without bias correction 'early Adam steps would be 10x too small for the first moment and "
         "1000x too small for the second moment …, making initial training extremely slow'",
         experiment="one Adam step without bias correction on the canyon (lr 0.1, g = (200, 2)), and "
@@ -302,7 +303,7 @@ CLAIMS = [
         f"{fmt(n['ratio_at_last'])}× at step {n['steps']}",
         reference="Kingma & Ba 2015 §3: without the correction 'initial steps … are much larger'"),
     Claim(
-        id="clipping-adam-vs-sgd", seed="000",
+        id="clipping-adam-vs-sgd", seed="curvature-bets",
         claim="'Gradient clipping … For SGD: clip → linearly cap step size. For Adam: barely matters at "
         "steady state (Adam already normalises)'",
         experiment="digits MLP, 300 steps, clip_grad_norm_(0.1) on every step vs none, Adam lr 1e-3 and SGD "

@@ -1,4 +1,4 @@
-"""Seed 002's canyon 100x² + y² from (1, 1), and Reddi et al.'s counterexample, raced with real optimizers."""
+"""The canyon 100x² + y² from (1, 1) of the canyon lesson, and Reddi et al.'s counterexample, raced."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def judge_reddi(n) -> Verdict:
 
 CLAIMS = [
     Claim(
-        id="sgd-flips-forever", seed="002",
+        id="sgd-flips-forever", seed="canyon",
         claim="SGD at α = 0.01 on 100x² + y² from (1, 1): 'x flips sign every step. Forever. y creeps down "
         "by 2% each step.'",
         experiment="race('canyon', 'sgd') for 1000 steps (α = 0.01)",
@@ -72,7 +72,7 @@ CLAIMS = [
         f"{fmt(n['max_abs_x_minus_1'])} (1 − 200α = −1 exactly); y × {n['y_ratio_per_step']:.4f} a step, y = "
         f"{fmt(n['y_final'])} at the end"),
     Claim(
-        id="momentum-bounce-tenth", seed="002",
+        id="momentum-bounce-tenth", seed="canyon",
         claim="SGD + momentum (α = 0.01, β = 0.9) on the canyon: at step 1 'the bounce cancelled itself down "
         "to a tenth of the size'",
         experiment="race('canyon', 'momentum') for 60 steps: the x-updates and |x|'s envelope",
@@ -84,7 +84,7 @@ CLAIMS = [
         f"max |x| falls {fmt(n['envelope_first_10'])} → {fmt(n['envelope_last_10'])} from the first to the "
         f"last 10 of {n['steps']} steps, ×{n['envelope_rate_per_step']:.3f} a step (√β = 0.949)"),
     Claim(
-        id="adam-equal-speed", seed="002",
+        id="adam-equal-speed", seed="canyon",
         claim="Adam on the canyon: 'Both x and y move at roughly the same speed, even though their gradient "
         "magnitudes differ by 100×'",
         experiment="race('canyon', 'adam,adam_no_bias_correction') for 200 steps (α = 0.1): max |x − y| "
@@ -94,11 +94,12 @@ CLAIMS = [
         judge=lambda n: confirmed() if max(v for k, v in n.items() if k.endswith("max_abs_x_minus_y")) < 1e-6
         else refuted(),
         describe=lambda n: f"max |x − y| over {n['steps']} steps: {fmt(n['adam_max_abs_x_minus_y'])} (Adam), "
-        f"{fmt(n['adam_no_bias_correction_max_abs_x_minus_y'])} (no bias correction, the seed's variant: x = "
+        f"{fmt(n['adam_no_bias_correction_max_abs_x_minus_y'])} (no bias correction, the lesson's variant: "
+        "x = "
         f"{', '.join(f'{v:.4f}' for v in n['adam_no_bias_correction_first_points'])} after steps 1, 2; with "
         f"the correction {', '.join(f'{v:.4f}' for v in n['adam_first_points'])})"),
     Claim(
-        id="amsgrad-fixes-reddi", seed="000",
+        id="amsgrad-fixes-reddi", seed="curvature-bets",
         claim="Reddi et al.'s 1-D counterexample: 'Adam keeps stepping in the wrong direction. Fix: AMSGrad'",
         experiment="race('reddi', 'adam,amsgrad'): f_t = 3x once every 3 steps, −x otherwise, x ∈ [−1, 1], "
         "β₁ = 0, β₂ = 1/(1 + C²), α = 0.5/√t, 1200 steps",

@@ -7,6 +7,7 @@ import math
 import time
 from typing import Callable
 
+from .. import lessons
 from ..common import fmt, single_thread  # noqa: F401  (fmt is re-exported to the claims)
 
 VERDICTS = ("confirmed", "refuted", "depends")
@@ -38,24 +39,27 @@ def depends(condition: str) -> Verdict:
 
 @dataclasses.dataclass(frozen=True)
 class Claim:
-    """One checkable claim of a seed: the catalogue's entry. The verdict is a rule fixed in advance
+    """One checkable claim of a lesson: the catalogue's entry. The verdict is a rule fixed in advance
     (`judge`, described by `rule`) applied to the measured numbers, never a judgement after the fact."""
 
     id: str  # a short slug
-    seed: str  # the seed file it comes from: "000" … "004"
+    seed: str  # the lesson it comes from, by short name (optimlab.lab.lessons: "canyon", ...)
     claim: str  # quoted or closely paraphrased
     experiment: str  # one line: what is run
     rule: str  # how the verdict follows from the numbers
     measure: Callable[["Context"], dict]  # -> the measured numbers (JSON-friendly)
     judge: Callable[[dict], Verdict]  # numbers -> verdict
     describe: Callable[[dict], str]  # numbers -> the measured finding as one line of text
-    reference: str = ""  # the paper or arithmetic the verdict leans on, where a seed disagrees with it
+    reference: str = ""  # the paper or arithmetic the verdict leans on, where a lesson disagrees with it
+
+    def __post_init__(self):
+        lessons.get(self.seed)  # a lesson's short name, or a clear error at import
 
 
 @dataclasses.dataclass
 class Result:
     id: str
-    seed: str
+    seed: str  # the lesson's short name (the field keeps its name: JSON readers depend on it)
     claim: str
     measured: str
     verdict: str
@@ -66,6 +70,7 @@ class Result:
     numbers: dict
     seconds: float
     quick: bool
+    lesson: str = ""  # the lesson's title
 
     def to_json(self) -> dict:
         return _json_safe(dataclasses.asdict(self))
@@ -99,11 +104,12 @@ def run_claim(entry: Claim, context: Context) -> Result:
     seconds = time.perf_counter() - start
     found = entry.judge(numbers)
     return Result(entry.id, entry.seed, entry.claim, entry.describe(numbers), found.verdict, found.condition,
-                  entry.experiment, entry.rule, entry.reference, numbers, seconds, context.quick)
+                  entry.experiment, entry.rule, entry.reference, numbers, seconds, context.quick,
+                  lessons.get(entry.seed).title)
 
 
 def gb(n_bytes: float) -> str:
-    """Decimal gigabytes, as the seeds count them."""
+    """Decimal gigabytes, as the lessons count them."""
     return f"{n_bytes / 1e9:.4g} GB"
 
 

@@ -154,7 +154,7 @@ def describe_schedulefree(n) -> str:
 
 CLAIMS = [
     Claim(
-        id="sophia-2x-faster", seed="004",
+        id="sophia-2x-faster", seed="modern-variants",
         claim="'Early results show Sophia converging 2x faster than Adam for LLM pre-training' (also: "
         "'Sophia in particular reported 2× speedup on GPT-style pretraining')",
         experiment="charlm (the tiny GPT-style character model), 200 steps, 5% warmup + cosine, weight "
@@ -166,7 +166,7 @@ CLAIMS = [
         reference="Liu et al. 2023: 2× fewer steps, compute and wall-clock time than AdamW on GPT-2 and "
         "GPT NeoX pre-training (125M–6.6B parameters)"),
     Claim(
-        id="schedulefree-no-schedule", seed="004",
+        id="schedulefree-no-schedule", seed="modern-variants",
         claim="Schedule-free Adam 'eliminates the need for learning rate schedules entirely … you only need "
         "to set the base learning rate, not the warmup steps, decay schedule'",
         experiment="digits (400 steps) and charlm (200 steps): schedule-free AdamW at a constant lr, no "

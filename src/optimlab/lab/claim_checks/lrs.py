@@ -136,7 +136,7 @@ def judge_lion_magnitude(n) -> Verdict:
 
 CLAIMS = [
     Claim(
-        id="adam-lr-insensitive", seed="003",
+        id="adam-lr-insensitive", seed="adam-vs-sgd",
         claim="'Adam is much less sensitive to learning rate than SGD … This 10x–100x larger robust LR range "
         "is why Adam is the default'",
         experiment="optimlab.lab.sweep(['sgd', 'adam'], 'digits', lrs='1e-4:10:16', steps=200, seeds=1): "
@@ -145,14 +145,14 @@ CLAIMS = [
         "otherwise",
         measure=SGD_ADAM, judge=judge_sensitivity, describe=lambda n: describe_bands(n, "sgd", "adam")),
     Claim(
-        id="adam-lr-10-100x-smaller", seed="000",
+        id="adam-lr-10-100x-smaller", seed="curvature-bets",
         claim="Adam's step is ≈ η·sign(g): 'Hence LRs are 10–100× smaller for Adam than SGD.'",
         experiment="the same sweep: SGD's best lr ÷ Adam's, each read between grid points (vertex of a "
         "parabola through log-loss at the best lr and its neighbours)",
         rule="confirmed if the ratio is within 10–100× (±25%), refuted otherwise",
         measure=SGD_ADAM, judge=judge_adam_vs_sgd_lr, describe=lambda n: ratio_text(n, "sgd", "adam")),
     Claim(
-        id="lion-lr-3x-smaller", seed="000",
+        id="lion-lr-3x-smaller", seed="curvature-bets",
         claim="Lion 'Requires smaller LR (~3× smaller than AdamW) and larger weight decay'",
         experiment="optimlab.lab.sweep(['adamw', 'lion'], 'digits', lrs='1e-4:0.1:13', steps=200, seeds=1): "
         "AdamW's best lr ÷ Lion's, each read between grid points",
@@ -162,7 +162,7 @@ CLAIMS = [
         describe=lambda n: ratio_text(n, "adamw", "lion") + "; " + describe_bands(n, "adamw", "lion"),
         reference="Chen et al. 2023 §5: Lion's lr is typically 3–10× smaller than AdamW's"),
     Claim(
-        id="lion-larger-lr", seed="003",
+        id="lion-larger-lr", seed="adam-vs-sgd",
         claim="Lion 'Works best with larger learning rates and smaller batch sizes than Adam'",
         experiment="the same sweep (AdamW with its default weight decay 0.01): Lion's best lr ÷ AdamW's",
         rule="confirmed if Lion's best lr is more than 1.25× AdamW's; refuted if less than 1/1.25×; depends "
@@ -170,7 +170,7 @@ CLAIMS = [
         measure=ADAMW_LION, judge=judge_lion_larger, describe=lambda n: ratio_text(n, "lion", "adamw"),
         reference="Chen et al. 2023 §5: a 3–10× smaller lr than AdamW"),
     Claim(
-        id="lion-step-is-eta", seed="004",
+        id="lion-step-is-eta", seed="modern-variants",
         claim="Lion 'uses only the sign of the momentum update … every parameter update has the same "
         "magnitude (η)'",
         experiment="Lion (lr 1e-3, no weight decay) on the digits MLP for 20 steps: |Δθ| of every coordinate "

@@ -14,17 +14,17 @@ def report_markdown(results: list[Result], *, command: str = "optimlab claims",
     tally = ", ".join(f"{counts[v]} {v}" for v in VERDICTS)
     size = "reduced sizes (--quick)" if results and results[0].quick else "full sizes"
     took = f", {seconds:.0f} s" if seconds is not None else ""
-    lines = ["# The seeds' claims, measured", "",
+    lines = ["# The lessons' claims, measured", "",
              f"`{command}`: {len(results)} claims, {tally} ({size}{took}). Each verdict follows from the "
-             "measured numbers by a rule fixed in advance (under each claim below). Where a seed and a paper "
-             "disagree, the paper and the measurement win.", "",
-             "| id | seed | verdict | claim | measured |", "|---|---|---|---|---|"]
+             "measured numbers by a rule fixed in advance (under each claim below). Where a lesson and a "
+             "paper disagree, the paper and the measurement win.", "",
+             "| id | lesson | verdict | claim | measured |", "|---|---|---|---|---|"]
     for r in results:
         verdict = f"**{r.verdict}**" + (f": {r.condition}" if r.condition else "")
         lines.append(f"| `{r.id}` | {r.seed} | {_cell(verdict)} | {_cell(r.claim)} | {_cell(r.measured)} |")
     lines += ["", "## The claims in full", ""]
     for r in results:
-        lines += [f"### `{r.id}` (seed {r.seed}): {r.verdict}", "", f"> {r.claim}", "",
+        lines += [f"### `{r.id}` (lesson {r.seed}): {r.verdict}", "", f"> {r.claim}", "",
                   f"* **Experiment**: {r.experiment}", f"* **Measured**: {r.measured}",
                   f"* **Rule**: {r.rule}",
                   f"* **Verdict**: {r.verdict}" + (f": {r.condition}" if r.condition else "")]
@@ -35,7 +35,9 @@ def report_markdown(results: list[Result], *, command: str = "optimlab claims",
 
 
 def to_json(results: list[Result]) -> dict:
-    """{"claims": [{"id", "seed", "claim", "measured", "verdict", "condition", "experiment", "rule", …}]}"""
+    """{"claims": [{"id", "seed", "lesson", "claim", "measured", "verdict", "condition", "rule", …}]}
+
+    "seed" is the lesson's short name (docs/lessons.md), "lesson" its title."""
     return {"claims": [r.to_json() for r in results]}
 
 

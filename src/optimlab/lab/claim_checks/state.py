@@ -32,7 +32,8 @@ def lion_vs_adam(ctx) -> dict:
             "adam_bytes_per_param": optimlab.spec("adam").state_bytes((4096, 4096)) / n,
             "ratio_by_shape": declared, "shapes": [list(s) for s in SHAPES],
             "ratio_allocated": allocated_state_bytes("lion") / allocated_state_bytes("adam"),
-            # seed 000's table counts bf16-mixed: state with the fp32 master copy, and the whole footprint
+            # the curvature-bets lesson's table counts bf16-mixed: state with the fp32 master copy, and the
+            # whole footprint
             "adam_over_lion_with_master": _with_master("adam") / _with_master("lion"),
             "adam_over_lion_total": plan(1e9, "adam").whole_bytes / plan(1e9, "lion").whole_bytes}
 
@@ -99,7 +100,7 @@ def near(value: float, target: float, tolerance: float = 0.05) -> bool:
 
 CLAIMS = [
     Claim(
-        id="lion-half-state", seed="000",
+        id="lion-half-state", seed="curvature-bets",
         claim="Lion 'drops the second moment entirely … Halves optimizer memory vs Adam.'",
         experiment="state bytes each rule declares (spec.state_bytes) for a 4096², a 768×3072 and a 4096 "
         "fp32 parameter, and the state one real step allocates on a 256→512→10 MLP",
@@ -113,19 +114,20 @@ CLAIMS = [
         f"shape), {fmt(n['ratio_allocated'])} allocated",
         reference="Chen et al. 2023: Lion keeps only the momentum"),
     Claim(
-        id="lion-3x-memory", seed="003",
+        id="lion-3x-memory", seed="adam-vs-sgd",
         claim="Lion: 'approximately 3x memory savings over Adam (one buffer vs two)'",
-        experiment="the same declared and allocated state as lion-half-state; also seed 000's bf16-mixed "
-        "accounting (state + fp32 master) and the whole footprint from the memory planner",
+        experiment="the same declared and allocated state as lion-half-state; also the curvature-bets "
+        "lesson's bf16-mixed accounting (state + fp32 master) and the whole footprint from the memory "
+        "planner",
         rule="confirmed if Adam ÷ Lion state is 2.5–3.5, refuted otherwise",
         measure=shared("lion-vs-adam", lion_vs_adam),
         judge=lambda n: confirmed() if 2.5 <= 1 / n["ratio_by_shape"][0] <= 3.5 else refuted(),
         describe=lambda n: f"Adam ÷ Lion = {fmt(1 / n['ratio_by_shape'][0])}× on optimizer state (one buffer "
         f"against two); {fmt(n['adam_over_lion_with_master'])}× counting the fp32 master copy, "
         f"{fmt(n['adam_over_lion_total'])}× on the whole bf16-mixed footprint",
-        reference="one buffer against two is 2× by arithmetic; seed 000 says 'halves'"),
+        reference="one buffer against two is 2× by arithmetic; the curvature-bets lesson says 'halves'"),
     Claim(
-        id="adafactor-o-d-plus-m", seed="000",
+        id="adafactor-o-d-plus-m", seed="curvature-bets",
         claim="'Adam's v for a (d × m) weight matrix is O(d·m); Adafactor stores O(d + m)'",
         experiment="Adafactor's declared state for 1024², 4096², 4096×16384 and 50257×768 matrices, and the "
         "state a real step allocates for a 512×2048 matrix",
@@ -139,7 +141,7 @@ CLAIMS = [
         + f"; allocated for 512×2048: {n['allocated_512x2048']:,} B = 4(d + m)",
         reference="Shazeer & Stern 2018 §3"),
     Claim(
-        id="adafactor-half-memory", seed="000",
+        id="adafactor-half-memory", seed="curvature-bets",
         claim="Adafactor: '~50% optimizer memory' (table: '~4 (per-row + per-column factored)' B/param of "
         "state)",
         experiment="memory planner on a GPT-2-small shape in bf16-mixed: Adafactor ÷ AdamW for the optimizer "
@@ -155,11 +157,11 @@ CLAIMS = [
         describe=lambda n: f"Adafactor ÷ AdamW: state {n['state_ratio']:.2%} "
         f"({n['adafactor_state_bytes_per_param']:.3f} B/param), state + master "
         f"{n['state_and_master_ratio']:.0%}, whole footprint {n['total_ratio']:.0%}",
-        reference="Shazeer & Stern 2018: factored second moment, no first moment by default; the seed's "
+        reference="Shazeer & Stern 2018: factored second moment, no first moment by default; the lesson's "
         "table puts AdamW's fp32 master copy in its state column, so its ~4 B/param for Adafactor is that "
         "copy"),
     Claim(
-        id="memory-70b-state", seed="000",
+        id="memory-70b-state", seed="curvature-bets",
         claim="'A 70B model in AdamW needs 70e9 × 16 = 1.12 TB of optimizer state'",
         experiment="memory planner: 70e9 parameters, AdamW, bf16-mixed",
         rule="confirmed if the optimizer state, even counted with the fp32 master copy, is within 5% of 1.12 "
@@ -174,7 +176,7 @@ CLAIMS = [
         reference="Rajbhandari et al. 2020 (ZeRO) §3.1: 16Ψ bytes of model states, of which 12Ψ optimizer "
         "states"),
     Claim(
-        id="memory-7b-total", seed="003",
+        id="memory-7b-total", seed="adam-vs-sgd",
         claim="7B model, fp32 Adam: weights 28 GB + Adam states 56 GB, 'Total for training: 84 GB minimum'",
         experiment="memory planner: 7e9 parameters, Adam, fp32",
         rule="confirmed if the planned total is within 5% of 84 GB, refuted otherwise",
@@ -185,7 +187,7 @@ CLAIMS = [
         + ("; 84 GB is this without the gradients"
            if near(n["total_bytes"] - n["gradients_bytes"], 84e9) else "")),
     Claim(
-        id="memory-7b-state", seed="002",
+        id="memory-7b-state", seed="canyon",
         claim="Adam 'stores two extra tensors (m and v) per parameter … For a 7B-parameter model in fp32, "
         "that is 56 GB of optimizer state alone'",
         experiment="memory planner: 7e9 parameters, Adam, fp32",
@@ -194,11 +196,11 @@ CLAIMS = [
         judge=lambda n: confirmed() if near(n["optimizer_state_bytes"], 56e9) else refuted(),
         describe=lambda n: f"optimizer state {gb(n['optimizer_state_bytes'])} (8 B/param)"),
     Claim(
-        id="memory-13b-zero2", seed="000",
+        id="memory-13b-zero2", seed="curvature-bets",
         claim="13B in bf16 + AdamW: 'Total: ~208 GB just for state … With ZeRO-2 across 8 ranks … per-rank ≈ "
         "49 GB → fits'",
         experiment="memory planner: 13e9 parameters, AdamW, bf16-mixed, one rank and ZeRO-2 on 8 ranks",
-        rule="confirmed if both the total and the per-rank figure are within 5% of the seed's, refuted "
+        rule="confirmed if both the total and the per-rank figure are within 5% of the lesson's, refuted "
         "otherwise",
         measure=model_13b,
         judge=lambda n: confirmed()

@@ -123,7 +123,7 @@ def run() -> tuple[str, list[Check], dict]:
 
 
 EXAMPLE = Example(
-    id="adamw-class", lesson="adam-sgd-rmsprop",
+    id="adamw-class", lesson="adam-vs-sgd",
     title="AdamWFromScratch (PyTorch) against optimlab's AdamW",
     setup="the class at its defaults (lr 1e-3, β = (0.9, 0.999), ε = 1e-8, weight_decay 0.01); the lesson "
           "gives "

@@ -150,7 +150,7 @@ def run() -> tuple[str, list[Check], dict]:
 
 
 EXAMPLE = Example(
-    id="compare-on-task", lesson="adam-sgd-rmsprop",
+    id="compare-on-task", lesson="adam-vs-sgd",
     title="compare_optimizers_on_task(): SGD+Nesterov, Adam with L2, AdamW and RMSProp",
     setup=f"digits (scikit-learn's bundled load_digits: 1,437 train / 360 validation images, standardised), "
     f"MLP 64 → {HIDDEN} → {HIDDEN} → 10, cross-entropy, DataLoader(batch_size={BATCH}, shuffle=True), "

@@ -13,20 +13,15 @@ import math
 import time
 from typing import Callable
 
+from .. import lessons as _lessons
 from ..claim_checks.core import VERDICTS, Verdict, confirmed, depends, refuted
 from ..common import fmt, single_thread
 
 __all__ = ["LESSONS", "Check", "Example", "Outcome", "Verdict", "VERDICTS", "confirmed", "refuted", "depends",
            "fmt", "ok", "agree", "bounded", "run_example"]
 
-# The lessons, named by topic (never by file): one table, so that the names line up with docs/lessons.md.
-LESSONS = {
-    "update-rules": "the lesson on update rules, state memory and schedules (SGD to Lion)",
-    "adamw": "the lesson on AdamW and the optimizer lineage",
-    "canyon": "the lesson on the canyon and smart nudging",
-    "adam-sgd-rmsprop": "the lesson on Adam, SGD and RMSProp",
-    "survey": "the survey lesson on SGD, Adam and modern variants",
-}
+# The lessons, named by topic (never by file): the one table in optimlab.lab.lessons, as "the lesson <title>".
+LESSONS = {name: f"the lesson '{lesson.title}'" for name, lesson in _lessons.LESSONS.items()}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -231,7 +231,7 @@ def run() -> tuple[str, list[Check], dict]:
 
 
 EXAMPLE = Example(
-    id="grad-monitoring", lesson="adam-sgd-rmsprop",
+    id="grad-monitoring", lesson="adam-vs-sgd",
     title="train_step_with_clipping and GradientNormMonitor",
     setup=f"the step as printed (norm by per-parameter .item(), clip_grad_norm_(max_norm={MAX_NORM}), step) "
           "on "

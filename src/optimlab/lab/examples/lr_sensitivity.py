@@ -147,7 +147,7 @@ def run() -> tuple[str, list[Check], dict]:
 
 
 EXAMPLE = Example(
-    id="lr-sensitivity", lesson="adam-sgd-rmsprop",
+    id="lr-sensitivity", lesson="adam-vs-sgd",
     title="compare_lr_sensitivity(): plain SGD against Adam at five learning rates",
     setup="nn.Sequential(Linear(1, 16), ReLU, Linear(16, 1)); x = 100 points of linspace(-1, 1), y = "
           "sin(2πx); "

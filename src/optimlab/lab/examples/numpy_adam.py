@@ -193,7 +193,7 @@ def run() -> tuple[str, list[Check], dict]:
 
 
 EXAMPLE = Example(
-    id="numpy-adam", lesson="adam-sgd-rmsprop",
+    id="numpy-adam", lesson="adam-vs-sgd",
     title="AdamOptimizer in NumPy and train_with_numpy_adam()",
     setup="f(x, y) = x² + 10y², params [array([5.0]), array([2.0])], analytic gradients (2x, 20y), lr 0.1, "
     "β = (0.9, 0.999), ε = 1e-8, weight_decay 0, no clipping, 50 steps, a row every 10 steps; compared "

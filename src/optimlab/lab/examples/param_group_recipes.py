@@ -191,7 +191,7 @@ def run() -> tuple[str, list[Check], dict]:
 
 
 EXAMPLE = Example(
-    id="param-group-recipes", lesson="adam-sgd-rmsprop",
+    id="param-group-recipes", lesson="adam-vs-sgd",
     title="configure_layerwise_lr_decay, finetune_optimizer and configure_adamw",
     setup=f"the recipes at their defaults (n_layers {N_LAYERS}, lr_decay {LR_DECAY}, weight_decay {DECAY}; "
     f"base_lr {BASE_LR}) on a small encoder with BERT-like names: embeddings, 12 nn.TransformerEncoderLayer "

@@ -129,7 +129,7 @@ def run() -> tuple[str, list[Check], dict]:
 
 
 EXAMPLE = Example(
-    id="cosine-warmup-recipe", lesson="adamw",
+    id="cosine-warmup-recipe", lesson="adamw-recipe",
     title="AdamW + cosine schedule with warmup, and its Llama-2 lr_lambda",
     setup=f"lr_lambda with warmup_steps {WARMUP:,}, total_steps {TOTAL:,}, 3.14159 and torch.cos as printed, "
     f"evaluated at every step 0–{TOTAL:,} and past it; the recipe's AdamW (lr 3e-4, β (0.9, 0.95), weight "
