@@ -1,4 +1,5 @@
-"""Fault injection: each input that once crashed the interpreter or corrupted parameters, and what it does now.
+"""Fault injection: each input that once crashed the interpreter or corrupted parameters, and what it does
+now.
 
 Whatever could kill the interpreter if the engine regressed (out-of-bounds reads in the C kernel, a
 damaged library mapped into the process) runs in a subprocess, so a regression fails one test instead of
@@ -74,7 +75,8 @@ def test_named_parameters_are_named_in_the_error():
         p.grad = torch.ones_like(p)
     opt.step()
     opt.state[model[0].bias]["exp_avg"] = torch.zeros(5)
-    with pytest.raises(ParameterMismatch, match=r"parameter 1 of group 0 \(0.bias\): state 'exp_avg' has shape"):
+    match = r"parameter 1 of group 0 \(0.bias\): state 'exp_avg' has shape"
+    with pytest.raises(ParameterMismatch, match=match):
         opt.step()
 
 
@@ -194,7 +196,8 @@ for name in ["adamw", "lion", "sgd", "lamb"]:
     for layer in (sharded[0], sharded[2]):
         fully_shard(layer)
     fully_shard(sharded)
-    ref, opt = optimlab.create(name, twin.parameters(), lr=0.05), optimlab.create(name, sharded.parameters(), lr=0.05)
+    ref = optimlab.create(name, twin.parameters(), lr=0.05)
+    opt = optimlab.create(name, sharded.parameters(), lr=0.05)
     x = torch.randn(8, 6, generator=torch.Generator().manual_seed(1))
     for step in range(4):
         for m, o, batch in [(twin, ref, x), (sharded, opt, x[rank * 4:(rank + 1) * 4])]:

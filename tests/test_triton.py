@@ -27,7 +27,8 @@ TRACEABLE = [n for n in optimlab.available() if optimlab.spec(n).rule.traceable]
 
 
 def run(name: str, path: str, dtype=torch.float32, steps: int = 6, **hyper):
-    return train(lambda ps: optimlab.create(name, ps, path=path, **hyper), steps=steps, dtype=dtype, shapes=SHAPES)
+    make = lambda ps: optimlab.create(name, ps, path=path, **hyper)  # noqa: E731
+    return train(make, steps=steps, dtype=dtype, shapes=SHAPES)
 
 
 ULPS = {torch.float32: 1e-5, torch.float64: 1e-12, torch.bfloat16: 2**-6}
@@ -50,7 +51,8 @@ def test_triton_kernels_equal_the_rule_as_written(name, dtype):
 def test_every_flag_reaches_the_triton_kernel(name):
     """Each boolean hyperparameter set to its test value gives the rule-as-written's answer on triton too."""
     spec = optimlab.spec(name)
-    flags = {k: TEST_VALUES[k] for k, v in spec.defaults.items() if isinstance(v, bool) and k not in spec.preset}
+    flags = {k: TEST_VALUES[k] for k, v in spec.defaults.items()
+             if isinstance(v, bool) and k not in spec.preset}
     if flags.get("nesterov"):
         flags["momentum"] = 0.9
     reference, _ = run(name, "tensor", weight_decay=0.1, **flags) if "weight_decay" in spec.defaults else \

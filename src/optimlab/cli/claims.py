@@ -25,7 +25,7 @@ examples:
   optimlab claims --quick --json                    reduced sizes, as JSON
   optimlab claims lion-3x-memory amsgrad-fixes-reddi --out report.md
   optimlab claims --list                            ids, lessons and claims
-  optimlab claims --examples                        the lessons' own worked examples, re-run (a minute)
+  optimlab claims --examples                        the lessons' own worked examples, re-run
   optimlab claims --examples lr-sensitivity         one example alone (--examples --list: their ids)
 """
 
