@@ -109,7 +109,8 @@ def compiler() -> tuple[str, tuple[str, ...]]:
 
 def _probe(cc: str, extra: tuple) -> str | None:
     """What is wrong with building a shared library with `cc`, or None."""
-    source = "int f(void){int s=0;\n#pragma omp parallel for reduction(+:s)\nfor(int i=0;i<4;i++)s+=i;return s;}\n"
+    source = ("int f(void){int s=0;\n#pragma omp parallel for reduction(+:s)\n"
+              "for(int i=0;i<4;i++)s+=i;return s;}\n")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "probe.so"
         try:

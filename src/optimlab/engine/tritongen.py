@@ -110,8 +110,8 @@ def generate(graph: Graph, dtype: torch.dtype, title: str = "") -> str:
                  index={id(n): i for i, n in enumerate(graph.nodes)},
                  slot={id(n): j for j, n in enumerate(per_tensor)},
                  scalars=[n for n in graph.nodes if n.kind == SCALAR and n.op != "const"])
-    out = [f'"""optimlab Triton kernels: {title} ({dtype})"""', "import triton", "import triton.language as tl",
-           "from triton.language.extra import libdevice", "", HELPERS]
+    out = [f'"""optimlab Triton kernels: {title} ({dtype})"""', "import triton",
+           "import triton.language as tl", "from triton.language.extra import libdevice", "", HELPERS]
     for k in range(p.passes):
         out += _element_pass(em, k, STORAGE[dtype], len(per_tensor))
     out += _combine(em, len(per_tensor))
@@ -229,7 +229,8 @@ class Kernel:
         part = torch.empty(nc * nr, dtype=torch.float64, device=device)
         values = _scalar_values(self.graph, h)
         # Per-step numbers in a small device array: arguments that never recompile a kernel.
-        sc = torch.tensor([float(values[id(n)]) for n in self.scalars] or [0.0], dtype=torch.float64).to(device)
+        numbers = [float(values[id(n)]) for n in self.scalars] or [0.0]
+        sc = torch.tensor(numbers, dtype=torch.float64).to(device)
         for k in range(self.plan.passes):
             getattr(self.module, f"pass_{k}")[(nc,)](ptrs, chunk_t, chunk_lo, numel, pt, part, sc,
                                                      NA=na, NPT=npt, NR=nr, BLOCK=BLOCK)
