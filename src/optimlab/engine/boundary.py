@@ -25,14 +25,14 @@ import torch
 
 from .caches import BoundedCache
 from .graph import static_key
-from .rule import Rule, State
+from .rule import State
 
 
 class ParameterMismatch(RuntimeError):
     """A gradient or a state tensor does not fit its parameter."""
 
 
-def admit(rule: Rule, h, kept: dict[str, State], params: list, states: list[dict], describe: Callable) -> None:
+def admit(h, kept: dict[str, State], params: list, states: list[dict], describe: Callable) -> None:
     """Check (and, where torch would, convert in place) each parameter's gradient and state.
 
     `states[i]` is `optimizer.state[params[i]]`; `describe(i)` names parameter i in an error message.
@@ -50,8 +50,9 @@ def admit(rule: Rule, h, kept: dict[str, State], params: list, states: list[dict
             if value is None:
                 continue
             want_shape, want_dtype = expected(s, p, static, h) if s in declared else (shape, dtype)
-            if type(value) is not type(p) and not isinstance(value, torch.Tensor):
-                raise ParameterMismatch(f"{describe(i)}: state {s.key!r} is a {type(value).__name__}, not a tensor")
+            if not isinstance(value, torch.Tensor):
+                kind = type(value).__name__
+                raise ParameterMismatch(f"{describe(i)}: state {s.key!r} is a {kind}, not a tensor")
             if value.shape != want_shape:
                 raise ParameterMismatch(
                     f"{describe(i)}: state {s.key!r} has shape {tuple(value.shape)} but this parameter needs "
@@ -59,7 +60,8 @@ def admit(rule: Rule, h, kept: dict[str, State], params: list, states: list[dict
                 )
             if value.dtype is not want_dtype or value.device != device:
                 if not value.is_floating_point():
-                    raise ParameterMismatch(f"{describe(i)}: state {s.key!r} is {value.dtype}, not floating point")
+                    raise ParameterMismatch(
+                        f"{describe(i)}: state {s.key!r} is {value.dtype}, not floating point")
                 _warn_once(f"optimlab: optimizer state follows its parameter to {want_dtype} on {device} "
                            "(the parameter's dtype or device changed after the state was created)")
                 value = state[s.key] = value.to(device=device, dtype=want_dtype)

@@ -106,7 +106,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         # Parameters that share a step count (and scalar state) share per-step scalars: normally all.
         buckets: dict[tuple, list] = {}
         prepared = [self._prepare(p, h, kept) for p in params]
-        boundary.admit(self.rule, h, kept, params, prepared, lambda i: self._describe(params[i]))
+        boundary.admit(h, kept, params, prepared, lambda i: self._describe(params[i]))
         for p, state in zip(params, prepared):
             buckets.setdefault((float(state["step"]), *(state[k] for k in carried)), []).append((p, state))
         for (step, *values), members in buckets.items():
