@@ -56,10 +56,12 @@ def path_for(name: str, path: str, traceable: bool, foreach, fused, capturable, 
                            "fused kernel; it runs on the per-tensor path")
     if fused:
         wanted = "fused"
-    elif foreach or fused is False:  # torch's multi-tensor loop: optimlab's, where the rule is elementwise
-        wanted = "foreach" if traceable else "tensor"  # (the same results either way)
+    elif foreach:  # torch's multi-tensor loop: optimlab's, where the rule is elementwise (same results)
+        wanted = "foreach" if traceable else "tensor"
     elif foreach is False:
         wanted = "tensor"
+    elif fused is False:  # "not the fused kernel", and foreach left to us
+        wanted = "foreach" if traceable else "tensor"
     else:
         return path
     if path not in ("auto", wanted):
@@ -69,7 +71,8 @@ def path_for(name: str, path: str, traceable: bool, foreach, fused, capturable, 
 
 
 def check_tensor_hyperparameters(name: str, hyper: dict) -> None:
-    """torch.optim refuses tensor lr and betas on its foreach path unless capturable (its error type too)."""
+    """torch.optim.Adam refuses tensor lr and betas on its foreach path unless capturable: so does optimlab's
+    (with the same error type), so that torch code behaves the same; the other optimizers take them."""
     if isinstance(hyper.get("lr"), torch.Tensor):
         raise ValueError(f"{name}: lr as a Tensor is not supported for capturable=False and foreach=True "
                          "(as torch.optim); pass a float, or leave foreach unset")
@@ -92,7 +95,7 @@ def accepting_torch_keywords(init):
             bound.apply_defaults()
             kwargs["path"] = path_for(name, bound.arguments.get("path", "auto"), type(self).rule.traceable,
                                       foreach, fused, capturable, differentiable)
-            if foreach:
+            if foreach and type(self).foreach_refuses_tensors:
                 check_tensor_hyperparameters(name, bound.arguments)
         init(self, params, *args, **kwargs)
         if fused:

@@ -54,6 +54,8 @@ class RuleOptimizer(torch.optim.Optimizer):
     # untouched entries still move with their momentum, as torch's SGD), or "touched" (the rule on the
     # touched entries only, everything else untouched, as torch's Adagrad).
     sparse_gradients: str | None = None
+    # torch.optim.Adam(W) refuses tensor lr/betas with foreach=True (capturable=False): do as torch there.
+    foreach_refuses_tensors: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

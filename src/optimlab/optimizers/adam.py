@@ -44,6 +44,7 @@ class Adam(RuleOptimizer):
 
     rule = adam
     complex_as_real = True
+    foreach_refuses_tensors = True
     checks = {**_checks.COMMON, "betas": _checks.betas}
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
@@ -56,6 +57,7 @@ class AdamW(RuleOptimizer):
 
     rule = adam
     complex_as_real = True
+    foreach_refuses_tensors = True
     checks = Adam.checks
     fixed = {"decoupled_weight_decay": True}
 
