@@ -12,9 +12,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from cases import backward, make_params, paths, train
 
 import optimlab
-from cases import backward, make_params, paths, train
 
 # The optimizers torch.optim has too, with a configuration that keeps every state they can keep.
 SHARED = {
@@ -81,8 +81,8 @@ def test_the_keywords_show_in_the_signature_but_are_not_hyperparameters():
 
 def test_torch_code_with_foreach_and_fused_runs_unchanged_and_matches_torch():
     for keywords in ({"foreach": True}, {"foreach": False}, {"fused": True}):
-        mine, _ = train(lambda ps: optimlab.AdamW(ps, lr=0.01, **keywords), steps=20)
-        theirs, _ = train(lambda ps: torch.optim.AdamW(ps, lr=0.01, **keywords), steps=20)
+        mine, _ = train(lambda ps, kw=keywords: optimlab.AdamW(ps, lr=0.01, **kw), steps=20)
+        theirs, _ = train(lambda ps, kw=keywords: torch.optim.AdamW(ps, lr=0.01, **kw), steps=20)
         for p, q in zip(mine, theirs):
             torch.testing.assert_close(p, q, **CLOSE)
 

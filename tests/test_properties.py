@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cases import NEEDS, paths
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import optimlab
-from cases import NEEDS, paths
 
 # Valid values per hyperparameter name: a new optimizer's new hyperparameter must be added here.
 NUMBER = {"lr": (1e-4, 0.3), "weight_decay": (0.0, 0.2), "momentum": (0.0, 0.95), "dampening": (0.0, 0.9),

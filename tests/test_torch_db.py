@@ -17,15 +17,14 @@ import warnings
 import pytest
 import torch
 
-pytest.importorskip("expecttest")  # torch's test helpers import it (a test dependency of optimlab)
-from torch.testing._internal.common_optimizers import (  # noqa: E402
+from cases import backward, make_params
+from torch.testing._internal.common_optimizers import (
     OptimizerErrorEnum,
     _get_optim_inputs_including_global_cliquey_kwargs,
     optim_db,
 )
 
-import optimlab  # noqa: E402
-from cases import backward, make_params  # noqa: E402
+import optimlab
 
 NAMES = {"SGD": "sgd", "Adagrad": "adagrad", "RMSprop": "rmsprop", "Adam": "adam", "AdamW": "adamw",
          "NAdam": "nadam", "RAdam": "radam", "Adafactor": "adafactor"}
@@ -112,7 +111,7 @@ def test_torch_configuration_matches_torch(info, dtype, kwargs):
         return
     try:
         info.optim_cls(make_params(dtype), **kwargs)
-    except Exception as err:  # torch refuses the configuration itself (tensor lr with foreach=True): so must we
+    except Exception as err:  # noqa: BLE001 -- torch refuses the configuration itself (tensor lr with foreach=True): so must we
         with pytest.raises(type(err)):
             optimlab.create(name, make_params(dtype), **ours)
         return
