@@ -315,6 +315,11 @@ def test_sparse_gradients_are_refused_clearly_elsewhere():
         step(optimlab.Adagrad([table], weight_decay=0.1), table)
     with pytest.raises(RuntimeError, match="per-tensor path"):
         step(optimlab.SGD([table], path="fused"), table)
+    opt = optimlab.SGD([table])
+    table.grad = torch.sparse_coo_tensor(torch.tensor([[0]]), torch.ones(1, 2), (3, 2))
+    table.grad.data = torch.sparse_coo_tensor(torch.tensor([[0]]), torch.ones(1, 5), (3, 5))  # torch lets it
+    with pytest.raises(RuntimeError, match=r"sparse gradient is \(3, 5\)"):
+        opt.step()
     assert torch.equal(table, torch.zeros(3, 2))
 
 

@@ -203,6 +203,9 @@ class RuleOptimizer(torch.optim.Optimizer):
         name = type(self).__name__
         if self.sparse_gradients is None:
             raise RuntimeError(f"{name} does not support sparse gradients (torch.optim's SGD and Adagrad do)")
+        if p.grad.shape != p.shape or p.grad.dtype != p.dtype or p.grad.device != p.device:
+            raise RuntimeError(f"{name}: the sparse gradient is {tuple(p.grad.shape)} {p.grad.dtype} on "
+                               f"{p.grad.device}, its parameter {tuple(p.shape)} {p.dtype} on {p.device}")
         if self.path in ("foreach", "fused"):
             raise RuntimeError(f"{name}: sparse gradients run on the per-tensor path; use path='auto' or "
                                f"'tensor' (or foreach=None), not {self.path!r}")
