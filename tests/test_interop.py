@@ -148,23 +148,27 @@ def test_booleans_given_as_one_and_zero_in_a_param_group(path):
         optimlab.Adam(make_params(), amsgrad=2)
 
 
-def test_a_numpy_lr_from_a_schedule_compiles_nothing_after_the_first_step():
-    """LambdaLR computing with np.cos hands the optimizer np.float64: a dynamic number, never a new kernel."""
-    from optimlab.engine import native
+def test_a_numpy_lr_from_a_schedule_compiles_nothing_after_the_first_step(monkeypatch):
+    """LambdaLR computing with np.cos hands the optimizer np.float64: a dynamic number, never a new kernel
+    (neither generated nor compiled: the same source would be found in the disk cache)."""
+    from optimlab.engine import cgen, native
 
+    generated = []
+    generate = cgen.generate
+    monkeypatch.setattr(cgen, "generate", lambda *a, **k: generated.append(1) or generate(*a, **k))
     params = make_params(torch.float32)
     opt = optimlab.AdamW(params, path="fused")
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: np.cos(np.pi * s / 400))
     backward(params, 0)
     opt.step()
     schedule.step()
-    compiled = native.compiles
+    compiled, kernels = native.compiles, len(generated)
     for step in range(1, 200):
         backward(params, step)
         opt.step()
         schedule.step()
     assert type(opt.param_groups[0]["lr"]) is np.float64
-    assert native.compiles == compiled
+    assert (native.compiles, len(generated)) == (compiled, kernels)
 
 
 # --- checkpoints both ways with torch.optim ------------------------------------------------------
