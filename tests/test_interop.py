@@ -413,3 +413,13 @@ def test_an_inf_parameter_without_weight_decay_stays_inf_as_torch(name, hp, path
     theirs = run(lambda ps: TORCH[name](ps, weight_decay=0.0, **hp))
     assert theirs[:2].isinf().all()
     torch.testing.assert_close(mine, theirs, **CLOSE)
+
+
+def test_optimlab_diff_shows_guarded_weight_decay_as_written():
+    """A zero weight decay is a different kernel, not a different rule: the diff shows the rule as written."""
+    from optimlab.source import describe, diff
+
+    assert diff("adam", "adam:weight_decay=0.1") == ""
+    _, lines = describe("sgd")  # weight_decay=0 by default: its line is still shown, and the guard is not
+    assert any(line.strip().startswith("g = g + h.weight_decay * θ") for line in lines)
+    assert not any("h.decays" in line for line in lines)
