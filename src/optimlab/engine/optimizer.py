@@ -116,8 +116,9 @@ class RuleOptimizer(torch.optim.Optimizer):
                 values[key] = interop.plain_number(value)
         return cls.rule.with_flags(values)
 
-    # Outside Dynamo on purpose: under torch.compile(opt.step) the step runs eagerly (its own fast paths)
-    # instead of being traced, where every new lr would guard-fail and recompile (docs/engine.md).
+    # Outside Dynamo on purpose: under torch.compile(opt.step) the step runs eagerly on its own fast paths.
+    # The engine is a compiler of its own (tracing, caches, ctypes calls): Dynamo would trace into it and
+    # break its graph there, step after step (docs/engine.md).
     @torch.compiler.disable
     @torch.no_grad()
     def step(self, closure=None):
