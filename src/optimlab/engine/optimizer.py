@@ -35,6 +35,10 @@ def _flag_names(cls) -> frozenset:
     return frozenset(k for k, v in [*_signature_defaults(cls), *cls.fixed.items()] if isinstance(v, bool))
 
 
+def _same(x):
+    return x
+
+
 def _as_real(x):
     """A complex tensor as a real one with a trailing dimension of 2 (a view: writes reach the original)."""
     return torch.view_as_real(x) if x is not None and x.is_complex() else x
@@ -147,18 +151,25 @@ class RuleOptimizer(torch.optim.Optimizer):
             t = int(step) + 1
             scalars = self.rule.step_scalars(h, t, dict(zip(carried, values)))
             hs = SimpleNamespace(**vars(h), **scalars)
-            dense = [(p, state) for p, state in members if not p.grad.is_sparse]
+            dense = members
+            if self.sparse_gradients is not None:  # (other optimizers refused sparse gradients in _prepare)
+                dense = [(p, state) for p, state in members if not p.grad.is_sparse]
+                for p, state in members:
+                    if p.grad.is_sparse:
+                        self._step_sparse(p, state, hs, kept)
             if dense:
-                states = {sym: [_as_real(state.get(s.key)) for _, state in dense] for sym, s in kept.items()}
-                paths.run(self.path, self.rule, hs, [_as_real(p) for p, _ in dense],
-                          [_as_real(p.grad) for p, _ in dense], states)
-            for p, state in members:
-                if p.grad.is_sparse:
-                    self._step_sparse(p, state, hs, kept)
+                self._step_dense(hs, kept, dense)
             for _, state in members:
                 state["step"] = float(t)  # a Python number: counting 200 tensors' steps costs nothing
                 for key in carried:
                     state[key] = scalars[key]
+
+    def _step_dense(self, h: SimpleNamespace, kept: dict, members: list) -> None:
+        """Parameters with dense gradients, on the chosen path; complex ones as real views."""
+        view = _as_real if self.complex_as_real and any(p.is_complex() for p, _ in members) else _same
+        states = {sym: [view(state.get(s.key)) for _, state in members] for sym, s in kept.items()}
+        paths.run(self.path, self.rule, h, [view(p) for p, _ in members], [view(p.grad) for p, _ in members],
+                  states)
 
     def _step_sparse(self, p: torch.Tensor, state: dict, h: SimpleNamespace, kept: dict) -> None:
         """One parameter with a sparse gradient, on the per-tensor path (see `sparse_gradients`)."""
