@@ -105,9 +105,10 @@ def accepting_torch_keywords(init):
                                    f"kernel); got parameters on {sorted(devices)}: use foreach=True")
 
     extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=d)
-             for k, d in zip(TORCH_KEYWORDS, (None, None, False, False))]
+             for k, d in zip(TORCH_KEYWORDS, (None, None, False, False)) if k not in signature.parameters]
     params = list(signature.parameters.values())
-    __init__.__signature__ = signature.replace(parameters=params + extra)
+    rest = [p for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]  # **kwargs stays last
+    __init__.__signature__ = signature.replace(parameters=[p for p in params if p not in rest] + extra + rest)
     return __init__
 
 
