@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import torch
 
+from .engine.interop import TORCH_KEYWORDS
 from .engine.optimizer import RuleOptimizer
 from .settings import parse
 
@@ -48,7 +49,7 @@ class Spec:
     def check_names(self, hyper: dict) -> None:
         valid = self.defaults
         for key in hyper:
-            if key not in valid and key != "path":
+            if key not in valid and key not in ("path", *TORCH_KEYWORDS):
                 hint = difflib.get_close_matches(key, list(valid), n=1)
                 raise ValueError(
                     f"{self.name} has no hyperparameter {key!r}"

@@ -70,8 +70,9 @@ def rule_source(found: Spec, hyper: dict) -> list[str]:
     rule = found.rule
     parts = [rule.scalars, rule.update] if rule.scalars else [rule.update]
     out: list[str] = []
+    flags = {**vars(h), **{name: True for name in rule.guards}}  # guarded terms shown as written
     for fn in parts:
-        out += specialize(fn, vars(h)) + [""]
+        out += specialize(fn, flags) + [""]
     return out
 
 

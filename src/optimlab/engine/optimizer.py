@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from . import boundary, paths
+from . import boundary, interop, paths
 from .rule import Rule
 
 
@@ -26,7 +26,22 @@ def hyperparameters(local_vars: dict) -> dict:
 @functools.cache
 def _signature_defaults(cls) -> tuple:
     return tuple((k, p.default) for k, p in inspect.signature(cls.__init__).parameters.items()
-                 if p.default is not inspect.Parameter.empty and k != "path")
+                 if p.default is not inspect.Parameter.empty and k not in ("path", *interop.TORCH_KEYWORDS))
+
+
+@functools.cache
+def _flag_names(cls) -> frozenset:
+    """Hyperparameters that are booleans (their default is), where 0 and 1 also mean False and True."""
+    return frozenset(k for k, v in [*_signature_defaults(cls), *cls.fixed.items()] if isinstance(v, bool))
+
+
+def _same(x):
+    return x
+
+
+def _as_real(x):
+    """A complex tensor as a real one with a trailing dimension of 2 (a view: writes reach the original)."""
+    return torch.view_as_real(x) if x is not None and x.is_complex() else x
 
 
 class RuleOptimizer(torch.optim.Optimizer):
@@ -37,6 +52,19 @@ class RuleOptimizer(torch.optim.Optimizer):
     unpack: dict[str, tuple[str, ...]] = {"betas": ("beta1", "beta2")}
     # hyperparameters this class fixes for its rule (AdamW: the Adam rule with decoupled decay)
     fixed: dict = {}
+    # Complex parameters run as real ones (torch.view_as_real), as torch does where the rule is elementwise.
+    complex_as_real: bool = False
+    # Sparse gradients, as torch has them: None (refused), "dense" (the rule on the densified gradient:
+    # untouched entries still move with their momentum, as torch's SGD), or "touched" (the rule on the
+    # touched entries only, everything else untouched, as torch's Adagrad).
+    sparse_gradients: str | None = None
+    # torch.optim.Adam(W) refuses tensor lr/betas with foreach=True (capturable=False): do as torch there.
+    foreach_refuses_tensors: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in vars(cls):  # torch's foreach=, fused=, capturable=, differentiable= (see interop.py)
+            cls.__init__ = interop.accepting_torch_keywords(cls.__init__)
 
     def __init__(self, params, path: str = "auto", **hyper):
         self._check(hyper)
@@ -49,8 +77,8 @@ class RuleOptimizer(torch.optim.Optimizer):
         name = type(self).__name__
         for key, value in hyper.items():
             default = self.defaults_signature().get(key)
-            if isinstance(default, bool) and not isinstance(value, bool):
-                raise ValueError(f"{name}: {key} must be True or False, got {value!r}")
+            if isinstance(default, bool) and interop.as_flag(value) is None:
+                raise ValueError(f"{name}: {key} must be True or False (or 1 or 0), got {value!r}")
             check = self.checks.get(key)
             problem = check(value) if check else None
             if problem:
@@ -75,17 +103,24 @@ class RuleOptimizer(torch.optim.Optimizer):
 
     @classmethod
     def namespace(cls, hyper: dict) -> SimpleNamespace:
-        """`h` from hyperparameter values: tensors read as numbers, tuples unpacked, the rule's flags derived."""
+        """`h` from hyperparameter values, the one place that builds it: every number (Python, numpy, 0-d
+        tensor) a plain Python number, so compiled paths take it as a dynamic value and never recompile for
+        it; booleans given as 0/1 as booleans; tuples unpacked; the rule's flags derived."""
         values = {}
+        flags = _flag_names(cls)
         for key, value in hyper.items():
-            if isinstance(value, torch.Tensor):
-                value = value.item()
             if key in cls.unpack:
-                values.update(zip(cls.unpack[key], value))
+                values.update(zip(cls.unpack[key], map(interop.plain_number, value)))
+            elif key in flags:
+                values[key] = interop.as_flag(value)
             else:
-                values[key] = value
+                values[key] = interop.plain_number(value)
         return cls.rule.with_flags(values)
 
+    # Outside Dynamo on purpose: under torch.compile(opt.step) the step runs eagerly on its own fast paths.
+    # The engine is a compiler of its own (tracing, caches, ctypes calls): Dynamo would trace into it and
+    # break its graph there, step after step (docs/engine.md).
+    @torch.compiler.disable
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
@@ -106,33 +141,68 @@ class RuleOptimizer(torch.optim.Optimizer):
         # Parameters that share a step count (and scalar state) share per-step scalars: normally all.
         buckets: dict[tuple, list] = {}
         prepared = [self._prepare(p, h, kept) for p in params]
-        boundary.admit(h, kept, params, prepared, lambda i: self._describe(params[i]))
+        # Every dense gradient and its state pass the boundary; sparse ones are checked in _check_sparse.
+        dense = [(p, state) for p, state in zip(params, prepared)
+                 if self.sparse_gradients is None or not p.grad.is_sparse]
+        boundary.admit(h, kept, [p for p, _ in dense], [state for _, state in dense],
+                       lambda i: self._describe(dense[i][0]))
         for p, state in zip(params, prepared):
-            buckets.setdefault((float(state["step"]), *(state[k] for k in carried)), []).append((p, state))
+            key = (float(state["step"]), *(float(state[k]) for k in carried))
+            buckets.setdefault(key, []).append((p, state))
         for (step, *values), members in buckets.items():
             t = int(step) + 1
             scalars = self.rule.step_scalars(h, t, dict(zip(carried, values)))
-            states = {sym: [state.get(s.key) for _, state in members] for sym, s in kept.items()}
-            bucket = [p for p, _ in members]
-            paths.run(self.path, self.rule, SimpleNamespace(**vars(h), **scalars), bucket,
-                      [p.grad for p in bucket], states)
+            hs = SimpleNamespace(**vars(h), **scalars)
+            dense = members
+            if self.sparse_gradients is not None:  # (other optimizers refused sparse gradients in _prepare)
+                dense = [(p, state) for p, state in members if not p.grad.is_sparse]
+                for p, state in members:
+                    if p.grad.is_sparse:
+                        self._step_sparse(p, state, hs, kept)
+            if dense:
+                self._step_dense(hs, kept, dense)
             for _, state in members:
                 state["step"] = float(t)  # a Python number: counting 200 tensors' steps costs nothing
                 for key in carried:
                     state[key] = scalars[key]
 
+    def _step_dense(self, h: SimpleNamespace, kept: dict, members: list) -> None:
+        """Parameters with dense gradients, on the chosen path; complex ones as real views."""
+        view = _as_real if self.complex_as_real and any(p.is_complex() for p, _ in members) else _same
+        states = {sym: [view(state.get(s.key)) for _, state in members] for sym, s in kept.items()}
+        paths.run(self.path, self.rule, h, [view(p) for p, _ in members], [view(p.grad) for p, _ in members],
+                  states)
+
+    def _step_sparse(self, p: torch.Tensor, state: dict, h: SimpleNamespace, kept: dict) -> None:
+        """One parameter with a sparse gradient, on the per-tensor path (see `sparse_gradients`)."""
+        grad = p.grad.coalesce()  # duplicate indices summed: the update is not linear in them
+        targets = {sym: state.get(s.key) for sym, s in kept.items()}
+        if self.sparse_gradients == "dense":
+            paths.run("tensor", self.rule, h, [p], [grad.to_dense()], {k: [v] for k, v in targets.items()})
+            return
+        where = tuple(grad.indices())  # "touched": gather those entries, run the rule on them, scatter back
+        rows = {sym: None if v is None else v[where] for sym, v in targets.items()}
+        θ = p.detach()[where]
+        paths.run("tensor", self.rule, h, [θ], [grad.values()], {k: [v] for k, v in rows.items()})
+        p.detach().index_put_(where, θ)
+        for sym, v in rows.items():
+            if v is not None:
+                targets[sym].index_put_(where, v)
+
     def _prepare(self, p: torch.Tensor, h: SimpleNamespace, kept: dict) -> dict:
         """The state of parameter p, with whatever it lacks created (all of it on its first step)."""
         if p.grad.is_sparse:
-            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            self._check_sparse(p, h)
         state = self.state[p]
         if "step" not in state:
             self._check_parameter(p)
-            state["step"] = 0.0  # a torch checkpoint's tensor step also works: it is read with float()
+            state["step"] = 0.0  # a Python float: see interop.py (a checkpoint keeps it as a tensor)
             state.update(self.rule.scalar_state)
         for s in kept.values():
             if s.key not in state and self.rule.keeps(s, p):  # also one a flag switched on mid-run
-                state[s.key] = s.create(p.detach(), h)
+                # On the real view for a complex parameter: torch's Adagrad starts it at v + vi.
+                made = s.create(_as_real(p.detach()), h)
+                state[s.key] = torch.view_as_complex(made) if p.is_complex() else made
         return state
 
     def _describe(self, p: torch.Tensor) -> str:
@@ -146,12 +216,40 @@ class RuleOptimizer(torch.optim.Optimizer):
 
     def _check_parameter(self, p: torch.Tensor) -> None:
         name = type(self).__name__
-        if p.is_complex():
-            raise RuntimeError(f"{name} does not support complex parameters; view them with torch.view_as_real")
-        if not p.is_floating_point():
+        if p.is_complex() and not self.complex_as_real:
+            raise RuntimeError(f"{name} does not support complex parameters (its rule is not the same on the "
+                               "real and imaginary parts taken apart); view them with torch.view_as_real")
+        if not p.is_floating_point() and not p.is_complex():
             raise RuntimeError(f"{name} can only optimize floating-point parameters, got {p.dtype}")
 
+    def _check_sparse(self, p: torch.Tensor, h: SimpleNamespace) -> None:
+        name = type(self).__name__
+        if self.sparse_gradients is None:
+            raise RuntimeError(f"{name} does not support sparse gradients (torch.optim's SGD and Adagrad do)")
+        if p.grad.shape != p.shape or p.grad.dtype != p.dtype or p.grad.device != p.device:
+            raise RuntimeError(f"{name}: the sparse gradient is {tuple(p.grad.shape)} {p.grad.dtype} on "
+                               f"{p.grad.device}, its parameter {tuple(p.shape)} {p.dtype} on {p.device}")
+        if self.path in ("foreach", "fused"):
+            raise RuntimeError(f"{name}: sparse gradients run on the per-tensor path; use path='auto' or "
+                               f"'tensor' (or foreach=None), not {self.path!r}")
+        if p.is_complex():
+            raise RuntimeError(f"{name} does not support sparse gradients of complex parameters")
+        if h.weight_decay != 0:
+            raise RuntimeError(f"{name}: weight_decay is not compatible with sparse gradients (as torch)")
+
+    def state_dict(self) -> dict:
+        """torch's state_dict, with `step` and scalar state as 0-d tensors, as torch.optim keeps them."""
+        saved = super().state_dict()
+        carried = tuple(self.rule.scalar_state)
+        saved["state"] = {i: interop.state_to_torch(s, carried) for i, s in saved["state"].items()}
+        return saved
+
     def load_state_dict(self, state_dict: dict) -> None:
+        """Loads optimlab's and torch.optim's checkpoints (tensor steps and scalar state read as floats)."""
+        carried = tuple(self.rule.scalar_state)
+        keys = [s.key for s in self.rule.state.values()]
+        state_dict = {**state_dict, "state": {i: interop.state_from_torch(s, carried, keys)
+                                              for i, s in state_dict["state"].items()}}
         super().load_state_dict(state_dict)
         for group in self.param_groups:  # a torch.optim checkpoint lacks optimlab-only hyperparameters
             for key, _ in _signature_defaults(type(self)):

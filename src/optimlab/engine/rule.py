@@ -51,11 +51,17 @@ class Rule:
     scalars: Callable | None = None  # (h, t, previous scalar state) -> dict of per-step scalars
     flags: Mapping[str, Callable] = dataclasses.field(default_factory=dict)  # static flags from hparams
     scalar_state: Mapping[str, float] = dataclasses.field(default_factory=dict)  # e.g. NAdam's μ product
+    # Static flags true where a hyperparameter is nonzero (flag -> hyperparameter): a rule branches on
+    # one so that a zero weight decay never computes 0·θ, which is NaN for an inf θ (torch skips it too).
+    # `optimlab diff` shows their branches as taken: the rule as written.
+    guards: Mapping[str, str] = dataclasses.field(default_factory=dict)
     traceable: bool = True  # False: the math is not elementwise (+ per-tensor sums); per-tensor path only
 
     def with_flags(self, hyper: Mapping) -> SimpleNamespace:
         """The namespace `h` for a parameter group: hyperparameters plus the flags derived from them."""
         h = SimpleNamespace(**hyper)
+        for name, hyperparameter in self.guards.items():
+            setattr(h, name, getattr(h, hyperparameter) != 0)
         for name, derive in self.flags.items():
             setattr(h, name, bool(derive(h)))
         return h
@@ -87,6 +93,7 @@ def rule(
     flags: Mapping[str, Callable] | None = None,
     scalar_state: Mapping[str, float] | None = None,
     traceable: bool = True,
+    guards: Mapping[str, str] | None = None,
 ) -> Callable[[Callable], Rule]:
     """Declare an update rule; see the module docstring."""
 
@@ -105,6 +112,7 @@ def rule(
             flags=dict(flags or {}),
             scalar_state=dict(scalar_state or {}),
             traceable=traceable,
+            guards=dict(guards or {}),
         )
 
     return declare

@@ -28,6 +28,8 @@ def fraction(v):
 
 def betas(v):
     ok = isinstance(v, (tuple, list)) and len(v) == 2 and all(fraction(b) is None for b in v)
+    if ok and len({isinstance(b, torch.Tensor) for b in v}) > 1:  # torch refuses the mix (ValueError too)
+        return "must be both numbers or both tensors"
     return None if ok else "must be a pair of numbers in [0, 1)"
 
 

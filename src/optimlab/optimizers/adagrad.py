@@ -17,19 +17,23 @@ def initial_accumulator(θ, h):
     return torch.full_like(θ, h.initial_accumulator_value, memory_format=torch.contiguous_format)
 
 
-@rule(state={"G": State("sum", init=initial_accumulator)}, scalars=decayed_lr)
+@rule(state={"G": State("sum", init=initial_accumulator)}, scalars=decayed_lr,
+      guards={"decays": "weight_decay"})
 def adagrad(h, θ, g, G):
     """Adagrad (Duchi et al. 2011): divide by the root of all squared gradients so far."""
-    g = g + h.weight_decay * θ  # L2
+    if h.decays:
+        g = g + h.weight_decay * θ  # L2
     G = G + g * g  # the sum only grows, so every coordinate's step only shrinks
     θ = θ - h.clr * g / (torch.sqrt(G) + h.eps)
     return θ, G
 
 
 class Adagrad(RuleOptimizer):
-    """torch.optim.Adagrad's rule and hyperparameters (dense gradients)."""
+    """torch.optim.Adagrad's rule and hyperparameters; a sparse gradient updates only what it touches."""
 
     rule = adagrad
+    complex_as_real = True
+    sparse_gradients = "touched"
     checks = {**_checks.COMMON, "lr_decay": _checks.nonnegative, "initial_accumulator_value": _checks.nonnegative}
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10,

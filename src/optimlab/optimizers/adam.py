@@ -17,13 +17,14 @@ def bias_corrections(h, t, carried):
 
 
 @rule(state={"m": "exp_avg", "v": "exp_avg_sq", "v_max": State("max_exp_avg_sq", when="amsgrad")},
-      scalars=bias_corrections)
+      scalars=bias_corrections, guards={"decays": "weight_decay"})
 def adam(h, θ, g, m, v, v_max):
     """Adam (Kingma & Ba 2015, Alg. 1), AdamW (Loshchilov & Hutter 2019, Alg. 2), AMSGrad (Reddi et al. 2018)."""
-    if h.decoupled_weight_decay:
-        θ = θ * (1 - h.lr * h.weight_decay)  # AdamW: shrink θ itself, at the same rate everywhere
-    else:
-        g = g + h.weight_decay * θ  # Adam: L2 joins the gradient, so it too gets divided by √v̂
+    if h.decays:
+        if h.decoupled_weight_decay:
+            θ = θ * (1 - h.lr * h.weight_decay)  # AdamW: shrink θ itself, at the same rate everywhere
+        else:
+            g = g + h.weight_decay * θ  # Adam: L2 joins the gradient, so it too gets divided by √v̂
     m = h.beta1 * m + (1 - h.beta1) * g  # first moment: EMA of g
     v = h.beta2 * v + (1 - h.beta2) * g * g  # second moment: EMA of g²
     m_hat = m / h.bc1
@@ -42,6 +43,8 @@ class Adam(RuleOptimizer):
     """
 
     rule = adam
+    complex_as_real = True
+    foreach_refuses_tensors = True
     checks = {**_checks.COMMON, "betas": _checks.betas}
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
@@ -53,6 +56,8 @@ class AdamW(RuleOptimizer):
     """Adam with decoupled weight decay: θ ← θ(1 − ηλ) − η m̂/(√v̂ + ε). Torch's defaults (λ = 0.01)."""
 
     rule = adam
+    complex_as_real = True
+    foreach_refuses_tensors = True
     checks = Adam.checks
     fixed = {"decoupled_weight_decay": True}
 

@@ -18,13 +18,15 @@ def momentum_schedule(h, t, carried):
             "bc2": 1 - h.beta2**t}
 
 
-@rule(state={"m": "exp_avg", "v": "exp_avg_sq"}, scalars=momentum_schedule, scalar_state={"mu_product": 1.0})
+@rule(state={"m": "exp_avg", "v": "exp_avg_sq"}, scalars=momentum_schedule, scalar_state={"mu_product": 1.0},
+      guards={"decays": "weight_decay"})
 def nadam(h, θ, g, m, v):
     """NAdam (Dozat 2016): Adam whose first moment takes Nesterov's look-ahead."""
-    if h.decoupled_weight_decay:
-        θ = θ * (1 - h.lr * h.weight_decay)  # as AdamW
-    else:
-        g = g + h.weight_decay * θ  # as Adam
+    if h.decays:
+        if h.decoupled_weight_decay:
+            θ = θ * (1 - h.lr * h.weight_decay)  # as AdamW
+        else:
+            g = g + h.weight_decay * θ  # as Adam
     m = h.beta1 * m + (1 - h.beta1) * g
     v = h.beta2 * v + (1 - h.beta2) * g * g
     denom = torch.sqrt(v / h.bc2) + h.eps
@@ -37,6 +39,7 @@ class NAdam(RuleOptimizer):
     """torch.optim.NAdam's rule and hyperparameters."""
 
     rule = nadam
+    complex_as_real = True
     checks = {**_checks.COMMON, "betas": _checks.betas, "momentum_decay": _checks.nonnegative}
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,

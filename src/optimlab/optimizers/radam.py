@@ -19,13 +19,14 @@ def rectification(h, t, carried):
     return {"bc1": 1 - h.beta1**t, "sqrt_bc2": bc2**0.5, "rectified": rectified, "r": r}
 
 
-@rule(state={"m": "exp_avg", "v": "exp_avg_sq"}, scalars=rectification)
+@rule(state={"m": "exp_avg", "v": "exp_avg_sq"}, scalars=rectification, guards={"decays": "weight_decay"})
 def radam(h, θ, g, m, v):
     """RAdam (Liu et al. 2020): use the adaptive lr only once its variance is tractable."""
-    if h.decoupled_weight_decay:
-        θ = θ * (1 - h.lr * h.weight_decay)
-    else:
-        g = g + h.weight_decay * θ
+    if h.decays:
+        if h.decoupled_weight_decay:
+            θ = θ * (1 - h.lr * h.weight_decay)
+        else:
+            g = g + h.weight_decay * θ
     m = h.beta1 * m + (1 - h.beta1) * g
     v = h.beta2 * v + (1 - h.beta2) * g * g
     m_hat = m / h.bc1
@@ -41,6 +42,7 @@ class RAdam(RuleOptimizer):
     """torch.optim.RAdam's rule and hyperparameters."""
 
     rule = radam
+    complex_as_real = True
     checks = {**_checks.COMMON, "betas": _checks.betas}
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,

@@ -13,10 +13,11 @@ def first_step_undamped(h, t, carried):
 
 
 @rule(state={"b": State("momentum_buffer", when="heavy_ball")}, flags={"heavy_ball": lambda h: h.momentum != 0},
-      scalars=first_step_undamped)
+      scalars=first_step_undamped, guards={"decays": "weight_decay"})
 def sgd(h, θ, g, b):
     """SGD (Robbins & Monro 1951) with momentum (Polyak 1964) or Nesterov's look-ahead (Sutskever et al. 2013)."""
-    g = g + h.weight_decay * θ  # L2
+    if h.decays:
+        g = g + h.weight_decay * θ  # L2
     if h.heavy_ball:
         b = h.momentum * b + (1 - h.damp) * g  # velocity: b ← μ b + (1 − τ) g
         if h.nesterov:
@@ -31,6 +32,8 @@ class SGD(RuleOptimizer):
     """torch.optim.SGD's rule and hyperparameters."""
 
     rule = sgd
+    complex_as_real = True
+    sparse_gradients = "dense"  # untouched entries keep moving with their momentum, as torch's
     checks = {"lr": _checks.nonnegative, "momentum": _checks.nonnegative, "dampening": _checks.nonnegative,
               "weight_decay": _checks.nonnegative}
 
