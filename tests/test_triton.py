@@ -1,4 +1,4 @@
-"""The Triton backend, run through Triton's interpreter on CPU tensors (TRITON_INTERPRET=1).
+"""The Triton backend, run through Triton's interpreter on CPU tensors (TRITON_INTERPRET=1, conftest.py).
 
 The kernels are the ones a GPU runs, generated from the same traced graph as the C kernel; the
 interpreter executes them with numpy, so CI checks every traceable optimizer without a GPU. Shapes are
@@ -8,17 +8,13 @@ exercised.
 
 from __future__ import annotations
 
-import os
+import pytest
+import torch
 
-os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: part of it binds the mode at import
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import optimlab  # noqa: E402
-from cases import TEST_VALUES, train  # noqa: E402
-from optimlab.engine import cgen, graph, paths, tritongen  # noqa: E402
-from optimlab.engine.rule import rule  # noqa: E402
+import optimlab
+from cases import TEST_VALUES, train
+from optimlab.engine import cgen, graph, paths, tritongen
+from optimlab.engine.rule import rule
 
 pytest.importorskip("triton", reason="the test extra installs triton")  # a core install has no triton
 

@@ -34,22 +34,6 @@ from .graph import ELEMENT, PER_TENSOR, REDUCTIONS, SCALAR, Graph, Sym, evaluate
 
 BLOCK = 1024  # elements per program: one chunk
 
-HELPERS = '''
-@triton.jit
-def _ieee_div(a, b):
-    return a / b
-
-
-@triton.jit
-def _to_bf16(x):
-    """Round float32 to nearest even bfloat16 in integer ops, as torch does (and as Triton's
-    interpreter, which truncates, would not)."""
-    u = x.to(tl.uint32, bitcast=True)
-    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).to(tl.uint16)
-    r = tl.where(x != x, 0x7FC0, r).to(tl.uint16)
-    return r.to(tl.bfloat16, bitcast=True)
-
-'''
 
 STORAGE = {torch.float32: "tl.float32", torch.float64: "tl.float64", torch.bfloat16: "tl.bfloat16",
            torch.float16: "tl.float16"}
@@ -93,8 +77,9 @@ class Emitter:
     def expr(self, op: str, args: list[str], real: str) -> str:
         exact = real == "tl.float32"  # IEEE-rounded sqrt and division, as torch's kernels
         # float64 division and sqrt are IEEE-rounded already; float32 ones are approximate unless asked
-        return OPS[op].format(*args, real=real, sqrt="tl.sqrt_rn" if exact else "tl.sqrt",
-                              div="tl.div_rn" if exact else "_ieee_div")
+        if not exact and op in ("div", "rsqrt"):  # float64: `/` is IEEE-rounded already
+            return f"({args[0]} / {args[1]})" if op == "div" else f"(1.0 / tl.sqrt({args[0]}))"
+        return OPS[op].format(*args, real=real, sqrt="tl.sqrt_rn" if exact else "tl.sqrt", div="tl.div_rn")
 
     def ref(self, n: Sym) -> str:
         if n.op == "const":
@@ -111,7 +96,7 @@ def generate(graph: Graph, dtype: torch.dtype, title: str = "") -> str:
                  slot={id(n): j for j, n in enumerate(per_tensor)},
                  scalars=[n for n in graph.nodes if n.kind == SCALAR and n.op != "const"])
     out = [f'"""optimlab Triton kernels: {title} ({dtype})"""', "import triton",
-           "import triton.language as tl", "from triton.language.extra import libdevice", "", HELPERS]
+           "import triton.language as tl", "from triton.language.extra import libdevice", ""]
     for k in range(p.passes):
         out += _element_pass(em, k, STORAGE[dtype], len(per_tensor))
     out += _combine(em, len(per_tensor))
@@ -180,7 +165,14 @@ def _element_pass(em: Emitter, k: int, storage: str, npt: int) -> list[str]:
     for name in stores:
         a = graph.arrays.index(name)
         value = ref(graph.outputs[name])
-        value = f"_to_bf16({value})" if storage == "tl.bfloat16" else f"{value}.to({storage})"
+        if storage == "tl.bfloat16":  # round to nearest even in integer ops, as torch does (the
+            # interpreter's cast truncates); a NaN stays a NaN
+            lines += [f"    u{a} = {value}.to(tl.uint32, bitcast=True)",
+                      f"    r{a} = ((u{a} + 0x7FFF + ((u{a} >> 16) & 1)) >> 16).to(tl.uint16)",
+                      f"    r{a} = tl.where({value} != {value}, 0x7FC0, r{a}).to(tl.uint16)"]
+            value = f"r{a}.to(tl.bfloat16, bitcast=True)"
+        else:
+            value = f"{value}.to({storage})"
         lines.append(f"    tl.store(a{a} + offs, {value}, mask=mask)")
     return lines + [""]
 
