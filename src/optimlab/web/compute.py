@@ -12,6 +12,10 @@ import re
 
 import numpy as np
 
+# Values to start the schedule page with, for the arguments a schedule requires (it has no default).
+EXAMPLES = {"total_steps": 1000, "period": 250, "step_size_up": 100, "gamma": 0.995, "warmup_steps": 100,
+            "milestones": [300, 600, 800], "step_size": 300}
+
 # Full-matrix rules, shown on the preconditioning page when another branch has registered them.
 FULL_MATRIX = ("shampoo", "soap", "muon")
 
@@ -230,8 +234,8 @@ def meta() -> dict:
     for name in schedules.available():
         if name in ("warmup", "sequence"):  # compositions: the page offers warmup as its own control
             continue
-        args = [{"name": k, "default": None if p.default is inspect.Parameter.empty else p.default,
-                 "required": p.default is inspect.Parameter.empty}
+        args = [{"name": k, "required": p.default is inspect.Parameter.empty,
+                 "default": EXAMPLES.get(k) if p.default is inspect.Parameter.empty else p.default}
                 for k, p in inspect.signature(REGISTRY[name]).parameters.items()]
         doc = (REGISTRY[name].__doc__ or "").strip().splitlines()
         scheds.append({"name": name, "args": args, "doc": doc[0] if doc else ""})
