@@ -188,7 +188,8 @@ def memory(request: dict) -> dict:
     from optimlab.memory import COMPONENTS, plan
 
     model, optimizer, precision = request["params"], request["optimizer"], request["precision"]
-    chosen = plan(model, optimizer, precision, zero=request["zero"], ranks=request["ranks"])
+    # stage 0 shards nothing (every rank holds what one rank does); the ranks still set the comparison
+    chosen = plan(model, optimizer, precision, zero=request["zero"], ranks=request["ranks"] if request["zero"] else 1)
     stages = []
     for zero in range(4):
         ranks = request["ranks"] if zero else 1  # stage 0 shards nothing: every rank holds what one rank does

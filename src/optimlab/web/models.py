@@ -208,21 +208,14 @@ class MemoryRequest(Request):
     params: float = Field(7e9, ge=1, le=1e13, description="parameter count")
     optimizer: Text = "adamw"
     precision: Literal[tuple(PRECISIONS)] = "bf16-mixed"
-    zero: int = Field(0, ge=0, le=3, description="ZeRO stage")
-    ranks: int = Field(1, ge=1, le=100_000, description="data-parallel ranks")
+    zero: int = Field(2, ge=0, le=3, description="ZeRO stage (0: nothing sharded, whatever the ranks)")
+    ranks: int = Field(8, ge=1, le=100_000, description="data-parallel ranks the stages 1–3 shard over")
 
     @field_validator("optimizer")
     @classmethod
     @library_check
     def known_optimizer(cls, v: str) -> str:
         optimlab.resolve(v)
-        return v
-
-    @field_validator("ranks")
-    @classmethod
-    def sharded(cls, v: int, info: ValidationInfo) -> int:
-        if info.data.get("zero") == 0 and v > 1:
-            raise ValueError("ZeRO stage 0 shards nothing: choose a stage 1–3 for several ranks")
         return v
 
 

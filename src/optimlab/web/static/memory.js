@@ -14,7 +14,7 @@ async function run() {
   const ranks = Number(document.getElementById("ranks").value) || 1;
   const body = {params: count(document.getElementById("params").value),
     optimizer: document.getElementById("optimizer").value, precision: document.getElementById("precision").value,
-    zero, ranks: zero === 0 ? 1 : ranks};
+    zero, ranks};
   try {
     const r = await api("memory", body);
     const labels = r.stages.map(s => `ZeRO-${s.zero}` + (s.ranks > 1 ? ` on ${s.ranks} ranks` : "")
