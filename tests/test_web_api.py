@@ -14,15 +14,22 @@ pytest.importorskip("pebble", reason="the playground needs the web extra: pip in
 from fastapi.testclient import TestClient  # noqa: E402
 
 from optimlab.web import PAGES, create_app  # noqa: E402
-from optimlab.web.pool import Busy, Pool, TooLong  # noqa: E402
+from optimlab.web.pool import Busy, Pool  # noqa: E402
 
 STATIC = Path(__file__).resolve().parents[1] / "src" / "optimlab" / "web" / "static"
 
 
 @pytest.fixture(scope="module")
 def client():
-    with TestClient(create_app(workers=2)) as c:
+    # one worker and one place in the queue: the cap tests below reach it with three requests
+    with TestClient(create_app(workers=1, queue=1)) as c:
         yield c
+
+
+@pytest.fixture
+def pool(client) -> Pool:
+    """The app's own pool (starting worker processes takes seconds: the tests share one)."""
+    return client.app.state.pool
 
 
 def refusal(response, field: str) -> str:
@@ -138,41 +145,36 @@ def test_every_page_and_script_is_served_from_the_package(client):
         assert "http" not in script.read_text(), script.name
 
 
-def test_a_computation_past_its_time_limit_is_stopped_and_the_pool_goes_on():
-    pool = Pool(workers=1, queue=0, time_scale=1e-4)  # every limit a few milliseconds
-    try:
-        with pytest.raises(TooLong, match="ran past its limit"):
-            asyncio.run(pool.run("race", {"landscape": "rosenbrock", "optimizers": ["adam"], "steps": 2000}))
-        pool.time_scale = 1.0  # a fresh worker replaced the killed one
-        answer = asyncio.run(pool.run("race", {"landscape": "canyon", "optimizers": ["sgd"], "steps": 3}))
-        assert answer["runs"][0]["positions"][1] == [-1.0, 0.98]
-    finally:
-        pool.close()
-
-
-def test_beyond_the_cap_a_request_is_turned_away_at_once():
-    pool = Pool(workers=1, queue=1)
-    body = {"landscape": "rosenbrock", "optimizers": ["adam"], "steps": 400}
-
-    async def three_at_once():
-        return await asyncio.gather(*(pool.run("race", {**body, "start": [-2.0, 2.0 + i]}) for i in range(3)),
-                                    return_exceptions=True)
-    try:
-        outcomes = asyncio.run(three_at_once())
-        assert sum(isinstance(o, Busy) for o in outcomes) == 1
-        assert sum(isinstance(o, dict) for o in outcomes) == 2
-    finally:
-        pool.close()
-
-
-def test_repeated_requests_come_from_the_cache():
-    pool = Pool(workers=1)
+def test_repeated_requests_come_from_the_cache(pool):
     body = {"landscape": "canyon", "optimizers": ["adam"], "steps": 5}
+    first = asyncio.run(pool.run("race", body))
+    assert asyncio.run(pool.run("race", dict(reversed(body.items())))) is first
+
+
+def test_beyond_the_cap_a_request_is_turned_away_at_once(client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def race(i):  # distinct starts: no answer from the cache
+        body = {"landscape": "rosenbrock", "optimizers": ["adam"], "steps": 400, "start": [-2.0, 2.0 + i]}
+        return client.post("/api/race", json=body)
+
+    with ThreadPoolExecutor(3) as threads:  # one worker, one waiting: the third is refused
+        answers = list(threads.map(race, range(3)))
+    assert sorted(a.status_code for a in answers) == [200, 200, 429]
+    busy = next(a for a in answers if a.status_code == 429)
+    assert busy.headers["retry-after"] == "1" and "try again" in busy.json()["detail"][0]["msg"]
+
+
+def test_past_its_time_limit_a_computation_is_stopped_and_the_pool_goes_on(client, pool):
+    pool.time_scale = 1e-4  # every limit a fraction of a millisecond
     try:
-        first = asyncio.run(pool.run("race", body))
-        assert asyncio.run(pool.run("race", dict(reversed(body.items())))) is first
+        answer = client.post("/api/race", json={"landscape": "rosenbrock", "optimizers": ["adam"], "steps": 1999})
+        assert "ran past its limit" in refusal(answer, "body")
     finally:
-        pool.close()
+        pool.time_scale = 1.0
+    # a fresh worker replaced the killed one: the pool goes on
+    answer = client.post("/api/race", json={"landscape": "canyon", "optimizers": ["sgd"], "steps": 3}).json()
+    assert answer["runs"][0]["positions"][1] == [-1.0, 0.98]
 
 
 def test_serve_is_a_verb():

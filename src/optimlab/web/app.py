@@ -49,7 +49,7 @@ def create_app(workers: int = 2, queue: int = 16, time_scale: float = 1.0, warm:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        state["pool"] = Pool(workers=workers, queue=queue, time_scale=time_scale)
+        state["pool"] = app.state.pool = Pool(workers=workers, queue=queue, time_scale=time_scale)
         if warm:
             await run_in_threadpool(state["pool"].warm)
         yield
