@@ -82,7 +82,7 @@ function pathTraces(result, surface, frame) {
   const traces = [];
   if (result.dim === 2 && surface) {
     const base = surface.min_value ?? 0;
-    traces.push({type: "contour", x: surface.axes[0], y: surface.axes[1], hoverinfo: "skip",
+    traces.push({type: "contour", x: surface.axes[0], y: surface.axes[1], hoverinfo: "none",
       z: surface.loss.map(row => row.map(z => z === null ? null : shade(z, base))),
       colorscale: "Greys", reversescale: true, showscale: false, ncontours: 30, contours: {coloring: "heatmap"},
       opacity: 0.55, name: "loss"});
