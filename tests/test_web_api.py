@@ -85,8 +85,9 @@ def test_invalid_race_input_is_a_422_naming_the_field(client, body, field, words
 def test_other_endpoints_refuse_naming_the_field(client):
     assert "did you mean" in refusal(client.post("/api/diff", json={"a": "adamm"}), "a")
     assert "total_steps" in refusal(client.post("/api/schedule", json={"name": "cosine", "args": {}}), "args")
-    assert "at most 4800" in refusal(client.post("/api/sweep", json={"lrs": "1e-4:1:8", "steps": 300,
+    assert "at most 2400" in refusal(client.post("/api/sweep", json={"lrs": "1e-4:1:8", "steps": 300,
                                                                        "seeds": 2}), "seeds")
+    refusal(client.post("/api/claims", json={"ids": ["lion-half-state"] * 9}), "ids")
     assert "sets lr" in refusal(client.post("/api/sweep", json={"optimizers": ["adam:lr=0.1"]}), "optimizers")
     refusal(client.post("/api/breakit", json={"name": "everything"}), "name")
     refusal(client.post("/api/claims", json={"ids": ["no-such-claim"]}), "ids")

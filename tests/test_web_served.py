@@ -20,7 +20,7 @@ schemathesis = pytest.importorskip("schemathesis", reason="pip install 'optimlab
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from optimlab.web import PAGES  # noqa: E402
+from optimlab.web import PAGES, create_app  # noqa: E402
 from web_support import served  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -161,17 +161,18 @@ def test_the_preconditioning_sliders_redraw(page, url):
 
 # --- API fuzzing: whatever the schema allows (and some it does not), never a server error ---------------
 
-@pytest.fixture(scope="module")
-def api_schema(url):
-    return schemathesis.openapi.from_url(f"{url}/openapi.json")
-
-
-schema = schemathesis.pytest.from_fixture("api_schema")
+HEAVY = "/api/(breakit|claims|sweep)$"  # seconds per valid request
+# The schema is the app's own (the one /openapi.json serves); the cases go to the live server. Bounded:
+# 15 random examples an endpoint, and the coverage phase's boundary cases, except for the heavy endpoints
+# (4 random examples, no coverage phase) to keep CI quick.
+schema = schemathesis.openapi.from_dict(create_app().openapi(), config=schemathesis.Config.from_dict({
+    "generation": {"max-examples": 15, "deterministic": True},
+    "operations": [{"include-path-regex": HEAVY, "generation": {"max-examples": 4},
+                    "phases": {"coverage": {"enabled": False}}}]}))
 
 
 @schema.parametrize()
-@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-def test_the_api_never_answers_a_server_error(case):
-    response = case.call(timeout=120)
+@settings(deadline=None, suppress_health_check=list(HealthCheck))
+def test_the_api_never_answers_a_server_error(case, url):
+    response = case.call(base_url=url, timeout=120)
     assert response.status_code < 500, f"{case.method} {case.path} {case.body!r}: {response.text[:300]}"
-    assert response.status_code in (200, 404, 405, 422, 429), response.text[:300]

@@ -22,7 +22,8 @@ from optimlab.settings import split_list
 
 # The bounds of one request: together with the time limits in `pool`, what keeps every answer quick.
 LIMITS = {"steps": 2000, "optimizers": 6, "precondition_steps": 500, "resolution": 200,
-          "sweep_optimizers": 3, "sweep_lrs": 8, "sweep_seeds": 2, "sweep_steps": 300, "sweep_work": 4800,
+          "sweep_optimizers": 3, "sweep_lrs": 8, "sweep_seeds": 2, "sweep_steps": 300, "sweep_work": 2400,
+          "claims": 8,
           "schedule_steps": 1_000_000, "schedule_points": 2000}
 
 Text = Annotated[str, Field(min_length=1, max_length=200)]
@@ -179,7 +180,8 @@ class SweepRequest(Request):
 
 
 class ClaimsRequest(Request):
-    ids: list[Literal[tuple(claim_ids())]] = Field(min_length=1, max_length=len(claim_ids()))
+    ids: list[Literal[tuple(claim_ids())]] = Field(min_length=1, max_length=LIMITS["claims"],
+                                                   description="claims to measure at reduced size")
 
 
 Argument = Union[int, float, bool, Annotated[str, Field(max_length=50)],
