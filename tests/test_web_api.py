@@ -146,10 +146,17 @@ def test_every_page_and_script_is_served_from_the_package(client):
         assert "http" not in script.read_text(), script.name
 
 
-def test_repeated_requests_come_from_the_cache(pool):
+def test_repeated_requests_come_from_the_cache_and_simultaneous_ones_share_a_computation(pool):
     body = {"landscape": "canyon", "optimizers": ["adam"], "steps": 5}
     first = asyncio.run(pool.run("race", body))
     assert asyncio.run(pool.run("race", dict(reversed(body.items())))) is first
+
+    async def four_at_once():  # one worker and one place in the queue, but one computation: none refused
+        same = {"landscape": "rosenbrock", "optimizers": ["adam"], "steps": 300}
+        return await asyncio.gather(*(pool.run("race", same) for _ in range(4)))
+
+    answers = asyncio.run(four_at_once())
+    assert all(a is answers[0] for a in answers)
 
 
 def test_beyond_the_cap_a_request_is_turned_away_at_once(client):

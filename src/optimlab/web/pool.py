@@ -4,7 +4,8 @@ A thread cannot be stopped, a process can: pebble's pool kills a worker whose ta
 limit and starts a fresh one. At most `workers` computations run at once; up to `queue` more wait,
 and beyond that a request is turned away at once (429) instead of piling up. Every computation is a
 pure function of its request (races and ablations are seeded), so answers are kept in a small LRU
-cache: a shared link or a page reload costs nothing.
+cache: a shared link or a page reload costs nothing, and identical requests that arrive together share
+one computation.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Pool:
         self._slots = threading.BoundedSemaphore(workers + queue)
         self._cache: collections.OrderedDict[str, dict] = collections.OrderedDict()
         self._cache_size = cache
+        self._running: dict[str, object] = {}  # key -> the future of a computation under way
         self._lock = threading.Lock()
         self.time_scale = time_scale
         self.workers, self.queue = workers, queue
@@ -59,32 +61,39 @@ class Pool:
 
     async def run(self, kind: str, request: dict) -> dict:
         key = kind + json.dumps(request, sort_keys=True)
+        limit = TIME_LIMITS[kind] * self.time_scale
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        if not self._slots.acquire(blocking=False):
-            raise Busy(f"{self.workers} computations are running and {self.queue} waiting; try again shortly")
+            future = self._running.get(key)
+            if future is None:  # else the same request is being computed: wait for that answer
+                if not self._slots.acquire(blocking=False):
+                    raise Busy(f"{self.workers} computations are running and {self.queue} waiting; "
+                               "try again shortly")
+                future = self._pool.schedule(compute.run, (kind, request), timeout=limit)
+                self._running[key] = future
+                future.add_done_callback(lambda done: self._finished(key, done))
         try:
-            limit = TIME_LIMITS[kind] * self.time_scale
-            future = self._pool.schedule(compute.run, (kind, request), timeout=limit)
-            try:
-                answer = await asyncio.wrap_future(future)
-            except FutureTimeout:
-                raise TooLong(f"{kind} ran past its limit of {limit:g} s and was stopped; ask for less work "
-                              "(fewer steps, optimizers or grid points)") from None
-            except (ValueError, TypeError, ArithmeticError, RuntimeError, IndexError, KeyError) as err:
-                # the library's answer to settings it cannot run: the caller's input, not a server fault
-                raise Failed(f"{type(err).__name__}: {err}") from None
-            except ProcessExpired as err:  # the worker died (killed, out of memory): a fresh one replaces it
-                raise Failed(f"the computation's worker process ended abnormally ({err})") from None
-        finally:
-            self._slots.release()
+            return await asyncio.wrap_future(future)
+        except FutureTimeout:
+            raise TooLong(f"{kind} ran past its limit of {limit:g} s and was stopped; ask for less work "
+                          "(fewer steps, optimizers or grid points)") from None
+        except (ValueError, TypeError, ArithmeticError, RuntimeError, IndexError, KeyError) as err:
+            # the library's answer to settings it cannot run: the caller's input, not a server fault
+            raise Failed(f"{type(err).__name__}: {err}") from None
+        except ProcessExpired as err:  # the worker died (killed, out of memory): a fresh one replaces it
+            raise Failed(f"the computation's worker process ended abnormally ({err})") from None
+
+    def _finished(self, key: str, future) -> None:
+        """In pebble's thread, once a computation ends: free its slot, keep a good answer."""
         with self._lock:
-            self._cache[key] = answer
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return answer
+            self._running.pop(key, None)
+            self._slots.release()
+            if not future.cancelled() and future.exception() is None:
+                self._cache[key] = future.result()
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
 
     def close(self) -> None:
         self._pool.stop()
