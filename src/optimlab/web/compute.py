@@ -39,6 +39,8 @@ def finite(value):
 
 def no_lesson_numbers(text: str) -> str:
     """The library's claim texts say which lesson file they quote; the pages name lessons by topic."""
+    text = re.sub(r"(?:seed|lesson) \d{3}'s", "the lesson's", text)
+    text = text.replace("the seed's", "the lesson's").replace("the seeds'", "the lessons'")
     text = re.sub(r"\s*\((?:seed |lesson )?\d{3}(?:, ?\d{3})*\)", "", text)
     return re.sub(r"(?:seed|lesson) \d{3}(?:, ?\d{3})*(?:; )?", "", text).replace("()", "").strip()
 

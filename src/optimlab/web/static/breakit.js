@@ -4,11 +4,12 @@
 function card(a) {
   const box = el("input", {type: "checkbox", id: "break-" + a.name});
   const result = el("div", {class: "result"});
-  const plot = el("div", {class: "plot small", id: "plot-" + a.name});
+  const plot = el("div", {class: "plot small", id: "plot-" + a.name, hidden: ""});
   box.addEventListener("change", async () => {
     if (!box.checked) {
       result.replaceChildren(el("p", {text: "intact: switch it to remove " + a.removed}));
       Plotly.purge(plot);
+      plot.hidden = true;
       rendered();
       return;
     }
@@ -23,6 +24,7 @@ function card(a) {
         el("p", {text: r.summary}),
         el("p", {class: "about", text: `reduced size: ${r.details.seeds ?? 1} seed(s), ${short(r.seconds)} s`}));
       const p = r.panel;
+      plot.hidden = false;
       const traces = Object.entries(p.curves).map(([label, c], i) => ({type: "scatter", mode: "lines",
         name: label, x: c.x, y: c.y, line: {color: COLORS[i % COLORS.length]}}));
       const shapes = p.hline ? [{type: "line", xref: "paper", x0: 0, x1: 1, y0: p.hline[0], y1: p.hline[0],
