@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from web_support import served  # noqa: E402
+from web_support import served
 
 OPTIMIZERS = ["sgd", "momentum", "adam"]
 
@@ -76,7 +76,8 @@ def main() -> None:
                   for fresh in (True, False)]
     print(f"POST /api/race, canyon, {'+'.join(OPTIMIZERS)} × {args.steps} steps; {args.clients} concurrent "
           f"clients on loopback; server with {args.workers} worker processes on {os.cpu_count()} CPUs")
-    print(f"{'round':<8} {'requests':>8} {'ok':>5} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'req/s':>7}  refused")
+    print(f"{'round':<8} {'requests':>8} {'ok':>5} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'req/s':>7}"
+          "  refused")
     for r in rounds:
         print(f"{r['round']:<8} {r['requests']:>8} {r['ok']:>5} {r['p50_ms']:>8.0f} {r['p95_ms']:>8.0f} "
               f"{r['max_ms']:>8.0f} {r['per_second']:>7.1f}  {r['refused'] or '-'}")

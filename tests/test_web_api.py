@@ -11,10 +11,10 @@ import pytest
 pytest.importorskip("fastapi", reason="the playground needs the web extra: pip install 'optimlab[web]'")
 pytest.importorskip("pebble", reason="the playground needs the web extra: pip install 'optimlab[web]'")
 
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from optimlab.web import PAGES, create_app  # noqa: E402
-from optimlab.web.pool import Busy, Pool  # noqa: E402
+from optimlab.web import PAGES, create_app
+from optimlab.web.pool import Pool
 
 STATIC = Path(__file__).resolve().parents[1] / "src" / "optimlab" / "web" / "static"
 
@@ -103,7 +103,7 @@ def test_memory_schedule_and_diff_are_the_library_s(client):
     answer = client.post("/api/memory", json={"params": 13e9, "optimizer": "adamw", "precision": "bf16-mixed",
                                               "zero": 2, "ranks": 8}).json()
     assert answer["plan"]["total_bytes"] == plan(13e9, "adamw", "bf16-mixed", zero=2, ranks=8).total_bytes
-    assert [s["total_bytes"] for s in answer["stages"]][0] == plan(13e9, "adamw", "bf16-mixed").total_bytes
+    assert answer["stages"][0]["total_bytes"] == plan(13e9, "adamw", "bf16-mixed").total_bytes
     curve = client.post("/api/schedule", json={"name": "wsd", "args": {"total_steps": 100, "warmup_steps": 10,
                                                                         "decay_steps": 20}, "lr": 0.1}).json()
     wsd = schedules.wsd(total_steps=100, warmup_steps=10, decay_steps=20)
@@ -176,7 +176,8 @@ def test_beyond_the_cap_a_request_is_turned_away_at_once(client):
 def test_past_its_time_limit_a_computation_is_stopped_and_the_pool_goes_on(client, pool):
     pool.time_scale = 1e-4  # every limit a fraction of a millisecond
     try:
-        answer = client.post("/api/race", json={"landscape": "rosenbrock", "optimizers": ["adam"], "steps": 1999})
+        body = {"landscape": "rosenbrock", "optimizers": ["adam"], "steps": 1999}
+        answer = client.post("/api/race", json=body)
         assert "ran past its limit" in refusal(answer, "body")
     finally:
         pool.time_scale = 1.0

@@ -18,10 +18,10 @@ pytest.importorskip("fastapi", reason="the playground needs the web extra: pip i
 playwright = pytest.importorskip("playwright.sync_api", reason="pip install 'optimlab[web-test]'")
 schemathesis = pytest.importorskip("schemathesis", reason="pip install 'optimlab[web-test]'")
 
-from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import HealthCheck, settings
+from web_support import served
 
-from optimlab.web import PAGES, create_app  # noqa: E402
-from web_support import served  # noqa: E402
+from optimlab.web import PAGES, create_app
 
 CHROMIUM = "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():
@@ -50,7 +50,7 @@ def page(browser, url):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     tab = context.new_page()
     tab.problems = []
-    tab.on("console", lambda m: tab.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    tab.on("console", lambda m: m.type == "error" and tab.problems.append(f"console error: {m.text}"))
     tab.on("pageerror", lambda e: tab.problems.append(f"page error: {e}"))
 
     def local_only(route):

@@ -14,13 +14,13 @@ from playwright.sync_api import sync_playwright
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "tests"))
-from web_support import served  # noqa: E402
+from web_support import served
 
 # page -> (address, what to do once it has drawn); then wait until the page has drawn again
 SHOTS = {
     "race": ("/race?landscape=canyon&opt=sgd&opt=momentum&opt=adam&steps=100", None),
-    "race-rosenbrock": ("/race?landscape=rosenbrock&opt=adam%3Alr%3D0.05&opt=momentum%3Alr%3D0.001"
-                        "&opt=nadam%3Alr%3D0.05&steps=600", None),
+    "race-rosenbrock": (("/race?landscape=rosenbrock&opt=adam%3Alr%3D0.05&opt=momentum%3Alr%3D0.001"
+                         "&opt=nadam%3Alr%3D0.05&steps=600"), None),
     "precondition": ("/precondition", None),
     "breakit": ("/breakit", lambda p: (p.locator("#break-bias-correction").check(),
                                        p.locator("#break-warmup").check())),

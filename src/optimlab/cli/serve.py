@@ -13,12 +13,13 @@ def register(verbs) -> None:
         "schedules, an LR sweep, the memory planner, rule diffs and the claims report, all computed by the "
         "library. JSON endpoints live under /api/ (schema at /openapi.json). Everything is served from the "
         "installed packages: it works offline.\n\nexample: optimlab serve --port 8000 --open",
-        epilog="it listens on 127.0.0.1 (this machine only) unless --host says otherwise; computations run in "
-        "--workers processes, each with a time limit, and requests beyond --queue waiting ones get 429.")
+        epilog="it listens on 127.0.0.1 (this machine only) unless --host says otherwise; computations run "
+        "in --workers processes, each with a time limit, and requests beyond --queue waiting ones get 429.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--open", action="store_true", help="open the playground in a web browser")
-    p.add_argument("--workers", type=int, default=2, help="processes computing races and ablations (default 2)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="processes computing races and ablations (default 2)")
     p.add_argument("--queue", type=int, default=16, help="requests that may wait for a worker (default 16)")
     p.set_defaults(run=run)
 

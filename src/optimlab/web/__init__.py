@@ -8,4 +8,4 @@ endpoints under /api/ (schema at /openapi.json). See docs/playground.md.
 
 from .app import PAGES, create_app
 
-__all__ = ["create_app", "PAGES"]
+__all__ = ["PAGES", "create_app"]

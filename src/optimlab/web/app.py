@@ -20,8 +20,18 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from . import compute
-from .models import (LIMITS, BreakItRequest, ClaimsRequest, DiffRequest, MemoryRequest, PreconditionRequest,
-                     RaceRequest, ScheduleRequest, SurfaceRequest, SweepRequest)
+from .models import (
+    LIMITS,
+    BreakItRequest,
+    ClaimsRequest,
+    DiffRequest,
+    MemoryRequest,
+    PreconditionRequest,
+    RaceRequest,
+    ScheduleRequest,
+    SurfaceRequest,
+    SweepRequest,
+)
 from .pool import Busy, Failed, Pool, TooLong
 
 STATIC = Path(__file__).parent / "static"

@@ -112,7 +112,7 @@ def surface(request: dict) -> dict:
 # --- Break It, sweeps, claims ----------------------------------------------------------------------
 
 def breakit(request: dict) -> dict:
-    """One ablation at reduced size (quick, few seeds): its number, verdict, claim and the curves behind it."""
+    """One ablation at reduced size (quick, few seeds): its number, verdict, claim and the curves behind."""
     from optimlab.lab import ablations
 
     (result,) = ablations.breakit([request["name"]], quick=True, seeds=request.get("seeds", 1))
@@ -129,10 +129,11 @@ def breakit(request: dict) -> dict:
 def sweep(request: dict) -> dict:
     from optimlab.lab.sweeps import sweep as run_sweep
 
-    result = run_sweep(request["optimizers"], task=request["task"], lrs=request["lrs"], steps=request["steps"],
+    result = run_sweep(request["optimizers"], task=request["task"], lrs=request["lrs"],
+                       steps=request["steps"],
                        seeds=request["seeds"], factor=request["factor"], metric=request["metric"])
     out = result.to_json()
-    for name, row in out["optimizers"].items():  # 'inf' strings from to_json: None for JSON readers
+    for row in out["optimizers"].values():  # 'inf' strings from to_json: None for JSON readers
         row["median"] = [v if isinstance(v, float) else None for v in row["median"]]
         row["runs"] = [[v if isinstance(v, float) else None for v in r] for r in row["runs"]]
     out["table"] = result.table()
@@ -191,7 +192,8 @@ def memory(request: dict) -> dict:
 
     model, optimizer, precision = request["params"], request["optimizer"], request["precision"]
     # stage 0 shards nothing (every rank holds what one rank does); the ranks still set the comparison
-    chosen = plan(model, optimizer, precision, zero=request["zero"], ranks=request["ranks"] if request["zero"] else 1)
+    zero = request["zero"]
+    chosen = plan(model, optimizer, precision, zero=zero, ranks=request["ranks"] if zero else 1)
     stages = []
     for zero in range(4):
         ranks = request["ranks"] if zero else 1  # stage 0 shards nothing: every rank holds what one rank does
@@ -202,7 +204,8 @@ def memory(request: dict) -> dict:
 
 
 def diff(request: dict) -> dict:
-    from optimlab.source import describe, diff as rule_diff
+    from optimlab.source import describe
+    from optimlab.source import diff as rule_diff
 
     label_a, source_a = describe(request["a"])
     label_b, source_b = describe(request["b"])
@@ -242,7 +245,8 @@ def meta() -> dict:
                 for k, p in inspect.signature(REGISTRY[name]).parameters.items()]
         doc = (REGISTRY[name].__doc__ or "").strip().splitlines()
         scheds.append({"name": name, "args": args, "doc": doc[0] if doc else ""})
-    breaks = [{"name": a.name, "removed": a.removed, "claim": no_lesson_numbers(a.claim), "measure": a.measure,
+    breaks = [{"name": a.name, "removed": a.removed, "claim": no_lesson_numbers(a.claim),
+               "measure": a.measure,
                "rule": a.rule} for a in ablations.ABLATIONS.values()]
     return finite({"landscapes": scapes, "optimizers": optimizers, "schedules": scheds, "ablations": breaks,
                    "precisions": list(PRECISIONS), "recompute": list(RECOMPUTE),

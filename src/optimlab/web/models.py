@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -37,7 +37,7 @@ def library_check(fn):
             return fn(cls, value, *args)
         except ValueError:
             raise
-        except Exception as err:  # a TypeError from a literal of the wrong type, a SyntaxError, …
+        except Exception as err:  # noqa: BLE001  (a TypeError from a literal of the wrong type, a SyntaxError…)
             raise ValueError(f"{type(err).__name__}: {err}") from None
     return checked
 
@@ -67,7 +67,7 @@ def _try_optimizer(text: str, dim: int) -> None:
     hyper.pop("path", None)
     try:
         spec.create([torch.zeros(dim, dtype=torch.float64, requires_grad=True)], **hyper)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001  (whatever the constructor says is the answer to the user)
         raise ValueError(f"{text}: {err}") from None
 
 
@@ -76,7 +76,8 @@ class RaceRequest(Request):
     optimizers: list[Text] = Field(["sgd", "momentum", "adam"], min_length=1, max_length=LIMITS["optimizers"],
                                    description="registry names, presets or name:key=value,…")
     steps: int | None = Field(None, ge=1, le=LIMITS["steps"], description="default: the landscape's")
-    start: list[float] | None = Field(None, min_length=1, max_length=2, description="default: the landscape's")
+    start: list[float] | None = Field(None, min_length=1, max_length=2,
+                                      description="default: the landscape's")
     noise: float | None = Field(None, ge=0, le=100, description="σ of Gaussian noise on every gradient")
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     schedule: Literal["landscape", "constant", "inv_sqrt"] = "landscape"
@@ -184,8 +185,8 @@ class ClaimsRequest(Request):
                                                    description="claims to measure at reduced size")
 
 
-Argument = Union[int, float, bool, Annotated[str, Field(max_length=50)],
-                 Annotated[list[Union[int, float]], Field(max_length=100)]]
+Argument = (int | float | bool | Annotated[str, Field(max_length=50)]
+            | Annotated[list[int | float], Field(max_length=100)])
 
 
 class ScheduleRequest(Request):

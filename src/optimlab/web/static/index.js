@@ -2,7 +2,7 @@
 "use strict";
 
 const ABOUT = {
-  race: "Optimizers racing on the canyon, Rosenbrock, Reddi's problem and more: sliders, play, share a link.",
+  race: "Optimizers racing on the canyon, Rosenbrock, Reddi's problem and more: sliders, play, share it.",
   precondition: "Condition number and rotation sliders: why Adam's diagonal scaling is not preconditioning.",
   breakit: "Remove bias correction, warmup, decoupled decay, clipping, β₂ or ε: the real ablation re-runs.",
   schedules: "Shape a learning-rate schedule and see the multiplier and the lr.",
@@ -15,8 +15,14 @@ const ABOUT = {
 document.addEventListener("DOMContentLoaded", () => {
   const cards = document.getElementById("pages");
   for (const [path, title] of PAGES) {
-    cards.append(el("div", {class: "card"}, el("h2", {}, el("a", {href: "/" + path, text: title})),
-      el("p", {text: ABOUT[path]})));
+    cards.append(
+      el(
+        "div",
+        { class: "card" },
+        el("h2", {}, el("a", { href: "/" + path, text: title })),
+        el("p", { text: ABOUT[path] }),
+      ),
+    );
   }
   rendered();
 });

@@ -2,22 +2,41 @@
 "use strict";
 
 async function run() {
-  const body = {optimizers: document.getElementById("optimizers").value.split(/[\s]+/).filter(Boolean),
-    lrs: document.getElementById("lrs").value, steps: Number(document.getElementById("steps").value),
-    seeds: Number(document.getElementById("seeds").value), metric: document.getElementById("metric").value};
+  const body = {
+    optimizers: document.getElementById("optimizers").value.split(/[\s]+/).filter(Boolean),
+    lrs: document.getElementById("lrs").value,
+    steps: Number(document.getElementById("steps").value),
+    seeds: Number(document.getElementById("seeds").value),
+    metric: document.getElementById("metric").value,
+  };
   busy(true);
   try {
     const r = await api("sweep", body);
     const traces = [];
     Object.entries(r.optimizers).forEach(([name, o], i) => {
       const color = COLORS[i % COLORS.length];
-      traces.push({type: "scatter", mode: "lines+markers", name, x: r.lrs, y: o.median, line: {color}});
-      if (o.band) traces.push({type: "scatter", mode: "lines", x: o.band, y: [o.best_loss, o.best_loss],
-        line: {color, width: 8}, opacity: 0.35, name: `${name} band (${short(o.width_decades)} decades)`});
+      traces.push({ type: "scatter", mode: "lines+markers", name, x: r.lrs, y: o.median, line: { color } });
+      if (o.band)
+        traces.push({
+          type: "scatter",
+          mode: "lines",
+          x: o.band,
+          y: [o.best_loss, o.best_loss],
+          line: { color, width: 8 },
+          opacity: 0.35,
+          name: `${name} band (${short(o.width_decades)} decades)`,
+        });
     });
-    Plotly.react("curve", traces, {margin: {l: 60, r: 10, t: 20, b: 45},
-      xaxis: {title: "learning rate", type: "log", exponentformat: "power"},
-      yaxis: {title: "final " + r.metric, type: "log"}}, {responsive: true});
+    Plotly.react(
+      "curve",
+      traces,
+      {
+        margin: { l: 60, r: 10, t: 20, b: 45 },
+        xaxis: { title: "learning rate", type: "log", exponentformat: "power" },
+        yaxis: { title: "final " + r.metric, type: "log" },
+      },
+      { responsive: true },
+    );
     document.getElementById("table").textContent = r.table;
     rendered();
   } catch (err) {
