@@ -4,7 +4,7 @@
 const ABOUT = {
   race: "Optimizers racing on the canyon, Rosenbrock, Reddi's problem and more: sliders, play, share it.",
   precondition: "Condition number and rotation sliders: why Adam's diagonal scaling is not preconditioning.",
-  breakit: "Remove bias correction, warmup, decoupled decay, clipping, β₂ or ε: the real ablation re-runs.",
+  breakit: "Remove bias correction, warmup, decoupled decay, clipping, β₂ or ε: real ablations rerun.",
   schedules: "Shape a learning-rate schedule and see the multiplier and the lr.",
   sweep: "Final loss against learning rate, and how wide each optimizer's good band is.",
   memory: "Bytes per rank for a model size, precision, optimizer and ZeRO stage.",
