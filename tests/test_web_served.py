@@ -120,6 +120,23 @@ def test_a_shared_url_restores_the_race(page, url, browser):
     assert page.problems == []
 
 
+def test_adding_an_unknown_optimizer_shows_the_server_s_message(page, url):
+    page.goto(f"{url}/race?landscape=canyon&opt=sgd&steps=10")
+    wait_for_render(page)
+    page.fill("#add-text", "adm:lr=0.1")
+    page.click("#add")
+    error = page.locator("#error")
+    error.wait_for(state="visible")
+    assert "optimizers: Value error, unknown optimizer 'adm' (did you mean 'adam'?)" in error.inner_text()
+    page.wait_for_function("document.querySelectorAll('.opt-text').length === 1")
+    page.fill("#add-text", "adam:lr=0.1")
+    drawn = renders(page)
+    page.click("#add")
+    wait_for_render(page, drawn)
+    assert error.is_hidden()
+    assert [t.input_value() for t in page.locator(".opt-text").all()] == ["sgd", "adam:lr=0.1"]
+
+
 def test_clicking_the_contours_moves_the_start(page, url):
     page.goto(f"{url}/race?landscape=canyon&opt=adam&steps=20")
     wait_for_render(page)

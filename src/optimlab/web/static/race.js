@@ -164,6 +164,7 @@ function draw() {
   document.getElementById("frame-label").textContent = `step ${frame} / ${result.steps}`;
 }
 
+// Run the race in `state`; false if the server refused it (its message is shown in the error box).
 async function run() {
   busy(true);
   try {
@@ -182,8 +183,10 @@ async function run() {
     draw();
     resultTable(result, document.getElementById("table"));
     rendered();
+    return true;
   } catch (err) {
     console.warn(err.message);
+    return false;
   } finally {
     busy(false);
   }
@@ -249,13 +252,16 @@ async function init() {
     changeLandscape();
   });
   document.getElementById("landscape-params").addEventListener("change", changeLandscape);
-  document.getElementById("add").addEventListener("click", () => {
+  document.getElementById("add").addEventListener("click", async () => {
     const text = document.getElementById("add-text").value.trim();
     if (!text) return;
     state.opts.push(text);
     slidersFor = "";
     drawOptimizers();
-    run();
+    if (!(await run())) {
+      state.opts.pop(); // refused (the error box says why): the race stays as it was
+      drawOptimizers();
+    }
   });
   const steps = document.getElementById("steps");
   if (state.steps) steps.value = state.steps;
