@@ -130,6 +130,17 @@ def test_meta_lists_what_is_registered(client):
     assert [L["name"] for L in m["landscapes"]] == landscapes.available()
     assert {o["name"] for o in m["optimizers"]} == {*optimlab.available(), *optimlab.presets}
     assert len(m["ablations"]) == 6 and m["limits"]["optimizers"] == 6
+    shown = [a["claim"] for a in m["ablations"]] + [c["claim"] + c["experiment"] for c in m["claims"]]
+    assert not [t for t in shown if re.search(r"\b00\d\b", t)], "lessons are named by topic, not file number"
+
+
+def test_lesson_numbers_go_but_other_numbers_stay():
+    from optimlab.web.compute import no_lesson_numbers
+
+    assert no_lesson_numbers("'slower initial progress' (seed 000)") == "'slower initial progress'"
+    said = no_lesson_numbers("'adapts' (000, 001); also seed 003's table")
+    assert said == "'adapts'; also the lesson's table"
+    assert no_lesson_numbers("a 256→512 MLP (512 units)") == "a 256→512 MLP (512 units)"
 
 
 def test_every_page_and_script_is_served_from_the_package(client):

@@ -38,11 +38,11 @@ def finite(value):
 
 
 def no_lesson_numbers(text: str) -> str:
-    """The library's claim texts say which lesson file they quote; the pages name lessons by topic."""
-    text = re.sub(r"(?:seed|lesson) \d{3}'s", "the lesson's", text)
+    """The library's claims name the lesson file they quote (000–009); the pages name lessons by topic."""
+    text = re.sub(r"(?:seed|lesson) 00\d's", "the lesson's", text)
     text = text.replace("the seed's", "the lesson's").replace("the seeds'", "the lessons'")
-    text = re.sub(r"\s*\((?:seed |lesson )?\d{3}(?:, ?\d{3})*\)", "", text)
-    return re.sub(r"(?:seed|lesson) \d{3}(?:, ?\d{3})*(?:; )?", "", text).replace("()", "").strip()
+    text = re.sub(r"\s*\((?:seed |lesson )?00\d(?:, ?00\d)*\)", "", text)
+    return re.sub(r"(?:seed|lesson) 00\d(?:, ?00\d)*(?:; )?", "", text).replace("()", "").strip()
 
 
 # --- races ---------------------------------------------------------------------------------------
