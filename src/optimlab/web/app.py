@@ -65,7 +65,9 @@ def create_app(workers: int = 2, queue: int = 16, time_scale: float = 1.0, warm:
         yield
         state["pool"].close()
 
-    app = FastAPI(title="optimlab playground", version="0.1.0", lifespan=lifespan,
+    # no /docs or /redoc: FastAPI's explorers load their scripts from a CDN, and the playground is offline
+    app = FastAPI(title="optimlab playground", version="0.1.0", lifespan=lifespan, docs_url=None,
+                  redoc_url=None,
                   description="The lessons' interactive demos, computed by the real optimlab library.")
 
     @app.exception_handler(Busy)
