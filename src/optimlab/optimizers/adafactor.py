@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..engine.graph import machine_epsilon
 from ..engine.optimizer import RuleOptimizer, hyperparameters
 from ..engine.rule import State, rule
 from . import _checks
@@ -21,7 +22,7 @@ def factored(θ) -> bool:
 def as_matrix(x, h):
     """The matrix Adafactor factors: (d₀, d₁⋯dₙ) by default, so a conv weight is treated like the
     same weight flattened; `matrix_view="last_two"` factors each trailing 2-D slice, as torch does."""
-    return x.reshape(x.shape[0], -1) if h.matrix_view == "flatten" else x
+    return x.flatten(1) if h.matrix_view == "flatten" else x
 
 
 def row_zeros(θ, h):
@@ -32,36 +33,29 @@ def col_zeros(θ, h):
     return torch.zeros_like(as_matrix(θ, h)[..., :1, :])
 
 
-def rms(x) -> float:
-    return float(torch.linalg.vector_norm(x)) / x.numel() ** 0.5
+def rms(x):
+    return torch.linalg.vector_norm(x) / x.numel() ** 0.5
 
 
-def mean_square(G, dim: int):
-    """Mean of G² along dim, without materialising G²."""
-    return torch.linalg.vector_norm(G, dim=dim, keepdim=True).square_() / G.shape[dim]
-
-
-@rule(state={"R": State("row_var", when=factored, init=row_zeros), "C": State("col_var", when=factored, init=col_zeros),
+@rule(state={"R": State("row_var", when=factored, init=row_zeros, per="row"),
+             "C": State("col_var", when=factored, init=col_zeros, per="col"),
              "V": State("variance", when=lambda θ: not factored(θ))},
-      scalars=relative_step, traceable=False)
+      scalars=relative_step, matrix=as_matrix)
 def adafactor(h, θ, g, R, C, V):
     """Adafactor (Shazeer & Stern 2018, Alg. 4–5 without momentum), as torch.optim.Adafactor."""
-    eps1 = torch.finfo(θ.dtype).eps if h.eps1 is None else h.eps1
-    α = max(h.eps2, rms(θ)) * h.rho  # relative step: scaled by RMS(θ)
+    eps1 = machine_epsilon(θ) if h.eps1 is None else h.eps1
+    α = torch.clamp(rms(θ), min=h.eps2) * h.rho  # relative step: ρₜ scaled by max(ε₂, RMS(θ))
     if V is None:  # a matrix: keep row and column means of g², O(n + m) instead of O(nm)
-        G = as_matrix(g, h)
-        R = h.beta2_t * R + (1 - h.beta2_t) * mean_square(G, -1)
-        C = h.beta2_t * C + (1 - h.beta2_t) * mean_square(G, -2)
-        v_hat = (R / R.mean(dim=-2, keepdim=True).clamp(min=eps1)) @ C  # rank-1 estimate of E[g²]
-        v_hat = v_hat.reshape(g.shape).clamp_(min=eps1 * eps1)
+        G2 = as_matrix(g * g, h)
+        R = h.beta2_t * R + (1 - h.beta2_t) * G2.mean(dim=-1, keepdim=True)  # Rₜ: mean of each row
+        C = h.beta2_t * C + (1 - h.beta2_t) * G2.mean(dim=-2, keepdim=True)  # Cₜ: mean of each column
+        v_hat = (R @ C / torch.clamp(R.mean(dim=-2, keepdim=True), min=eps1)).view_as(g)  # V̂ = RC / 1ᵀR
     else:
         V = h.beta2_t * V + (1 - h.beta2_t) * g * g
-        v_hat = V.clamp(min=eps1 * eps1)  # a new tensor: V itself is state
-    # In place on the rule's own temporary: a fresh full-size tensor costs page faults on the CPU.
-    U = v_hat.rsqrt_().mul_(g)  # U = g/√v̂
-    U *= α / max(1.0, rms(U) / h.d)  # clip the update's RMS at d, then take the relative step
-    decayed = θ * (1 - h.lr * h.weight_decay) if h.weight_decay else θ
-    θ = torch.sub(decayed, U, out=U)  # θ(1 − ηλ) − U, written over U
+        v_hat = V
+    U = g * torch.rsqrt(torch.clamp(v_hat, min=eps1 * eps1))  # U = g/√V̂
+    U = U * (α / torch.clamp(rms(U) / h.d, min=1.0))  # clip the update's RMS at d, take the relative step
+    θ = θ * (1 - h.lr * h.weight_decay) - U
     return θ, R, C, V
 
 
