@@ -152,5 +152,5 @@ def run_fused(rule: Rule, h, params, grads, states) -> None:
     kernel = kernel_of(rule, h, params[0].dtype, static, kept)
     graph = graph_of(rule, h, static, kept)
     arrays = {"θ": params, "g": [g.contiguous() for g in grads], **states}
-    columns = [m for _, m in matrix_shapes(rule, h, params)] if graph.matrix else None
-    kernel([arrays[name] for name in graph.arrays], h, columns)
+    extents = [x for xs in zip(*matrix_shapes(rule, h, params)) for x in xs] if graph.matrix else None
+    kernel([arrays[name] for name in graph.arrays], h, extents)
