@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
 from ..engine.graph import machine_epsilon
@@ -73,3 +75,31 @@ class Adafactor(RuleOptimizer):
     def __init__(self, params, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, *,
                  maximize=False, matrix_view="flatten", path="auto"):
         super().__init__(params, path, **hyperparameters(locals()))
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """A checkpoint's factoring is the `matrix_view` of its param groups; one without it was made by
+        torch.optim.Adafactor, which factors the last two dimensions: it loads as `matrix_view="last_two"`.
+        Row and column statistics that do not fit the factoring raise a ValueError saying so."""
+        groups = [g if "matrix_view" in g else {**g, "matrix_view": "last_two"} for g in state_dict["param_groups"]]
+        state_dict = {**state_dict, "param_groups": groups}
+        for saved, group in zip(groups, self.param_groups):
+            view = SimpleNamespace(matrix_view=saved["matrix_view"])
+            for index, p in zip(saved["params"], group["params"]):
+                _check_factoring(state_dict["state"].get(index, {}), p, view, index)
+        super().load_state_dict(state_dict)
+
+
+def _check_factoring(state: dict, p: torch.Tensor, view: SimpleNamespace, index) -> None:
+    for key, expected in (("row_var", row_zeros), ("col_var", col_zeros)):
+        if key not in state:
+            continue
+        shape, want = tuple(state[key].shape), tuple(expected(p.detach(), view).shape)
+        if shape != want:
+            other = "last_two" if view.matrix_view == "flatten" else "flatten"
+            fits = tuple(expected(p.detach(), SimpleNamespace(matrix_view=other)).shape) == shape
+            hint = (f"it was made with matrix_view={other!r}: record that in the checkpoint's param_groups "
+                    f"(torch.optim.Adafactor factors the last two dimensions, optimlab's 'last_two')" if fits else
+                    "it was made for a parameter of another shape")
+            raise ValueError(
+                f"Adafactor.load_state_dict: parameter {index} of shape {tuple(p.shape)} has {key} of shape {shape}, "
+                f"but matrix_view={view.matrix_view!r} factors it with {key} of shape {want}; {hint}")
