@@ -401,7 +401,7 @@ def _element_pass(e: Emit, k: int) -> list[str]:
     for d in divisors.values():
         if d.kind == PER_TENSOR:
             lines.append(f"    const {real} r{e.index[id(d)]} = ({real})(1.0 / pt[t * {e.npt} + {e.slot[id(d)]}]);")
-    # Sums: per-tensor ones per chunk in the compute type (per unit in double for matrices), rows in double.
+    # Sums: per chunk in the compute type; for matrices, per row in the compute type and per unit in double.
     acc_type = "double" if e.matrix else real
     for r in sums:
         lines.append(f"    {acc_type} acc{e.rslot[id(r)]} = 0;")
@@ -436,23 +436,26 @@ def _element_pass(e: Emit, k: int) -> list[str]:
         else:
             value = _expr(n.op, [ref(a) for a in n.args], real, reciprocal=_scalar_over_tensor(n))
         body.append(f"const {ctype} x{e.index[id(n)]} = {value};")
+    # Matrices: per row in the compute type (as a chunk), then per unit in double.
+    partial = "rs" if e.matrix else "acc"
     for r in sums:
         x = ref(r.args[0])
-        body.append(f"acc{e.rslot[id(r)]} += {f'({acc_type}){x} * {x}' if r.op == 'sumsq' else x};")
+        body.append(f"{partial}{e.rslot[id(r)]} += {f'{x} * {x}' if r.op == 'sumsq' else x};")
     for r in row_sums:
-        body.append(f"racc{row_sums.index(r)} += (double){ref(r.args[0])};")
+        body.append(f"racc{row_sums.index(r)} += {ref(r.args[0])};")
     for r in col_sums:
         body.append(f"cp{col_sums.index(r)}[j] += (double){ref(r.args[0])};")
     for name in stores:
         body.append(f"a{arrays.index(name)}[i] = {e.store.format(ref(graph.outputs[name]))};")
-    accumulators = [f"acc{e.rslot[id(r)]}" for r in sums] + [f"racc{j}" for j in range(len(row_sums))]
+    accumulators = [f"{partial}{e.rslot[id(r)]}" for r in sums] + [f"racc{j}" for j in range(len(row_sums))]
     simd = f"    #pragma omp simd reduction(+:{','.join(accumulators)})" if accumulators else None
     if e.matrix:  # row by row: row values once per row, column values per element
         lines.append("    for (int64_t r = lo; r < hi; r++) {")
         for n in graph.nodes:
             if id(n) in used and n.kind == ROW:
                 lines.append(f"      const {real} y{e.index[id(n)]} = rb{e.index[id(n)]}[roff[t] + r];")
-        lines += [f"      double racc{j} = 0;" for j in range(len(row_sums))]
+        lines += [f"      {real} racc{j} = 0;" for j in range(len(row_sums))]
+        lines += [f"      {real} rs{e.rslot[id(r)]} = 0;" for r in sums]
         if simd:
             lines.append("  " + simd)
         lines.append("      for (int64_t j = 0; j < m; j++) {")
@@ -460,7 +463,9 @@ def _element_pass(e: Emit, k: int) -> list[str]:
         lines += [f"        {b}" for b in body]
         lines.append("      }")
         for j, r in enumerate(row_sums):
-            lines.append(f"      rb{e.index[id(r)]}[roff[t] + r] = ({real})racc{j};")
+            lines.append(f"      rb{e.index[id(r)]}[roff[t] + r] = racc{j};")
+        for r in sums:
+            lines.append(f"      acc{e.rslot[id(r)]} += (double)rs{e.rslot[id(r)]};")
         lines.append("    }")
     else:
         if simd:  # vector partial sums in registers, in an order fixed by the chunk and the code
