@@ -111,7 +111,8 @@ def peak_memory(layout: str, total: int, impl: str, name: str) -> dict | None:
     """Peak memory of one candidate, measured in a fresh process (see the module's docstring)."""
     probe = json.dumps({"layout": layout, "total": total, "impl": impl, "name": name})
     env = {**os.environ, "OPTIMLAB_CACHE_DIR": os.environ["OPTIMLAB_CACHE_DIR"]}
-    done = subprocess.run([sys.executable, __file__, "--probe", probe], capture_output=True, text=True, env=env)
+    done = subprocess.run([sys.executable, __file__, "--probe", probe], capture_output=True, text=True,
+                          env=env)
     if done.returncode != 0:
         print(f"memory probe failed for {impl} {name}: {done.stderr[-500:]}", file=sys.stderr)
         return None
@@ -222,12 +223,13 @@ def report(result: dict) -> None:
         vs = "—" if r["vs_torch_foreach"] is None else f"{r['vs_torch_foreach']:.2f}"
         step = f"{r['step_MB']:.0f}" if "step_MB" in r else "—"
         peak = f"{r['peak_MB']:.0f}" if "peak_MB" in r else "—"
-        print(f"{r['optimizer']:<13} {r['impl']:<16} {r['ms']:>9.1f} {r['ratio']:>13.2f} {vs:>15} {traffic:>7} "
-              f"{pct:>5} {step:>7} {peak:>7} {goal:>7} {cold:>6}")
+        print(f"{r['optimizer']:<13} {r['impl']:<16} {r['ms']:>9.1f} {r['ratio']:>13.2f} {vs:>15} "
+              f"{traffic:>7} {pct:>5} {step:>7} {peak:>7} {goal:>7} {cold:>6}")
     for r in result["rows"]:
         if "peak_vs_torch_foreach" in r:
-            print(f"optimlab foreach {r['optimizer']}: {r['vs_torch_foreach']:.2f}× torch foreach time (target ≤ 1.15), "
-                  f"peak memory {r['peak_vs_torch_foreach']:.2f}× torch foreach's run (target ≤ 1.10)")
+            print(f"optimlab foreach {r['optimizer']}: {r['vs_torch_foreach']:.2f}× torch foreach time "
+                  f"(target ≤ 1.15), peak memory {r['peak_vs_torch_foreach']:.2f}× torch foreach's run "
+                  "(target ≤ 1.10)")
 
 
 def main() -> int:
@@ -236,8 +238,10 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=20, help="interleaved repetitions per candidate (default 20)")
     parser.add_argument("--optimizers", default=",".join(CANDIDATES), help="comma-separated subset of: " + ", ".join(CANDIDATES))
     parser.add_argument("--layouts", default="flat,transformer",
-                        help="flat (10 tensors), transformer (~200 tensors), 5x1M (5 tensors of 1 M; ignores --params)")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes (a process each)")
+                        help="flat (10 tensors), transformer (~200 tensors), "
+                             "5x1M (5 tensors of 1 M; ignores --params)")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the peak-memory probes (a process each)")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--probe", help=argparse.SUPPRESS)  # internal: one memory probe in this process
     args = parser.parse_args()

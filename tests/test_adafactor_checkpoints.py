@@ -8,9 +8,9 @@ import copy
 
 import pytest
 import torch
+from cases import backward, make_params, train
 
 import optimlab
-from cases import backward, make_params, train
 
 SHAPES = [(4, 3), (2, 3, 2, 2), (7,), (3, 1, 5)]  # a matrix, conv-like 4-D and 3-D tensors, a vector
 
@@ -37,7 +37,8 @@ def test_a_torch_checkpoint_loads_with_torchs_factoring_and_continues_as_torch(f
 
 @pytest.mark.parametrize("path", ["tensor", "foreach", "fused"])
 def test_an_optimlab_checkpoint_loads_into_torch_where_the_factoring_agrees(float64_default, path):
-    params, opt = train(lambda ps: optimlab.Adafactor(ps, matrix_view="last_two", path=path), steps=10, shapes=SHAPES)
+    params, opt = train(lambda ps: optimlab.Adafactor(ps, matrix_view="last_two", path=path), steps=10,
+                        shapes=SHAPES)
     theirs = [p.detach().clone().requires_grad_() for p in params]
     torch_opt = torch.optim.Adafactor(theirs)
     torch_opt.load_state_dict(copy.deepcopy(opt.state_dict()))

@@ -190,7 +190,7 @@ class Emit:
         return self.scalar_ref(n) if n.kind == SCALAR else f"pt[t * {self.npt} + {self.slot[id(n)]}]"
 
     def line_ref(self, n: Sym, at: str) -> str:
-        """A row or column value (at index `at` of the tensor's rows or columns), or a coarser one, in real."""
+        """A row or column value (at index `at` of the tensor's rows or columns) or a coarser one, in real."""
         if n.kind == ROW:
             return f"rb{self.index[id(n)]}[roff[t] + {at}]"
         if n.kind == COL:
@@ -213,7 +213,8 @@ def generate(graph: Graph, dtype: torch.dtype, title: str = "") -> str:
     reductions = element_reductions(graph)
     sums = [r for r in reductions if r.op in ("sum", "sumsq")]
     e = Emit(graph=graph, plan=p, dtype=dtype, storage=storage, real=real, load=load, store=store,
-             index={id(n): i for i, n in enumerate(graph.nodes)}, slot={id(n): j for j, n in enumerate(per_tensor)},
+             index={id(n): i for i, n in enumerate(graph.nodes)},
+             slot={id(n): j for j, n in enumerate(per_tensor)},
              npt=max(len(per_tensor), 1), rslot={id(r): j for j, r in enumerate(sums)}, nr=max(len(sums), 1),
              matrix=graph.matrix)
     out = [f"/* optimlab fused kernel: {title} ({dtype}) */", PRELUDE, f"#define CHUNK {CHUNK}",
@@ -238,7 +239,8 @@ def generate(graph: Graph, dtype: torch.dtype, title: str = "") -> str:
         out += _combine_reductions(e, k)
     out += _between_passes(e, p.passes)  # row or column states from the last pass's sums
     out += _store_lines(e)
-    out += ["  free(chunk); free(part); free(pt);" + (" free(lines);" if e.matrix else ""), "  return 0;", "}"]
+    out += ["  free(chunk); free(part); free(pt);" + (" free(lines);" if e.matrix else ""),
+            "  return 0;", "}"]
     return "\n".join(out) + "\n"
 
 
@@ -285,15 +287,18 @@ def _matrix_tables(e: Emit) -> list[str]:
         "  int64_t *chunk = malloc(sizeof(int64_t) * (4 * nc + 3 * nt + 1));",
         f"  double *part = malloc(sizeof(double) * (nc * {e.nr} + ncp * {max(len(col_sums), 1)} + 1));",
         f"  double *pt = malloc(sizeof(double) * (nt * {e.npt} + 1));",
-        f"  {e.real} *lines = malloc(sizeof({e.real}) * (nrow * {max(len(rows), 1)} + ncol * {max(len(cols), 1)} + 1));",
-        "  if (!chunk || !part || !pt || !lines) { free(chunk); free(part); free(pt); free(lines); return 1; }",
+        f"  {e.real} *lines = malloc(sizeof({e.real}) * (nrow * {max(len(rows), 1)}"
+        f" + ncol * {max(len(cols), 1)} + 1));",
+        "  if (!chunk || !part || !pt || !lines) {",
+        "    free(chunk); free(part); free(pt); free(lines); return 1;",
+        "  }",
         "  int64_t *first = chunk + 4 * nc, *roff = first + nt + 1, *coff = roff + nt;",
         "  for (int64_t t = 0, c = 0, r0 = 0, c0 = 0, p0 = 0; t < nt; t++) {",
         "    const int64_t per = cols[t] > 0 && cols[t] < BLOCK ? BLOCK / cols[t] : 1;",
         "    first[t] = c; roff[t] = r0; coff[t] = c0; r0 += rows[t]; c0 += cols[t];",
         "    for (int64_t lo = 0; lo < rows[t]; lo += per, c++, p0 += cols[t]) {",
-        "      chunk[4 * c] = t; chunk[4 * c + 1] = lo; chunk[4 * c + 2] = lo + per < rows[t] ? lo + per : rows[t];",
-        "      chunk[4 * c + 3] = p0;",
+        "      chunk[4 * c] = t; chunk[4 * c + 1] = lo;",
+        "      chunk[4 * c + 2] = lo + per < rows[t] ? lo + per : rows[t]; chunk[4 * c + 3] = p0;",
         "    }",
         "  }",
         "  first[nt] = nc;",
@@ -385,7 +390,8 @@ def _element_pass(e: Emit, k: int) -> list[str]:
         "  for (int64_t c = 0; c < nc; c++) {",
     ]
     if e.matrix:
-        lines += ["    const int64_t t = chunk[4 * c], lo = chunk[4 * c + 1], hi = chunk[4 * c + 2], m = cols[t];"]
+        lines += ["    const int64_t t = chunk[4 * c], lo = chunk[4 * c + 1], hi = chunk[4 * c + 2];",
+                  "    const int64_t m = cols[t];"]
     else:
         lines += ["    const int64_t t = chunk[2 * c], lo = chunk[2 * c + 1];",
                   "    const int64_t hi = lo + CHUNK < numel[t] ? lo + CHUNK : numel[t];"]
@@ -393,14 +399,16 @@ def _element_pass(e: Emit, k: int) -> list[str]:
     for name in touched:
         a = arrays.index(name)
         const = "const " if name not in stores else ""
-        lines.append(f"    {const}{e.storage} *restrict a{a} = ({e.storage} *)ptr[t * {len(arrays)} + {a}];  /* {name} */")
+        pointer = f"({e.storage} *)ptr[t * {len(arrays)} + {a}]"
+        lines.append(f"    {const}{e.storage} *restrict a{a} = {pointer};  /* {name} */")
     for n in graph.nodes:
         if id(n) in used and n.kind == PER_TENSOR:
             ctype = "int" if n.is_bool else real
             lines.append(f"    const {ctype} q{e.index[id(n)]} = ({ctype})pt[t * {e.npt} + {e.slot[id(n)]}];")
     for d in divisors.values():
         if d.kind == PER_TENSOR:
-            lines.append(f"    const {real} r{e.index[id(d)]} = ({real})(1.0 / pt[t * {e.npt} + {e.slot[id(d)]}]);")
+            value = f"({real})(1.0 / pt[t * {e.npt} + {e.slot[id(d)]}])"
+            lines.append(f"    const {real} r{e.index[id(d)]} = {value};")
     # Sums: per chunk in the compute type; for matrices, per row in the compute type and per unit in double.
     acc_type = "double" if e.matrix else real
     for r in sums:
@@ -501,13 +509,15 @@ def _combine_reductions(e: Emit, k: int) -> list[str]:
     for r in sums:
         lines += [
             "    { double s = 0;",
-            f"      for (int64_t c = first[t]; c < first[t + 1]; c++) s += part[c * {e.nr} + {e.rslot[id(r)]}];",
+            "      for (int64_t c = first[t]; c < first[t + 1]; c++)",
+            f"        s += part[c * {e.nr} + {e.rslot[id(r)]}];",
             f"      pt[t * {e.npt} + {e.slot[id(r)]}] = s; }}",
         ]
     for j, r in enumerate(col_sums):
         lines += [
             "    for (int64_t i = 0; i < cols[t]; i++) { double s = 0;",
-            f"      for (int64_t c = first[t]; c < first[t + 1]; c++) s += colpart[ncp * {j} + chunk[4 * c + 3] + i];",
+            "      for (int64_t c = first[t]; c < first[t + 1]; c++)",
+            f"        s += colpart[ncp * {j} + chunk[4 * c + 3] + i];",
             f"      cb{e.index[id(r)]}[coff[t] + i] = ({e.real})s; }}",
         ]
     return lines + ["  }"]

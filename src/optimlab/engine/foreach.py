@@ -263,16 +263,19 @@ def _list_op(n: Sym, args: list, free: list[bool], fused_next: bool, step: Step)
         v = args[0]
         return Values(v.xs, -v.scale, owned=free[0], home=v.home if free[0] else None)
     if op in ("mul", "div") and all(lists):
-        if fused_next and all(isinstance(a, Values) for a in args) and n.args[0].kind == n.args[1].kind == n.kind:
+        same = n.args[0].kind == n.args[1].kind == n.kind
+        if fused_next and same and all(isinstance(a, Values) for a in args):
             return Product(op, args[0], args[1])  # left for the add or sub right after to fuse
         return _product(op, args, free)
     if op in ("add", "sub") and all(lists):
         return _add(op, args, free, [a.kind for a in n.args], n.kind)
     count = len(next(_materialize(a, False) if isinstance(a, Product) else a.xs
                      for a, is_list in zip(args, lists) if is_list))
-    values = [_materialize(a, f) if is_list else _operand(a, count, step) for a, is_list, f in zip(args, lists, free)]
+    values = [_materialize(a, f) if is_list else _operand(a, count, step)
+              for a, is_list, f in zip(args, lists, free)]
     # Tensors we may write over: fresh ones (a scale was applied out of place) or an operand that dies here.
-    fresh = [is_list and not (isinstance(a, Values) and v is a.xs) for a, v, is_list in zip(args, values, lists)]
+    fresh = [is_list and not (isinstance(a, Values) and v is a.xs)
+             for a, v, is_list in zip(args, values, lists)]
     writable = [is_list and (f or new) for is_list, f, new in zip(lists, free, fresh)]
     homes = [a.home if isinstance(a, Values) and values[k] is a.xs else None for k, a in enumerate(args)]
     return _other(op, n, values, lists, writable, homes)
@@ -296,7 +299,7 @@ def _add(op: str, args: list, free: list[bool], kinds: list[int], kind: int) -> 
     """x ± y, taking y's pending factor into alpha and y's pending product into addcmul or addcdiv."""
     x, y = args
     if op == "add" and (isinstance(x, Product) or (free[1] and not free[0] and isinstance(y, Values))):
-        x, y, free, kinds = y, x, free[::-1], kinds[::-1]  # accumulate into the operand that may be overwritten
+        x, y, free, kinds = y, x, free[::-1], kinds[::-1]  # accumulate into the one we may overwrite
     sign = 1.0 if op == "add" else -1.0
     if isinstance(x, Product):
         x, free = Values(_materialize(x, False), owned=True), [True, free[1]]
@@ -316,16 +319,15 @@ def _add(op: str, args: list, free: list[bool], kinds: list[int], kind: int) -> 
     return Values(torch._foreach_add(xs, y.xs, alpha=sign * y.scale), owned=True)
 
 
-FOREACH_LISTS = {"mul": (torch._foreach_mul, torch._foreach_mul_), "div": (torch._foreach_div, torch._foreach_div_)}
-FOREACH_TERNARY = {"mul": (torch._foreach_addcmul, torch._foreach_addcmul_),
-                   "div": (torch._foreach_addcdiv, torch._foreach_addcdiv_)}
-FOREACH_UNARY = {"sqrt": (torch._foreach_sqrt, torch._foreach_sqrt_), "abs": (torch._foreach_abs, torch._foreach_abs_),
-                 "sign": (torch._foreach_sign, torch._foreach_sign_),
-                 "rsqrt": (torch._foreach_rsqrt, torch._foreach_rsqrt_)}
-FOREACH_WITH_NUMBER = {"add": (torch._foreach_add, torch._foreach_add_), "sub": (torch._foreach_sub, torch._foreach_sub_),
-                       "maximum": (torch._foreach_maximum, torch._foreach_maximum_),
-                       "minimum": (torch._foreach_minimum, torch._foreach_minimum_),
-                       "mul": (torch._foreach_mul, torch._foreach_mul_), "div": (torch._foreach_div, torch._foreach_div_)}
+def _pair(name: str) -> tuple:
+    """torch._foreach_<name> and its in-place variant."""
+    return getattr(torch, f"_foreach_{name}"), getattr(torch, f"_foreach_{name}_")
+
+
+FOREACH_LISTS = {op: _pair(op) for op in ("mul", "div")}
+FOREACH_TERNARY = {"mul": _pair("addcmul"), "div": _pair("addcdiv")}
+FOREACH_UNARY = {op: _pair(op) for op in ("sqrt", "abs", "sign", "rsqrt")}
+FOREACH_WITH_NUMBER = {op: _pair(op) for op in ("add", "sub", "maximum", "minimum", "mul", "div")}
 
 
 def _true_div(a, b):
@@ -371,7 +373,7 @@ def _other(op: str, n: Sym, values: list, lists: list[bool], writable: list[bool
             xs = torch._foreach_neg(xs)
         torch._foreach_add_(xs, values[0])
         return Values(xs, owned=True)
-    if op == "div" and lists == [False, True] and n.args[0].kind == SCALAR:  # number / x, as torch computes it
+    if op == "div" and lists == [False, True] and n.args[0].kind == SCALAR:  # number / x, as torch does it
         xs = torch._foreach_reciprocal(values[1])
         torch._foreach_mul_(xs, values[0])
         return Values(xs, owned=True)

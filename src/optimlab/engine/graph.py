@@ -210,8 +210,9 @@ def _reduce(op, a, dim=None, keepdim=False, **kw) -> Sym:
     along = ALONG.get((a.kind, dim))
     if op != "sum" or not keepdim or along is None:
         raise TraceError(
-            "a traced rule reduces along an axis only as x.sum(dim, keepdim=True) or x.mean(dim, keepdim=True), "
-            "dim -1 (per row) or -2 (per column) of the rule's matrix view; otherwise mark it traceable=False"
+            "a traced rule reduces along an axis only as x.sum(dim, keepdim=True) or x.mean(dim, "
+            "keepdim=True), dim -1 (per row) or -2 (per column) of the rule's matrix view; otherwise mark it "
+            "traceable=False"
         )
     op, kind = along
     return _node(op, (a,), kind=kind)

@@ -72,7 +72,8 @@ def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[s
         chosen = choose(path, rule, device, dense)
         if not dense and rule.matrix and any(rule.state[sym].per != "element" for sym in has):
             chosen = "tensor"  # row and column values on the fast paths: one dense matrix per tensor
-        pick = [params[i] for i in idx], [grads[i] for i in idx], {k: [states[k][i] for i in idx] for k in has}
+        pick = [params[i] for i in idx], [grads[i] for i in idx], {k: [states[k][i] for i in idx]
+                                                                   for k in has}
         if chosen == "fused":
             try:
                 run_fused(rule, h, *pick)
@@ -141,7 +142,8 @@ def run_tensor(rule: Rule, h, params, grads, states) -> None:
 
 def run_foreach(rule: Rule, h, params, grads, states) -> None:
     graph = graph_of(rule, h, kept=tuple(states))
-    foreach.run(graph, h, {"θ": params, "g": grads, **states}, matrix_shapes(rule, h, params) if graph.matrix else None)
+    shapes = matrix_shapes(rule, h, params) if graph.matrix else None
+    foreach.run(graph, h, {"θ": params, "g": grads, **states}, shapes)
 
 
 # --- fused: the traced graph as one C kernel -----------------------------------------------------

@@ -80,7 +80,8 @@ class Adafactor(RuleOptimizer):
         """A checkpoint's factoring is the `matrix_view` of its param groups; one without it was made by
         torch.optim.Adafactor, which factors the last two dimensions: it loads as `matrix_view="last_two"`.
         Row and column statistics that do not fit the factoring raise a ValueError saying so."""
-        groups = [g if "matrix_view" in g else {**g, "matrix_view": "last_two"} for g in state_dict["param_groups"]]
+        groups = [g if "matrix_view" in g else {**g, "matrix_view": "last_two"}
+                  for g in state_dict["param_groups"]]
         state_dict = {**state_dict, "param_groups": groups}
         for saved, group in zip(groups, self.param_groups):
             view = SimpleNamespace(matrix_view=saved["matrix_view"])
@@ -98,8 +99,8 @@ def _check_factoring(state: dict, p: torch.Tensor, view: SimpleNamespace, index)
             other = "last_two" if view.matrix_view == "flatten" else "flatten"
             fits = tuple(expected(p.detach(), SimpleNamespace(matrix_view=other)).shape) == shape
             hint = (f"it was made with matrix_view={other!r}: record that in the checkpoint's param_groups "
-                    f"(torch.optim.Adafactor factors the last two dimensions, optimlab's 'last_two')" if fits else
-                    "it was made for a parameter of another shape")
+                    "(torch.optim.Adafactor factors the last two dimensions, optimlab's 'last_two')" if fits
+                    else "it was made for a parameter of another shape")
             raise ValueError(
-                f"Adafactor.load_state_dict: parameter {index} of shape {tuple(p.shape)} has {key} of shape {shape}, "
-                f"but matrix_view={view.matrix_view!r} factors it with {key} of shape {want}; {hint}")
+                f"Adafactor.load_state_dict: parameter {index} of shape {tuple(p.shape)} has {key} of shape "
+                f"{shape}, but matrix_view={view.matrix_view!r} factors it with {key} of shape {want}; {hint}")
