@@ -432,9 +432,10 @@ def _element_pass(e: Emit, k: int) -> list[str]:
         return f"k{e.index[id(n)]}"
 
     body = []
-    for n in graph.nodes:  # column values, per element
+    for n in graph.nodes:  # column values, per element (from the tensor's own columns: a plain load, no gather)
         if id(n) in used and n.kind == COL:
-            body.append(f"const {real} z{e.index[id(n)]} = cb{e.index[id(n)]}[coff[t] + j];")
+            lines.append(f"    const {real} *restrict zc{e.index[id(n)]} = cb{e.index[id(n)]} + coff[t];")
+            body.append(f"const {real} z{e.index[id(n)]} = zc{e.index[id(n)]}[j];")
     for n in nodes:
         ctype = "int" if n.is_bool else real
         if id(n) in loads:

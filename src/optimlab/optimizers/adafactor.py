@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import torch
@@ -13,8 +14,10 @@ from . import _checks
 
 
 def relative_step(h, t, carried):
-    """β̂₂ₜ = 1 − t^c and ρ_t = min(lr, 1/√t) (Shazeer & Stern 2018, Alg. 4; torch's naming)."""
-    return {"beta2_t": 1 - t**h.beta2_decay, "rho": min(h.lr, 1 / t**0.5)}
+    """β̂₂ₜ = 1 − t^c and ρ_t = min(lr, 1/√t) (Shazeer & Stern 2018, Alg. 4; torch's naming), and 1/ε₁,
+    the largest 1/√V̂ once V̂ is clamped at ε₁² (None: ε₁ is the machine epsilon of the type)."""
+    inv_eps1 = None if h.eps1 is None else math.inf if h.eps1 == 0 else 1 / h.eps1
+    return {"beta2_t": 1 - t**h.beta2_decay, "rho": min(h.lr, 1 / t**0.5), "inv_eps1": inv_eps1}
 
 
 def factored(θ) -> bool:
@@ -51,11 +54,14 @@ def adafactor(h, θ, g, R, C, V):
         G2 = as_matrix(g * g, h)
         R = h.beta2_t * R + (1 - h.beta2_t) * G2.mean(dim=-1, keepdim=True)  # Rₜ: mean of each row
         C = h.beta2_t * C + (1 - h.beta2_t) * G2.mean(dim=-2, keepdim=True)  # Cₜ: mean of each column
-        v_hat = (R @ C / torch.clamp(R.mean(dim=-2, keepdim=True), min=eps1)).view_as(g)  # V̂ = RC / 1ᵀR
+        # V̂ = RC / 1ᵀR has rank one, and so has 1/√V̂ = (1/√(R / 1ᵀR)) (1/√C): a root per row and per
+        # column, not per element. V̂ ≥ ε₁² (as torch clamps it) is 1/√V̂ ≤ 1/ε₁.
+        R_hat = R / torch.clamp(R.mean(dim=-2, keepdim=True), min=eps1)
+        inv_sqrt_v = (torch.rsqrt(R_hat) @ torch.rsqrt(C)).view_as(g)
+        U = g * torch.clamp(inv_sqrt_v, max=1 / eps1 if h.inv_eps1 is None else h.inv_eps1)  # U = g/√V̂
     else:
         V = h.beta2_t * V + (1 - h.beta2_t) * g * g
-        v_hat = V
-    U = g * torch.rsqrt(torch.clamp(v_hat, min=eps1 * eps1))  # U = g/√V̂
+        U = g * torch.rsqrt(torch.clamp(V, min=eps1 * eps1))  # U = g/√V̂
     U = U * (α / torch.clamp(rms(U) / h.d, min=1.0))  # clip the update's RMS at d, take the relative step
     θ = θ * (1 - h.lr * h.weight_decay) - U
     return θ, R, C, V
