@@ -432,7 +432,7 @@ def _element_pass(e: Emit, k: int) -> list[str]:
         return f"k{e.index[id(n)]}"
 
     body = []
-    for n in graph.nodes:  # column values, per element (from the tensor's own columns: a plain load, no gather)
+    for n in graph.nodes:  # column values per element, from the tensor's own columns (a load, not a gather)
         if id(n) in used and n.kind == COL:
             lines.append(f"    const {real} *restrict zc{e.index[id(n)]} = cb{e.index[id(n)]} + coff[t];")
             body.append(f"const {real} z{e.index[id(n)]} = zc{e.index[id(n)]}[j];")

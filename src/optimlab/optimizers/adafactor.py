@@ -109,4 +109,5 @@ def _check_factoring(state: dict, p: torch.Tensor, view: SimpleNamespace, index)
                     else "it was made for a parameter of another shape")
             raise ValueError(
                 f"Adafactor.load_state_dict: parameter {index} of shape {tuple(p.shape)} has {key} of shape "
-                f"{shape}, but matrix_view={view.matrix_view!r} factors it with {key} of shape {want}; {hint}")
+                f"{shape}, but matrix_view={view.matrix_view!r} factors it with {key} of shape {want}; "
+                f"{hint}")
