@@ -50,7 +50,7 @@ class Product:
 
 @dataclasses.dataclass
 class Step:
-    """What one evaluation needs besides the graph: the arrays, their matrix views and the types."""
+    """What evaluating a node needs besides its operands: hyperparameters, types, device and sizes."""
 
     h: object
     compute: torch.dtype
