@@ -218,7 +218,7 @@ def generate(graph: Graph, dtype: torch.dtype, title: str = "") -> str:
              npt=max(len(per_tensor), 1), rslot={id(r): j for j, r in enumerate(sums)}, nr=max(len(sums), 1),
              matrix=graph.matrix)
     out = [f"/* optimlab fused kernel: {title} ({dtype}) */", PRELUDE, f"#define CHUNK {CHUNK}",
-           f"#define BLOCK {BLOCK}"]
+           f"#define BLOCK {BLOCK}", f"#define ROWS_IN_REAL {ROWS_IN_REAL}"]
     out.append("int step(int64_t nt, void **ptr, const int64_t *numel, const double *sc, int nthreads) {")
     # Scalars: computed once per call, in double, as the eager path computes them in Python.
     for n in graph.nodes:
@@ -246,6 +246,7 @@ def generate(graph: Graph, dtype: torch.dtype, title: str = "") -> str:
 
 COMPUTE = {"float": torch.float32, "double": torch.float64}
 BLOCK = 1 << 18  # elements per unit of work when tensors are walked as matrices (whole rows, at least one)
+ROWS_IN_REAL = 32  # rows a column's partial sum takes in the compute type before it joins the double one
 
 
 def _chunk_table(e: Emit) -> list[str]:
@@ -288,7 +289,7 @@ def _matrix_tables(e: Emit) -> list[str]:
         f"  double *part = malloc(sizeof(double) * (nc * {e.nr} + ncp * {max(len(col_sums), 1)} + 1));",
         f"  double *pt = malloc(sizeof(double) * (nt * {e.npt} + 1));",
         f"  {e.real} *lines = malloc(sizeof({e.real}) * (nrow * {max(len(rows), 1)}"
-        f" + ncol * {max(len(cols), 1)} + 1));",
+        f" + ncol * {max(len(cols), 1)} + ncp * {len(col_sums)} + 1));",
         "  if (!chunk || !part || !pt || !lines) {",
         "    free(chunk); free(part); free(pt); free(lines); return 1;",
         "  }",
@@ -303,6 +304,7 @@ def _matrix_tables(e: Emit) -> list[str]:
         "  }",
         "  first[nt] = nc;",
         f"  double *colpart = part + nc * {e.nr};",
+        f"  {e.real} *colrows = lines + nrow * {max(len(rows), 1)} + ncol * {max(len(cols), 1)};",
     ]
     for j, n in enumerate(rows):
         lines.append(f"  {e.real} *rb{e.index[id(n)]} = lines + nrow * {j};")
@@ -416,7 +418,8 @@ def _element_pass(e: Emit, k: int) -> list[str]:
     for r in col_sums:
         j = col_sums.index(r)
         lines += [f"    double *restrict cp{j} = colpart + ncp * {j} + chunk[4 * c + 3];",
-                  f"    for (int64_t i = 0; i < m; i++) cp{j}[i] = 0;"]
+                  f"    {real} *restrict cf{j} = colrows + ncp * {j} + chunk[4 * c + 3];",
+                  f"    for (int64_t i = 0; i < m; i++) {{ cp{j}[i] = 0; cf{j}[i] = 0; }}"]
 
     def ref(n: Sym) -> str:
         if n.kind == ELEMENT:
@@ -453,7 +456,7 @@ def _element_pass(e: Emit, k: int) -> list[str]:
     for r in row_sums:
         body.append(f"racc{row_sums.index(r)} += {ref(r.args[0])};")
     for r in col_sums:
-        body.append(f"cp{col_sums.index(r)}[j] += (double){ref(r.args[0])};")
+        body.append(f"cf{col_sums.index(r)}[j] += {ref(r.args[0])};")
     for name in stores:
         body.append(f"a{arrays.index(name)}[i] = {e.store.format(ref(graph.outputs[name]))};")
     accumulators = [f"{partial}{e.rslot[id(r)]}" for r in sums] + [f"racc{j}" for j in range(len(row_sums))]
@@ -475,6 +478,11 @@ def _element_pass(e: Emit, k: int) -> list[str]:
             lines.append(f"      rb{e.index[id(r)]}[roff[t] + r] = racc{j};")
         for r in sums:
             lines.append(f"      acc{e.rslot[id(r)]} += (double)rs{e.rslot[id(r)]};")
+        if col_sums:  # columns: ROWS_IN_REAL rows at a time in the compute type, then into double
+            lines.append("      if ((r - lo) % ROWS_IN_REAL == ROWS_IN_REAL - 1 || r == hi - 1)")
+            lines.append("        for (int64_t i = 0; i < m; i++) {"
+                         + "".join(f" cp{j}[i] += (double)cf{j}[i]; cf{j}[i] = 0;" for j in range(len(col_sums)))
+                         + " }")
         lines.append("    }")
     else:
         if simd:  # vector partial sums in registers, in an order fixed by the chunk and the code
