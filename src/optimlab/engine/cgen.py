@@ -480,9 +480,8 @@ def _element_pass(e: Emit, k: int) -> list[str]:
             lines.append(f"      acc{e.rslot[id(r)]} += (double)rs{e.rslot[id(r)]};")
         if col_sums:  # columns: ROWS_IN_REAL rows at a time in the compute type, then into double
             lines.append("      if ((r - lo) % ROWS_IN_REAL == ROWS_IN_REAL - 1 || r == hi - 1)")
-            lines.append("        for (int64_t i = 0; i < m; i++) {"
-                         + "".join(f" cp{j}[i] += (double)cf{j}[i]; cf{j}[i] = 0;" for j in range(len(col_sums)))
-                         + " }")
+            flush = "".join(f" cp{j}[i] += (double)cf{j}[i]; cf{j}[i] = 0;" for j in range(len(col_sums)))
+            lines.append(f"        for (int64_t i = 0; i < m; i++) {{{flush} }}")
         lines.append("    }")
     else:
         if simd:  # vector partial sums in registers, in an order fixed by the chunk and the code
