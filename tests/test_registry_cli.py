@@ -53,7 +53,7 @@ def test_unknown_hyperparameter_names_itself_and_the_valid_ones():
     ("adam", {"amsgrad": "yes"}, "amsgrad"), ("sgd", {"momentum": -0.5}, "momentum"),
     ("sgd", {"nesterov": True}, "nesterov"), ("adamw", {"weight_decay": float("nan")}, "weight_decay"),
     ("adafactor", {"d": 0.5}, "d"), ("adafactor", {"matrix_view": "rows"}, "matrix_view"),
-    ("lion", {"path": "gpu"}, "path"), ("adafactor", {"path": "fused"}, "tensor"),
+    ("lion", {"path": "gpu"}, "path"), ("adafactor", {"eps": (None, -1.0)}, "eps"),
 ])
 def test_invalid_hyperparameters_raise_value_error_naming_the_argument(name, hp, argument):
     with pytest.raises(ValueError, match=argument):

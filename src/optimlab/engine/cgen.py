@@ -18,7 +18,7 @@ import dataclasses
 
 import torch
 
-from .graph import ELEMENT, PER_TENSOR, REDUCTIONS, SCALAR, Graph, Sym
+from .graph import COL, ELEMENT, PER_TENSOR, REDUCTIONS, ROW, SCALAR, Graph, Sym
 
 CHUNK = 4096
 
@@ -85,16 +85,27 @@ class Plan:
     write_pass: dict[str, int]  # array -> the pass that stores its new value
 
 
+def element_outputs(graph: Graph) -> dict[str, Sym]:
+    """Outputs stored by the element passes (row and column states are stored after the last pass)."""
+    return {name: o for name, o in graph.outputs.items() if graph.kinds.get(name, ELEMENT) == ELEMENT}
+
+
+def element_reductions(graph: Graph) -> list[Sym]:
+    """Reductions summed inside an element pass (of a row or column value: between passes)."""
+    return [r for r in graph.reductions if r.args[0].kind == ELEMENT]
+
+
 def plan(graph: Graph) -> Plan:
     stage: dict[int, int] = {}
     for n in graph.nodes:
-        if n.op in REDUCTIONS:
+        if n.op in REDUCTIONS and n.args[0].kind == ELEMENT:
             stage[id(n)] = stage[id(n.args[0])] + 1
         else:
             stage[id(n)] = max((stage[id(a)] for a in n.args), default=0)
-    reduced = [r.args[0] for r in graph.reductions]
-    passes = 1 + max([stage[id(o)] for o in graph.outputs.values()] + [stage[id(e)] for e in reduced], default=0)
-    write_pass = {name: stage[id(o)] for name, o in graph.outputs.items()}
+    outputs = element_outputs(graph)
+    reduced = [r.args[0] for r in element_reductions(graph)]
+    passes = 1 + max([stage[id(o)] for o in outputs.values()] + [stage[id(e)] for e in reduced], default=0)
+    write_pass = {name: stage[id(o)] for name, o in outputs.items()}
     # An array cannot be overwritten while a later pass still reads its old value: defer the store.
     while True:
         moved = False
@@ -108,13 +119,13 @@ def plan(graph: Graph) -> Plan:
 
 
 def _pass_roots(graph: Graph, stage, write_pass, k) -> list[Sym]:
-    outs = [o for name, o in graph.outputs.items() if write_pass[name] == k]
-    return outs + [r.args[0] for r in graph.reductions if stage[id(r.args[0])] == k]
+    outs = [o for name, o in element_outputs(graph).items() if write_pass[name] == k]
+    return outs + [r.args[0] for r in element_reductions(graph) if stage[id(r.args[0])] == k]
 
 
 def _stored_before(graph: Graph, write_pass, k) -> dict[int, str]:
     """Nodes already in memory at pass k: an output stored by an earlier pass is reloaded, not recomputed."""
-    return {id(o): name for name, o in graph.outputs.items() if write_pass[name] < k}
+    return {id(o): name for name, o in element_outputs(graph).items() if write_pass[name] < k}
 
 
 def _pass_nodes(graph: Graph, stage, write_pass, k) -> tuple[list[Sym], dict[int, str]]:
@@ -152,44 +163,100 @@ def traffic(graph: Graph) -> int:
     return total
 
 
-def generate(graph: Graph, dtype: torch.dtype, title: str = "") -> str:
-    """C source of the kernel `int step(nt, ptr, numel, sc, nthreads)` for parameters of `dtype`."""
-    storage, real, load, store = STORAGE[dtype]
-    p = plan(graph)
-    index = {id(n): i for i, n in enumerate(graph.nodes)}
-    per_tensor = [n for n in graph.nodes if n.kind == PER_TENSOR]
-    slot = {id(n): j for j, n in enumerate(per_tensor)}
-    reductions = graph.reductions
-    rslot = {id(r): j for j, r in enumerate(reductions)}
-    arrays = graph.arrays
-    na, npt, nr = len(arrays), max(len(per_tensor), 1), max(len(reductions), 1)
+@dataclasses.dataclass
+class Emit:
+    """What every emitter of one kernel needs: the graph, its plan, and the names of things in C."""
 
-    def scalar_ref(n: Sym) -> str:
+    graph: Graph
+    plan: Plan
+    dtype: torch.dtype
+    storage: str  # the C type arrays are stored in
+    real: str  # the C type elements are computed in
+    load: str  # format of a load from storage to real
+    store: str  # format of a store from real to storage
+    index: dict[int, int]  # id(node) -> its number in the generated names
+    slot: dict[int, int]  # id(per-tensor node) -> its column in pt
+    npt: int  # per-tensor values per tensor
+    rslot: dict[int, int]  # id(per-tensor reduction of elements) -> its column in part
+    nr: int
+    matrix: bool  # tensors are walked as matrices, with row and column values
+
+    def scalar_ref(self, n: Sym) -> str:
         if n.op == "const":
             return repr(float(n.value)) if not n.is_bool else str(int(n.value))
-        return f"s{index[id(n)]}"
+        return f"s{self.index[id(n)]}"
 
-    def per_tensor_ref(n: Sym) -> str:
-        return scalar_ref(n) if n.kind == SCALAR else f"pt[t * {npt} + {slot[id(n)]}]"
+    def per_tensor_ref(self, n: Sym) -> str:
+        return self.scalar_ref(n) if n.kind == SCALAR else f"pt[t * {self.npt} + {self.slot[id(n)]}]"
 
-    out = [f"/* optimlab fused kernel: {title} ({dtype}) */", PRELUDE, f"#define CHUNK {CHUNK}"]
+    def line_ref(self, n: Sym, at: str) -> str:
+        """A row or column value (at index `at` of the tensor's rows or columns) or a coarser one, in real."""
+        if n.kind == ROW:
+            return f"rb{self.index[id(n)]}[roff[t] + {at}]"
+        if n.kind == COL:
+            return f"cb{self.index[id(n)]}[coff[t] + {at}]"
+        if n.kind == PER_TENSOR:
+            return f"(({self.real}){self.per_tensor_ref(n)})"
+        if n.op == "const":
+            return self.scalar_ref(n) if n.is_bool else f"({self.real}){float(n.value)!r}"
+        return f"(({self.real})s{self.index[id(n)]})"
+
+
+def generate(graph: Graph, dtype: torch.dtype, title: str = "") -> str:
+    """C source of the kernel `int step(nt, ptr, numel, sc, nthreads)` for parameters of `dtype`.
+
+    A graph with row or column values reads each tensor's matrix view from numel[nt + t] (rows) and
+    numel[2·nt + t] (columns)."""
+    storage, real, load, store = STORAGE[dtype]
+    p = plan(graph)
+    per_tensor = [n for n in graph.nodes if n.kind == PER_TENSOR]
+    reductions = element_reductions(graph)
+    sums = [r for r in reductions if r.op in ("sum", "sumsq")]
+    e = Emit(graph=graph, plan=p, dtype=dtype, storage=storage, real=real, load=load, store=store,
+             index={id(n): i for i, n in enumerate(graph.nodes)},
+             slot={id(n): j for j, n in enumerate(per_tensor)},
+             npt=max(len(per_tensor), 1), rslot={id(r): j for j, r in enumerate(sums)}, nr=max(len(sums), 1),
+             matrix=graph.matrix)
+    out = [f"/* optimlab fused kernel: {title} ({dtype}) */", PRELUDE, f"#define CHUNK {CHUNK}",
+           f"#define BLOCK {BLOCK}", f"#define ROWS_IN_REAL {ROWS_IN_REAL}"]
     out.append("int step(int64_t nt, void **ptr, const int64_t *numel, const double *sc, int nthreads) {")
     # Scalars: computed once per call, in double, as the eager path computes them in Python.
     for n in graph.nodes:
         if n.kind != SCALAR or n.op == "const":
             continue
-        i = index[id(n)]
+        i = e.index[id(n)]
         if n.op == "scalar":
             out.append(f"  const double s{i} = sc[{graph.scalars.index(n.name)}];  /* {n.name} */")
+        elif n.op == "eps":
+            out.append(f"  const double s{i} = {torch.finfo(COMPUTE[real]).eps!r};  /* machine epsilon */")
         else:
             ctype = "int" if n.is_bool else "double"
-            out.append(f"  const {ctype} s{i} = {_expr(n.op, [scalar_ref(a) for a in n.args], 'double')};")
-    out += [
+            out.append(f"  const {ctype} s{i} = {_expr(n.op, [e.scalar_ref(a) for a in n.args], 'double')};")
+    out += _matrix_tables(e) if e.matrix else _chunk_table(e)
+    for k in range(p.passes):
+        out += _between_passes(e, k)
+        out += _element_pass(e, k)
+        out += _combine_reductions(e, k)
+    out += _between_passes(e, p.passes)  # row or column states from the last pass's sums
+    out += _store_lines(e)
+    out += ["  free(chunk); free(part); free(pt);" + (" free(lines);" if e.matrix else ""),
+            "  return 0;", "}"]
+    return "\n".join(out) + "\n"
+
+
+COMPUTE = {"float": torch.float32, "double": torch.float64}
+BLOCK = 1 << 18  # elements per unit of work when tensors are walked as matrices (whole rows, at least one)
+ROWS_IN_REAL = 32  # rows a column's partial sum takes in the compute type before it joins the double one
+
+
+def _chunk_table(e: Emit) -> list[str]:
+    """Elementwise graphs: fixed chunks of CHUNK elements, (tensor, first element) each."""
+    return [
         "  int64_t nc = 0;",
         "  for (int64_t t = 0; t < nt; t++) nc += (numel[t] + CHUNK - 1) / CHUNK;",
         "  int64_t *chunk = malloc(sizeof(int64_t) * (2 * nc + nt + 1));",
-        f"  double *part = malloc(sizeof(double) * (nc * {nr} + 1));",
-        f"  double *pt = malloc(sizeof(double) * (nt * {npt} + 1));",
+        f"  double *part = malloc(sizeof(double) * (nc * {e.nr} + 1));",
+        f"  double *pt = malloc(sizeof(double) * (nt * {e.npt} + 1));",
         "  if (!chunk || !part || !pt) { free(chunk); free(part); free(pt); return 1; }",
         "  int64_t *first = chunk + 2 * nc;  /* first chunk of each tensor */",
         "  for (int64_t t = 0, c = 0; t < nt; t++) {",
@@ -198,31 +265,113 @@ def generate(graph: Graph, dtype: torch.dtype, title: str = "") -> str:
         "  }",
         "  first[nt] = nc;",
     ]
-    for k in range(p.passes):
-        out += _per_tensor_values(graph, p, k, per_tensor, per_tensor_ref, npt, real)
-        out += _element_pass(graph, p, k, index, slot, npt, rslot, nr, arrays, storage, real, load, store,
-                             scalar_ref)
-        out += _combine_reductions(graph, p, k, reductions, slot, npt, nr)
-    out += ["  free(chunk); free(part); free(pt);", "  return 0;", "}"]
-    return "\n".join(out) + "\n"
 
 
-def _per_tensor_values(graph, p, k, per_tensor, ref, npt, real) -> list[str]:
-    """Per-tensor nodes whose inputs are ready before pass k (reductions are filled in elsewhere)."""
-    todo = [n for n in per_tensor if p.stage[id(n)] == k and n.op not in REDUCTIONS]
+def _line_nodes(e: Emit, kind: int) -> list[Sym]:
+    return [n for n in e.graph.nodes if n.kind == kind]
+
+
+def _matrix_tables(e: Emit) -> list[str]:
+    """Graphs with row and column values: units of whole rows (about BLOCK elements), (tensor, first
+    row, end row, offset of the unit's column partial sums) each, fixed by the shapes alone; and one
+    buffer of `real` per row or column node."""
+    rows, cols = _line_nodes(e, ROW), _line_nodes(e, COL)
+    col_sums = [r for r in element_reductions(e.graph) if r.op == "col_sum"]
+    lines = [
+        "  const int64_t *rows = numel + nt, *cols = numel + 2 * nt;",
+        "  int64_t nc = 0, nrow = 0, ncol = 0, ncp = 0;",
+        "  for (int64_t t = 0; t < nt; t++) {",
+        "    const int64_t per = cols[t] > 0 && cols[t] < BLOCK ? BLOCK / cols[t] : 1;",
+        "    const int64_t units = (rows[t] + per - 1) / per;",
+        "    nc += units; nrow += rows[t]; ncol += cols[t]; ncp += units * cols[t];",
+        "  }",
+        "  int64_t *chunk = malloc(sizeof(int64_t) * (4 * nc + 3 * nt + 1));",
+        f"  double *part = malloc(sizeof(double) * (nc * {e.nr} + ncp * {max(len(col_sums), 1)} + 1));",
+        f"  double *pt = malloc(sizeof(double) * (nt * {e.npt} + 1));",
+        f"  {e.real} *lines = malloc(sizeof({e.real}) * (nrow * {max(len(rows), 1)}"
+        f" + ncol * {max(len(cols), 1)} + ncp * {len(col_sums)} + 1));",
+        "  if (!chunk || !part || !pt || !lines) {",
+        "    free(chunk); free(part); free(pt); free(lines); return 1;",
+        "  }",
+        "  int64_t *first = chunk + 4 * nc, *roff = first + nt + 1, *coff = roff + nt;",
+        "  for (int64_t t = 0, c = 0, r0 = 0, c0 = 0, p0 = 0; t < nt; t++) {",
+        "    const int64_t per = cols[t] > 0 && cols[t] < BLOCK ? BLOCK / cols[t] : 1;",
+        "    first[t] = c; roff[t] = r0; coff[t] = c0; r0 += rows[t]; c0 += cols[t];",
+        "    for (int64_t lo = 0; lo < rows[t]; lo += per, c++, p0 += cols[t]) {",
+        "      chunk[4 * c] = t; chunk[4 * c + 1] = lo;",
+        "      chunk[4 * c + 2] = lo + per < rows[t] ? lo + per : rows[t]; chunk[4 * c + 3] = p0;",
+        "    }",
+        "  }",
+        "  first[nt] = nc;",
+        f"  double *colpart = part + nc * {e.nr};",
+        f"  {e.real} *colrows = lines + nrow * {max(len(rows), 1)} + ncol * {max(len(cols), 1)};",
+    ]
+    for j, n in enumerate(rows):
+        lines.append(f"  {e.real} *rb{e.index[id(n)]} = lines + nrow * {j};")
+    for j, n in enumerate(cols):
+        lines.append(f"  {e.real} *cb{e.index[id(n)]} = lines + nrow * {len(rows)} + ncol * {j};")
+    return lines
+
+
+def _between_passes(e: Emit, k: int) -> list[str]:
+    """Per-tensor, row and column values whose inputs are ready before pass k, per tensor, in graph order
+    (reductions of elements are filled in by the passes)."""
+    todo = [n for n in e.graph.nodes if n.kind in (PER_TENSOR, ROW, COL) and e.plan.stage[id(n)] == k
+            and not (n.op in REDUCTIONS and n.args[0].kind == ELEMENT)]
     if not todo:
         return []
     lines = ["  for (int64_t t = 0; t < nt; t++) {"]
+    arrays = e.graph.arrays
     for n in todo:
-        value = "(double)numel[t]" if n.op == "numel" else _expr(n.op, [ref(a) for a in n.args], "double")
-        lines.append(f"    {ref(n)} = {value};")
+        if n.kind == PER_TENSOR and n.op in REDUCTIONS:  # a sum over rows or columns, in double, in order
+            x = e.line_ref(n.args[0], "r")
+            count = "rows[t]" if n.args[0].kind == ROW else "cols[t]"
+            term = f"(double){x} * (double){x}" if n.op == "sumsq" else f"(double){x}"
+            lines += [f"    {{ double s = 0; for (int64_t r = 0; r < {count}; r++) s += {term};",
+                      f"      {e.per_tensor_ref(n)} = s; }}"]
+        elif n.kind == PER_TENSOR:
+            sizes = {"numel": "(double)numel[t]", "nrows": "(double)rows[t]", "ncols": "(double)cols[t]"}
+            value = sizes.get(n.op) or _expr(n.op, [e.per_tensor_ref(a) for a in n.args], "double")
+            lines.append(f"    {e.per_tensor_ref(n)} = {value};")
+        else:
+            count = "rows[t]" if n.kind == ROW else "cols[t]"
+            if n.op == "input":
+                a = arrays.index(n.name)
+                value = e.load.format(f"(({e.storage} *)ptr[t * {len(arrays)} + {a}])[r]")
+            else:
+                value = _expr(n.op, [e.line_ref(a, "r") for a in n.args], e.real)
+            lines.append(f"    for (int64_t r = 0; r < {count}; r++) {e.line_ref(n, 'r')} = {value};")
     return lines + ["  }"]
 
 
-def _element_pass(graph, p, k, index, slot, npt, rslot, nr, arrays, storage, real, load, store, scalar_ref):
-    nodes, loads = _pass_nodes(graph, p.stage, p.write_pass, k)
-    stores = [name for name, w in p.write_pass.items() if w == k]
-    reduce_here = [r for r in graph.reductions if p.stage[id(r.args[0])] == k]
+def _store_lines(e: Emit) -> list[str]:
+    """Row and column states: stored once all passes are done (until then their old values may be read)."""
+    lines = []
+    arrays = e.graph.arrays
+    for name, o in e.graph.outputs.items():
+        kind = e.graph.kinds.get(name, ELEMENT)
+        if kind == ELEMENT:
+            continue
+        a = arrays.index(name)
+        count = "rows[t]" if kind == ROW else "cols[t]"
+        value = e.store.format(e.line_ref(o, "r"))
+        lines += [f"  for (int64_t t = 0; t < nt; t++) {{  /* {name} */",
+                  f"    {e.storage} *a = ({e.storage} *)ptr[t * {len(arrays)} + {a}];",
+                  f"    for (int64_t r = 0; r < {count}; r++) a[r] = {value};",
+                  "  }"]
+    return lines
+
+
+def _element_pass(e: Emit, k: int) -> list[str]:
+    graph, real, arrays = e.graph, e.real, e.graph.arrays
+    nodes, loads = _pass_nodes(graph, e.plan.stage, e.plan.write_pass, k)
+    stores = [name for name, w in e.plan.write_pass.items() if w == k]
+    reduce_here = [r for r in element_reductions(graph) if e.plan.stage[id(r.args[0])] == k]
+    if not nodes and not stores and not reduce_here:
+        return []
+    sums = [r for r in reduce_here if r.op in ("sum", "sumsq")]
+    row_sums = [r for r in reduce_here if r.op == "row_sum"]
+    col_sums = [r for r in reduce_here if r.op == "col_sum"]
     used = {id(a) for n in nodes if id(n) not in loads for a in n.args}
     used |= {id(graph.outputs[name]) for name in stores}
     used |= {id(r.args[0]) for r in reduce_here}
@@ -232,62 +381,116 @@ def _element_pass(graph, p, k, index, slot, npt, rslot, nr, arrays, storage, rea
     for n in graph.nodes:
         if id(n) in used and n.kind == SCALAR and n.op != "const":
             ctype = "int" if n.is_bool else real
-            lines.append(f"  const {ctype} k{index[id(n)]} = ({ctype})s{index[id(n)]};")
+            lines.append(f"  const {ctype} k{e.index[id(n)]} = ({ctype})s{e.index[id(n)]};")
     # Dividing each element by the same number: multiply by its reciprocal, computed once in double
     # (within an ulp of the division; it takes the divider off the critical path of LAMB's passes).
     for d in divisors.values():
         if d.kind == SCALAR:
-            lines.append(f"  const {real} r{index[id(d)]} = ({real})(1.0 / {scalar_ref(d)});")
+            lines.append(f"  const {real} r{e.index[id(d)]} = ({real})(1.0 / {e.scalar_ref(d)});")
     lines += [
         "  #pragma omp parallel for schedule(static) num_threads(nthreads)",
         "  for (int64_t c = 0; c < nc; c++) {",
-        "    const int64_t t = chunk[2 * c], lo = chunk[2 * c + 1];",
-        "    const int64_t hi = lo + CHUNK < numel[t] ? lo + CHUNK : numel[t];",
     ]
+    if e.matrix:
+        lines += ["    const int64_t t = chunk[4 * c], lo = chunk[4 * c + 1], hi = chunk[4 * c + 2];",
+                  "    const int64_t m = cols[t];"]
+    else:
+        lines += ["    const int64_t t = chunk[2 * c], lo = chunk[2 * c + 1];",
+                  "    const int64_t hi = lo + CHUNK < numel[t] ? lo + CHUNK : numel[t];"]
     touched = sorted({name for name in loads.values()} | set(stores), key=arrays.index)
     for name in touched:
         a = arrays.index(name)
         const = "const " if name not in stores else ""
-        lines.append(f"    {const}{storage} *restrict a{a} = ({storage} *)ptr[t * {len(arrays)} + {a}];  /* {name} */")
+        pointer = f"({e.storage} *)ptr[t * {len(arrays)} + {a}]"
+        lines.append(f"    {const}{e.storage} *restrict a{a} = {pointer};  /* {name} */")
     for n in graph.nodes:
         if id(n) in used and n.kind == PER_TENSOR:
             ctype = "int" if n.is_bool else real
-            lines.append(f"    const {ctype} q{index[id(n)]} = ({ctype})pt[t * {npt} + {slot[id(n)]}];")
+            lines.append(f"    const {ctype} q{e.index[id(n)]} = ({ctype})pt[t * {e.npt} + {e.slot[id(n)]}];")
     for d in divisors.values():
         if d.kind == PER_TENSOR:
-            lines.append(f"    const {real} r{index[id(d)]} = ({real})(1.0 / pt[t * {npt} + {slot[id(d)]}]);")
-    for r in reduce_here:
-        lines.append(f"    {real} acc{rslot[id(r)]} = 0;")
+            value = f"({real})(1.0 / pt[t * {e.npt} + {e.slot[id(d)]}])"
+            lines.append(f"    const {real} r{e.index[id(d)]} = {value};")
+    # Sums: per chunk in the compute type; for matrices, per row in the compute type and per unit in double.
+    acc_type = "double" if e.matrix else real
+    for r in sums:
+        lines.append(f"    {acc_type} acc{e.rslot[id(r)]} = 0;")
+    for r in col_sums:
+        j = col_sums.index(r)
+        lines += [f"    double *restrict cp{j} = colpart + ncp * {j} + chunk[4 * c + 3];",
+                  f"    {real} *restrict cf{j} = colrows + ncp * {j} + chunk[4 * c + 3];",
+                  f"    for (int64_t i = 0; i < m; i++) {{ cp{j}[i] = 0; cf{j}[i] = 0; }}"]
 
     def ref(n: Sym) -> str:
         if n.kind == ELEMENT:
-            return f"x{index[id(n)]}"
+            return f"x{e.index[id(n)]}"
         if n.kind == PER_TENSOR:
-            return f"q{index[id(n)]}"
+            return f"q{e.index[id(n)]}"
+        if n.kind == ROW:
+            return f"y{e.index[id(n)]}"
+        if n.kind == COL:
+            return f"z{e.index[id(n)]}"
         if n.op == "const":
-            return scalar_ref(n) if n.is_bool else f"({real}){float(n.value)!r}"
-        return f"k{index[id(n)]}"
+            return e.scalar_ref(n) if n.is_bool else f"({real}){float(n.value)!r}"
+        return f"k{e.index[id(n)]}"
 
-    if reduce_here:  # vector partial sums in registers, in an order fixed by the chunk and the code
-        lines.append(f"    #pragma omp simd reduction(+:{','.join(f'acc{rslot[id(r)]}' for r in reduce_here)})")
-    lines.append("    for (int64_t i = lo; i < hi; i++) {")
+    body = []
+    for n in graph.nodes:  # column values per element, from the tensor's own columns (a load, not a gather)
+        if id(n) in used and n.kind == COL:
+            lines.append(f"    const {real} *restrict zc{e.index[id(n)]} = cb{e.index[id(n)]} + coff[t];")
+            body.append(f"const {real} z{e.index[id(n)]} = zc{e.index[id(n)]}[j];")
     for n in nodes:
         ctype = "int" if n.is_bool else real
         if id(n) in loads:
-            value = load.format(f"a{arrays.index(loads[id(n)])}[i]")
+            value = e.load.format(f"a{arrays.index(loads[id(n)])}[i]")
         elif _by_a_number(n):
-            value = f"({ref(n.args[0])} * r{index[id(n.args[1])]})"
+            value = f"({ref(n.args[0])} * r{e.index[id(n.args[1])]})"
         else:
             value = _expr(n.op, [ref(a) for a in n.args], real, reciprocal=_scalar_over_tensor(n))
-        lines.append(f"      const {ctype} x{index[id(n)]} = {value};")
-    for r in reduce_here:
+        body.append(f"const {ctype} x{e.index[id(n)]} = {value};")
+    # Matrices: per row in the compute type (as a chunk), then per unit in double.
+    partial = "rs" if e.matrix else "acc"
+    for r in sums:
         x = ref(r.args[0])
-        lines.append(f"      acc{rslot[id(r)]} += {f'{x} * {x}' if r.op == 'sumsq' else x};")
+        body.append(f"{partial}{e.rslot[id(r)]} += {f'{x} * {x}' if r.op == 'sumsq' else x};")
+    for r in row_sums:
+        body.append(f"racc{row_sums.index(r)} += {ref(r.args[0])};")
+    for r in col_sums:
+        body.append(f"cf{col_sums.index(r)}[j] += {ref(r.args[0])};")
     for name in stores:
-        lines.append(f"      a{arrays.index(name)}[i] = {store.format(ref(graph.outputs[name]))};")
-    lines.append("    }")
-    for r in reduce_here:
-        lines.append(f"    part[c * {nr} + {rslot[id(r)]}] = (double)acc{rslot[id(r)]};")
+        body.append(f"a{arrays.index(name)}[i] = {e.store.format(ref(graph.outputs[name]))};")
+    accumulators = [f"{partial}{e.rslot[id(r)]}" for r in sums] + [f"racc{j}" for j in range(len(row_sums))]
+    simd = f"    #pragma omp simd reduction(+:{','.join(accumulators)})" if accumulators else None
+    if e.matrix:  # row by row: row values once per row, column values per element
+        lines.append("    for (int64_t r = lo; r < hi; r++) {")
+        for n in graph.nodes:
+            if id(n) in used and n.kind == ROW:
+                lines.append(f"      const {real} y{e.index[id(n)]} = rb{e.index[id(n)]}[roff[t] + r];")
+        lines += [f"      {real} racc{j} = 0;" for j in range(len(row_sums))]
+        lines += [f"      {real} rs{e.rslot[id(r)]} = 0;" for r in sums]
+        if simd:
+            lines.append("  " + simd)
+        lines.append("      for (int64_t j = 0; j < m; j++) {")
+        lines.append("        const int64_t i = r * m + j;")
+        lines += [f"        {b}" for b in body]
+        lines.append("      }")
+        for j, r in enumerate(row_sums):
+            lines.append(f"      rb{e.index[id(r)]}[roff[t] + r] = racc{j};")
+        for r in sums:
+            lines.append(f"      acc{e.rslot[id(r)]} += (double)rs{e.rslot[id(r)]};")
+        if col_sums:  # columns: ROWS_IN_REAL rows at a time in the compute type, then into double
+            lines.append("      if ((r - lo) % ROWS_IN_REAL == ROWS_IN_REAL - 1 || r == hi - 1)")
+            flush = "".join(f" cp{j}[i] += (double)cf{j}[i]; cf{j}[i] = 0;" for j in range(len(col_sums)))
+            lines.append(f"        for (int64_t i = 0; i < m; i++) {{{flush} }}")
+        lines.append("    }")
+    else:
+        if simd:  # vector partial sums in registers, in an order fixed by the chunk and the code
+            lines.append(simd)
+        lines.append("    for (int64_t i = lo; i < hi; i++) {")
+        lines += [f"      {b}" for b in body]
+        lines.append("    }")
+    for r in sums:
+        lines.append(f"    part[c * {e.nr} + {e.rslot[id(r)]}] = (double)acc{e.rslot[id(r)]};")
     lines.append("  }")
     lines.append("  }")
     return lines
@@ -295,23 +498,34 @@ def _element_pass(graph, p, k, index, slot, npt, rslot, nr, arrays, storage, rea
 
 def _by_a_number(n: Sym) -> bool:
     """An element divided by a scalar or per-tensor value (not a constant: those fold exactly)."""
-    return n.op == "div" and n.args[0].kind == ELEMENT and n.args[1].kind != ELEMENT and n.args[1].op != "const"
+    return (n.op == "div" and n.args[0].kind == ELEMENT and n.args[1].kind in (SCALAR, PER_TENSOR)
+            and n.args[1].op != "const")
 
 
 def _scalar_over_tensor(n: Sym) -> bool:
     return n.op == "div" and n.args[0].kind == SCALAR and n.args[1].kind == ELEMENT
 
 
-def _combine_reductions(graph, p, k, reductions, slot, npt, nr) -> list[str]:
-    done = [r for r in reductions if p.stage[id(r.args[0])] == k]
-    if not done:
+def _combine_reductions(e: Emit, k: int) -> list[str]:
+    """Per-tensor sums of the chunks (units), and column sums of the units, each in a fixed order."""
+    done = [r for r in element_reductions(e.graph) if e.plan.stage[id(r.args[0])] == k]
+    sums = [r for r in done if r.op in ("sum", "sumsq")]
+    col_sums = [r for r in done if r.op == "col_sum"]
+    if not sums and not col_sums:
         return []
     lines = ["  for (int64_t t = 0; t < nt; t++) {"]
-    for r in done:
-        j = reductions.index(r)
+    for r in sums:
         lines += [
             "    { double s = 0;",
-            f"      for (int64_t c = first[t]; c < first[t + 1]; c++) s += part[c * {nr} + {j}];",
-            f"      pt[t * {npt} + {slot[id(r)]}] = s; }}",
+            "      for (int64_t c = first[t]; c < first[t + 1]; c++)",
+            f"        s += part[c * {e.nr} + {e.rslot[id(r)]}];",
+            f"      pt[t * {e.npt} + {e.slot[id(r)]}] = s; }}",
+        ]
+    for j, r in enumerate(col_sums):
+        lines += [
+            "    for (int64_t i = 0; i < cols[t]; i++) { double s = 0;",
+            "      for (int64_t c = first[t]; c < first[t + 1]; c++)",
+            f"        s += colpart[ncp * {j} + chunk[4 * c + 3] + i];",
+            f"      cb{e.index[id(r)]}[coff[t] + i] = ({e.real})s; }}",
         ]
     return lines + ["  }"]

@@ -5,11 +5,16 @@ operator and the few torch functions a rule may use record a node. Each node has
 
     SCALAR      the same for every tensor in the call (hyperparameters, bias corrections)
     PER_TENSOR  one value per tensor (a norm, its element count)
+    ROW, COL    one value per row / per column of the tensor's matrix view (Adafactor's statistics)
     ELEMENT     one value per element (θ, g, the states and everything computed from them)
 
-A reduction (`sum`, `sumsq`) turns an ELEMENT node into a PER_TENSOR one; the fused path runs one pass
-over memory for each level of reductions. Nodes are hash-consed, so a value written twice in a rule
-is computed once.
+The matrix view is the rule's own (`Rule.matrix`, e.g. a conv weight as (out, in·kh·kw)); in a trace a
+reshape or view moves no element, so it is the identity. A reduction turns a node into a coarser one:
+`sum`/`sumsq` of an ELEMENT, ROW or COL node gives a PER_TENSOR value; `x.sum(dim=-1, keepdim=True)`
+of an ELEMENT node a ROW value (`row_sum`), along `dim=-2` a COL value (`col_sum`). A ROW value meets
+an ELEMENT one by broadcasting along the row, and a ROW value times a COL value (`R @ C`, the outer
+product) is an ELEMENT value. The fused path runs one pass over memory for each level of reductions
+over elements. Nodes are hash-consed, so a value written twice in a rule is computed once.
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-SCALAR, PER_TENSOR, ELEMENT = 0, 1, 2
+SCALAR, PER_TENSOR, ROW, COL, ELEMENT = 0, 1, 2, 3, 4
+KIND_NAMES = {"element": ELEMENT, "row": ROW, "col": COL}  # State.per -> the kind of its input node
 
 UNARY = {"neg", "sqrt", "rsqrt", "abs", "sign", "square", "not"}
 BINARY = {"add", "sub", "mul", "div", "pow", "maximum", "minimum", "gt", "ge", "lt", "le", "eq", "ne", "and", "or"}
 PREDICATES = {"gt", "ge", "lt", "le", "eq", "ne", "and", "or", "not"}
-REDUCTIONS = {"sum", "sumsq"}
+REDUCTIONS = {"sum", "sumsq", "row_sum", "col_sum"}  # sum, sumsq: to PER_TENSOR; the others: along an axis
+SIZES = {"numel": "elements", "nrows": "rows", "ncols": "columns"}  # per-tensor sizes of the matrix view
 
 
 class TraceError(TypeError):
@@ -79,11 +86,18 @@ class Sym:
     def rsqrt(self): return _unary("rsqrt", self)
     def sign(self): return _unary("sign", self)
     def square(self): return _unary("square", self)
-    def sum(self): return _reduce("sum", self)
+    def __matmul__(self, o): return _outer(self, o)
+    def sum(self, dim=None, keepdim=False): return _reduce("sum", self, dim, keepdim=keepdim)
     def norm(self): return _unary("sqrt", _reduce("sumsq", self))
-    def mean(self): return _binary("div", _reduce("sum", self), _numel())
+    def mean(self, dim=None, keepdim=False): return _mean(self, dim, keepdim)
     def clamp(self, min=None, max=None): return _clamp(self, min, max)
     def abs(self): return _unary("abs", self)
+    def numel(self): return _size("numel")
+
+    # Views move no element of a traced value: the matrix view is the path's business.
+    def flatten(self, *args, **kw): return self
+    def reshape(self, *args, **kw): return self
+    def view_as(self, other): return self
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
@@ -131,8 +145,26 @@ def _const(value) -> Sym:
     raise TraceError(f"cannot use {type(value).__name__} {value!r} in a traced rule")
 
 
+def _size(what: str) -> Sym:
+    return _node(what, (), kind=PER_TENSOR)
+
+
 def _numel() -> Sym:
-    return _node("numel", (), kind=PER_TENSOR)
+    return _size("numel")
+
+
+def join(*kinds: int) -> int:
+    """The kind of a value computed from values of these kinds: a row meets a column in an element."""
+    if ROW in kinds and COL in kinds:
+        return ELEMENT
+    return max(kinds)
+
+
+def machine_epsilon(x):
+    """torch.finfo(x.dtype).eps; in a trace, the epsilon of the type the path computes in."""
+    if isinstance(x, Sym):
+        return _node("eps", ())
+    return torch.finfo(x.dtype).eps
 
 
 def _unary(op, a) -> Sym:
@@ -148,7 +180,7 @@ def _binary(op, a, b) -> Sym:
         raise TraceError(f"logical {op} of non-boolean values")
     if op not in {"and", "or"} and (a.is_bool or b.is_bool):
         raise TraceError(f"arithmetic '{op}' on a boolean value; use torch.where")
-    return _node(op, (a, b), kind=max(a.kind, b.kind), is_bool=op in PREDICATES)
+    return _node(op, (a, b), kind=join(a.kind, b.kind), is_bool=op in PREDICATES)
 
 
 def _power(a, exponent) -> Sym:
@@ -166,7 +198,7 @@ def _where(cond, a, b) -> Sym:
     cond, a, b = _const(cond), _const(a), _const(b)
     if not cond.is_bool:
         raise TraceError("torch.where needs a boolean condition")
-    return _node("where", (cond, a, b), kind=max(cond.kind, a.kind, b.kind))
+    return _node("where", (cond, a, b), kind=join(cond.kind, a.kind, b.kind))
 
 
 def _clamp(a, lo=None, hi=None) -> Sym:
@@ -178,13 +210,43 @@ def _clamp(a, lo=None, hi=None) -> Sym:
     return out
 
 
-def _reduce(op, a, dim=None, **kw) -> Sym:
+# (kind reduced, dim) -> the reduction and the kind it gives: dim -1 sums along a row, -2 along a column.
+ALONG = {(ELEMENT, -1): ("row_sum", ROW), (ELEMENT, -2): ("col_sum", COL),
+         (ROW, -2): ("sum", PER_TENSOR), (COL, -1): ("sum", PER_TENSOR)}
+
+
+def _reduce(op, a, dim=None, keepdim=False, **kw) -> Sym:
     a = _const(a)
-    if dim is not None or kw.get("keepdim"):
-        raise TraceError("reductions along a dimension are not elementwise; mark the rule traceable=False")
-    if a.kind != ELEMENT:
-        raise TraceError("a reduction over a value that is not per element")
-    return _node(op, (a,), kind=PER_TENSOR)
+    if a.kind in (SCALAR, PER_TENSOR):
+        raise TraceError("a reduction over a value that is not per element, row or column")
+    if dim is None:
+        if keepdim:
+            raise TraceError("a reduction over all elements with keepdim=True; use keepdim=False")
+        return _node(op, (a,), kind=PER_TENSOR)
+    along = ALONG.get((a.kind, dim))
+    if op != "sum" or not keepdim or along is None:
+        raise TraceError(
+            "a traced rule reduces along an axis only as x.sum(dim, keepdim=True) or x.mean(dim, "
+            "keepdim=True), dim -1 (per row) or -2 (per column) of the rule's matrix view; otherwise mark it "
+            "traceable=False"
+        )
+    op, kind = along
+    return _node(op, (a,), kind=kind)
+
+
+def _mean(a, dim=None, keepdim=False) -> Sym:
+    count = {None: "numel", -1: "ncols", -2: "nrows"}.get(dim)
+    if count is None:
+        raise TraceError(f"mean along dim={dim!r}: a traced rule takes the mean over all, dim -1 or dim -2")
+    return _binary("div", _reduce("sum", a, dim, keepdim=keepdim), _size(count))
+
+
+def _outer(a, b) -> Sym:
+    """R @ C for a column of row values and a row of column values: their outer product, elementwise."""
+    a, b = _const(a), _const(b)
+    if (a.kind, b.kind) != (ROW, COL):
+        raise TraceError("a traced rule multiplies matrices only as (per-row values) @ (per-column values)")
+    return _binary("mul", a, b)
 
 
 def _vector_norm(a, ord=2, dim=None, keepdim=False, **kw):
@@ -203,8 +265,11 @@ TORCH_FUNCTIONS = {
     torch.maximum: lambda a, b: _binary("maximum", a, b),
     torch.minimum: lambda a, b: _binary("minimum", a, b),
     torch.where: _where,
-    torch.clamp: _clamp,
+    torch.clamp: lambda a, min=None, max=None: _clamp(a, min, max),
     torch.sum: lambda a, dim=None, **kw: _reduce("sum", a, dim, **kw),
+    torch.mean: lambda a, dim=None, keepdim=False: _mean(a, dim, keepdim),
+    torch.rsqrt: lambda a: _unary("rsqrt", a),
+    torch.matmul: _outer,
     torch.linalg.vector_norm: _vector_norm,
     torch.norm: lambda a, p=2, dim=None, keepdim=False, **kw: _vector_norm(a, p, dim, keepdim),
 }
@@ -215,13 +280,19 @@ class Graph:
     """A traced rule: live nodes in topological order and the new value of each input array."""
 
     nodes: list[Sym]
-    arrays: list[str]  # per-element inputs, in order: "θ", "g", then the kept states' symbols
+    arrays: list[str]  # inputs, in order: "θ", "g", then the kept states' symbols
     outputs: dict[str, Sym]  # array -> its new value, only for arrays the rule changes
     scalars: list[str]  # names of the dynamic scalar inputs, in order
+    kinds: dict[str, int] = dataclasses.field(default_factory=dict)  # array -> ELEMENT, ROW or COL
 
     @property
     def reductions(self) -> list[Sym]:
         return [n for n in self.nodes if n.op in REDUCTIONS]
+
+    @property
+    def matrix(self) -> bool:
+        """Whether the graph has row or column values: its tensors are walked as matrices."""
+        return any(n.kind in (ROW, COL) for n in self.nodes)
 
 
 def trace(rule, h: SimpleNamespace, kept: list[str]) -> Graph:
@@ -232,7 +303,8 @@ def trace(rule, h: SimpleNamespace, kept: list[str]) -> Graph:
     token = _table.set({})
     try:
         arrays = ["θ", "g", *kept]
-        inputs = {name: _node("input", (), kind=ELEMENT, name=name) for name in arrays}
+        kinds = {name: KIND_NAMES[rule.state[name].per] if name in rule.state else ELEMENT for name in arrays}
+        inputs = {name: _node("input", (), kind=kinds[name], name=name) for name in arrays}
         hs = SimpleNamespace()
         for key, value in vars(h).items():
             setattr(hs, key, _node("scalar", (), name=key) if is_dynamic(value) else value)
@@ -247,9 +319,12 @@ def trace(rule, h: SimpleNamespace, kept: list[str]) -> Graph:
         if value is None or value is inputs.get(name):
             continue
         outputs[name] = _const(value)
+        if join(outputs[name].kind, kinds[name]) != kinds[name]:
+            raise TraceError(f"the new value of {name!r} has more values than {name!r} (per element where "
+                             "the state is per row or per column)")
     nodes = _topological(list(outputs.values()))
     scalars = [n.name for n in nodes if n.op == "scalar"]
-    return Graph(nodes=nodes, arrays=arrays, outputs=outputs, scalars=scalars)
+    return Graph(nodes=nodes, arrays=arrays, outputs=outputs, scalars=scalars, kinds=kinds)
 
 
 def _topological(roots: list[Sym]) -> list[Sym]:

@@ -228,13 +228,14 @@ class Kernel:
         self.scalar_names = scalar_names
         self.lib = load(source)
 
-    def __call__(self, arrays: list[list[torch.Tensor]], h) -> None:
-        """arrays[a][t]: tensor t of array a (θ, g, states), all contiguous, on the CPU."""
+    def __call__(self, arrays: list[list[torch.Tensor]], h, extents: list[int] | None = None) -> None:
+        """arrays[a][t]: tensor t of array a (θ, g, states), all contiguous, on the CPU; `extents`: each
+        tensor's rows, then each one's columns, for kernels with row and column values."""
         nt = len(arrays[0])
         pointers = (ctypes.c_void_p * (nt * self.n_arrays))()
         pointers[:] = [x.data_ptr() for row in zip(*arrays) for x in row]
         sizes = [x.numel() for x in arrays[0]]
-        numel = (ctypes.c_int64 * nt)(*sizes)
+        numel = (ctypes.c_int64 * (nt + len(extents or ())))(*sizes, *(extents or ()))
         scalars = (ctypes.c_double * max(len(self.scalar_names), 1))(
             *[float(getattr(h, s)) for s in self.scalar_names])
         threads = torch.get_num_threads() if sum(sizes) >= PARALLEL_MIN_ELEMENTS else 1

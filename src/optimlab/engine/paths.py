@@ -11,17 +11,15 @@ float hyperparameters are arguments, so changing them never recompiles.
 
 from __future__ import annotations
 
-import operator
 import warnings
 from collections import defaultdict
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 
-from . import cgen, native, tritongen
+from . import cgen, foreach, native, tritongen
 from .caches import BoundedCache
-from .graph import ELEMENT, REDUCTIONS, SCALAR, Graph, evaluate_numpy, static_key, trace
+from .graph import Graph, static_key, trace
 from .rule import Rule
 
 PATHS = ("auto", "tensor", "foreach", "fused", "triton")
@@ -41,21 +39,25 @@ def _rule_key(rule: Rule) -> tuple:
     return (rule.update, rule.update.__code__, tuple(rule.state))
 
 
-def graph_of(rule: Rule, h: SimpleNamespace, static: tuple | None = None) -> Graph:
-    key = (_rule_key(rule), static_key(h) if static is None else static)
-    return _graphs.get(key, lambda: trace(rule, h, list(rule.kept(h))))
+def graph_of(rule: Rule, h: SimpleNamespace, static: tuple | None = None, kept: tuple | None = None) -> Graph:
+    """The traced graph; `kept`: the states the parameters have (default: all the flags in h keep)."""
+    kept = tuple(rule.kept(h)) if kept is None else kept
+    key = (_rule_key(rule), static_key(h) if static is None else static, kept)
+    return _graphs.get(key, lambda: trace(rule, h, list(kept)))
 
 
-def kernel_of(rule: Rule, h: SimpleNamespace, dtype: torch.dtype, static: tuple | None = None) -> native.Kernel:
+def kernel_of(rule: Rule, h: SimpleNamespace, dtype: torch.dtype, static: tuple | None = None,
+              kept: tuple | None = None) -> native.Kernel:
     static = static_key(h) if static is None else static
+    kept = tuple(rule.kept(h)) if kept is None else kept
 
     def build():
-        graph = graph_of(rule, h, static)
+        graph = graph_of(rule, h, static, kept)
         flags = ", ".join(f"{k}={v}" for k, v in static if isinstance(v, bool))
         source = cgen.generate(graph, dtype, title=f"{rule.name}({flags})")
         return native.Kernel(source, len(graph.arrays), graph.scalars)
 
-    return _kernels.get((_rule_key(rule), static, dtype), build)
+    return _kernels.get((_rule_key(rule), static, dtype, kept), build)
 
 
 def validate(path: str, rule: Rule, owner: str = "") -> None:
@@ -76,13 +78,24 @@ def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[s
     validate(path, rule)
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, p in enumerate(params):
-        groups[(p.device, p.dtype, p.is_contiguous(), type(p) in PLAIN)].append(i)
-    for (device, _, dense, plain), idx in groups.items():
-        pick = [params[i] for i in idx], [grads[i] for i in idx], {k: [v[i] for i in idx] for k, v in states.items()}
+        has = tuple(sym for sym, xs in states.items() if xs[i] is not None)  # per-parameter states
+        plain = type(p) in PLAIN
+        dense = plain and p.is_contiguous() and one_matrix(rule, h, p, has)
+        groups[(p.device, p.dtype, dense, has, plain)].append(i)
+    for (device, _, dense, has, plain), idx in groups.items():
+        pick = [params[i] for i in idx], [grads[i] for i in idx], {k: [states[k][i] for i in idx]
+                                                                   for k in has}
         if not plain:
             _run_subclass(path, rule, h, *pick)
             continue
         chosen = choose(path, rule, device, dense)
+        if not dense and rule.matrix and any(rule.state[sym].per != "element" for sym in has):
+            chosen = "tensor"  # row and column values on the fast paths: one dense matrix per tensor
+        if chosen == "triton" and graph_of(rule, h, kept=has).matrix:
+            if path == "triton":
+                raise ValueError(f"{rule.name} keeps row and column statistics, which the Triton backend "
+                                 "does not generate yet: use path='foreach' (or 'auto') on the GPU")
+            chosen = "foreach"
         if chosen == "fused":
             try:
                 run_fused(rule, h, *pick)
@@ -126,6 +139,19 @@ def _local_view(rule: Rule, h, params, grads, states):
         return None
     return ([p.to_local() for p in params], [g.to_local() for g in grads],
             {k: [x.to_local() for x in xs] for k, xs in states.items()})
+
+
+def one_matrix(rule: Rule, h: SimpleNamespace, p: torch.Tensor, has: tuple) -> bool:
+    """Whether p's matrix view is one matrix (not a batch of them), where the rule keeps row or column
+    values for p: the fast paths reduce a row and column statistic over the whole tensor."""
+    if not rule.matrix or all(rule.state[sym].per == "element" for sym in has):
+        return True
+    return rule.matrix(p, h).shape[:-2].numel() == 1
+
+
+def matrix_shapes(rule: Rule, h: SimpleNamespace, params) -> list[tuple[int, int]]:
+    """Each parameter's matrix view as (rows, columns)."""
+    return [tuple(rule.matrix(p, h).shape[-2:]) for p in params]
 
 
 def choose(path: str, rule: Rule, device: torch.device, dense: bool) -> str:
@@ -176,125 +202,38 @@ def run_tensor(rule: Rule, h, params, grads, states) -> None:
                 target.copy_(value)
 
 
-# --- foreach: the traced graph, one multi-tensor call per node -----------------------------------
+# --- foreach: the traced graph, one multi-tensor call per node (engine/foreach.py) -----------------
 
 
 def run_foreach(rule: Rule, h, params, grads, states) -> None:
-    graph = graph_of(rule, h)
-    compute = compute_dtype(params[0].dtype)
-    arrays = {"θ": params, "g": grads, **states}
-    inputs = {name: [x.to(compute) for x in arrays[name]] for name in graph.arrays}
-    value: dict[int, object] = {}
-    for n in graph.nodes:
-        args = [value[id(a)] for a in n.args]
-        if n.op == "input":
-            value[id(n)] = inputs[n.name]
-        elif n.op == "scalar":
-            value[id(n)] = float(getattr(h, n.name))
-        elif n.op == "const":
-            value[id(n)] = n.value
-        elif n.op == "numel":
-            value[id(n)] = np.array([p.numel() for p in params], dtype=np.float64)
-        elif n.op in REDUCTIONS:
-            value[id(n)] = _reduce(n.op, args[0])
-        elif n.kind == ELEMENT:
-            value[id(n)] = _foreach(n, args)
-        else:
-            value[id(n)] = evaluate_numpy(n.op, args)
-    for name, out in graph.outputs.items():
-        result = value[id(out)]
-        if out.kind != ELEMENT:  # a scalar or per-tensor output fills the whole tensor
-            result = [torch.full_like(x, float(v)) for x, v in zip(arrays[name], _per_tensor(result, len(params)))]
-        torch._foreach_copy_(arrays[name], result)
-
-
-def _per_tensor(v, n: int) -> list:
-    """A SCALAR value repeated, or a PER_TENSOR array, as one Python number per tensor."""
-    return list(np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)).tolist())
-
-
-def _reduce(op: str, xs: list[torch.Tensor]) -> np.ndarray:
-    if op == "sumsq":
-        norms = torch._foreach_norm(xs)
-        return np.array(torch.stack(norms).tolist(), dtype=np.float64) ** 2 if xs else np.zeros(0)
-    return np.array([float(x.sum()) for x in xs], dtype=np.float64)
-
-
-FOREACH_BINARY = {"add": torch._foreach_add, "sub": torch._foreach_sub, "mul": torch._foreach_mul,
-                  "div": torch._foreach_div, "maximum": torch._foreach_maximum, "minimum": torch._foreach_minimum}
-FOREACH_UNARY = {"neg": torch._foreach_neg, "sqrt": torch._foreach_sqrt, "abs": torch._foreach_abs,
-                 "sign": torch._foreach_sign}
-
-
-def _true_div(a, b):
-    """A per-tensor value over a tensor: a 0-d tensor in the eager rule, so a true division."""
-    return (a if isinstance(a, torch.Tensor) else torch.tensor(a, dtype=b.dtype)) / b
-
-
-def _where(c, a, b):
-    if not isinstance(c, torch.Tensor):
-        return a if c else b
-    return torch.where(c, a, b)
-
-
-# ELEMENT nodes the foreach ops do not cover, applied tensor by tensor (comparisons, where, ...).
-PER_TENSOR_OPS = {"gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": operator.le,
-                  "eq": operator.eq, "ne": operator.ne, "and": operator.and_, "or": operator.or_,
-                  "not": operator.invert, "where": _where, "rsqrt": torch.rsqrt, "square": torch.square,
-                  "div": _true_div, "sub": operator.sub}
-
-
-def _foreach(n, args) -> list[torch.Tensor]:
-    """One ELEMENT node over all tensors; other operands are numbers or per-tensor arrays."""
-    kinds = [s.kind for s in n.args]
-    if n.op in FOREACH_UNARY:
-        return FOREACH_UNARY[n.op](args[0])
-    if n.op in FOREACH_BINARY:
-        a, b = args
-        if kinds == [ELEMENT, ELEMENT]:
-            return FOREACH_BINARY[n.op](a, b)
-        if kinds[0] == ELEMENT:
-            return FOREACH_BINARY[n.op](a, _scalar_arg(b))
-        if n.op in ("add", "mul", "maximum", "minimum"):  # commutative: the number goes second
-            return FOREACH_BINARY[n.op](b, _scalar_arg(a))
-        if n.op == "sub":  # s - x == (-x) + s exactly
-            return torch._foreach_add(torch._foreach_neg(b), _scalar_arg(a))
-        if kinds[0] == SCALAR:  # a Python number over a tensor, which torch computes as below
-            return torch._foreach_mul(torch._foreach_reciprocal(b), _scalar_arg(a))
-    count = len(next(a for a, k in zip(args, kinds) if k == ELEMENT))
-    per = [a if k == ELEMENT else _per_tensor(a, count) for a, k in zip(args, kinds)]
-    return [PER_TENSOR_OPS[n.op](*(p[i] for p in per)) for i in range(count)]
-
-
-def _scalar_arg(a):
-    """A foreach Scalar (one number) or ScalarList (one per tensor)."""
-    return float(a) if np.ndim(a) == 0 else [float(x) for x in a]
+    graph = graph_of(rule, h, kept=tuple(states))
+    shapes = matrix_shapes(rule, h, params) if graph.matrix else None
+    foreach.run(graph, h, {"θ": params, "g": grads, **states}, shapes)
 
 
 # --- fused: the traced graph as one C kernel -----------------------------------------------------
 
 
 def run_fused(rule: Rule, h, params, grads, states) -> None:
-    static = static_key(h)
-    kernel = kernel_of(rule, h, params[0].dtype, static)
-    graph = graph_of(rule, h, static)
+    static, kept = static_key(h), tuple(states)
+    kernel = kernel_of(rule, h, params[0].dtype, static, kept)
+    graph = graph_of(rule, h, static, kept)
     arrays = {"θ": params, "g": [g.contiguous() for g in grads], **states}
-    kernel([arrays[name] for name in graph.arrays], h)
+    extents = [x for xs in zip(*matrix_shapes(rule, h, params)) for x in xs] if graph.matrix else None
+    kernel([arrays[name] for name in graph.arrays], h, extents)
 
 
 # --- triton: the traced graph as Triton kernels (CUDA; CPU tensors under TRITON_INTERPRET=1) ---------
 
 
 def run_triton(rule: Rule, h, params, grads, states) -> None:
-    static = static_key(h)
-    dtype = params[0].dtype
+    static, kept, dtype = static_key(h), tuple(states), params[0].dtype
 
     def build():
         flags = ", ".join(f"{k}={v}" for k, v in static if isinstance(v, bool))
         folder = native.usable_cache_dir(native.cache_dir())
-        return tritongen.Kernel(graph_of(rule, h, static), dtype, f"{rule.name}({flags})", folder)
+        return tritongen.Kernel(graph_of(rule, h, static, kept), dtype, f"{rule.name}({flags})", folder)
 
-    kernel = _kernels.get(("triton", _rule_key(rule), static, dtype, tritongen.interpreted()), build)
-    graph = kernel.graph
+    kernel = _kernels.get(("triton", _rule_key(rule), static, dtype, kept, tritongen.interpreted()), build)
     arrays = {"θ": params, "g": [g.contiguous() for g in grads], **states}
-    kernel([arrays[name] for name in graph.arrays], h)
+    kernel([arrays[name] for name in kernel.graph.arrays], h)

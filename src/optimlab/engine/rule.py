@@ -30,10 +30,11 @@ class State:
     """One per-parameter state tensor of a rule."""
 
     key: str  # its name in optimizer.state[p]: torch's name where torch has the optimizer
-    # When the state exists: always (None), when a flag of h is true (its name), or, for rules that
-    # are not traceable, when a predicate of the parameter holds (e.g. only for matrices).
+    # When the state exists: always (None), when a flag of h is true (its name), or when a predicate of
+    # the parameter holds (e.g. only for matrices; the fast paths trace the rule once per combination).
     when: str | Callable[[torch.Tensor], bool] | None = None
     init: Callable[[torch.Tensor, SimpleNamespace], torch.Tensor] | None = None  # default: zeros like θ
+    per: str = "element"  # one value per "element" of θ, or per "row" / "col" of the rule's matrix view
 
     def create(self, θ: torch.Tensor, h: SimpleNamespace) -> torch.Tensor:
         if self.init is None:
@@ -56,6 +57,8 @@ class Rule:
     # `optimlab diff` shows their branches as taken: the rule as written.
     guards: Mapping[str, str] = dataclasses.field(default_factory=dict)
     traceable: bool = True  # False: the math is not elementwise (+ per-tensor sums); per-tensor path only
+    # (θ, h) -> the matrix view of θ that per-row and per-column values refer to (see graph.py)
+    matrix: Callable | None = None
 
     def with_flags(self, hyper: Mapping) -> SimpleNamespace:
         """The namespace `h` for a parameter group: hyperparameters plus the flags derived from them."""
@@ -94,6 +97,7 @@ def rule(
     scalar_state: Mapping[str, float] | None = None,
     traceable: bool = True,
     guards: Mapping[str, str] | None = None,
+    matrix: Callable | None = None,
 ) -> Callable[[Callable], Rule]:
     """Declare an update rule; see the module docstring."""
 
@@ -102,8 +106,10 @@ def rule(
         taken = list(inspect.signature(update).parameters)[3:]
         if taken != list(states):
             raise TypeError(f"rule {update.__name__} takes states {taken} but declares {list(states)}")
-        if traceable and any(callable(s.when) for s in states.values()):
-            raise TypeError(f"rule {update.__name__}: per-parameter states need traceable=False")
+        if any(s.per not in ("element", "row", "col") for s in states.values()):
+            raise TypeError(f"rule {update.__name__}: a State's `per` is 'element', 'row' or 'col'")
+        if matrix is None and any(s.per != "element" for s in states.values()):
+            raise TypeError(f"rule {update.__name__}: per-row or per-column states need `matrix=`")
         return Rule(
             name=update.__name__,
             update=update,
@@ -113,6 +119,7 @@ def rule(
             scalar_state=dict(scalar_state or {}),
             traceable=traceable,
             guards=dict(guards or {}),
+            matrix=matrix,
         )
 
     return declare
