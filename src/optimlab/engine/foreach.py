@@ -26,7 +26,7 @@ import operator
 import numpy as np
 import torch
 
-from .graph import ELEMENT, PER_TENSOR, REDUCTIONS, ROW, SCALAR, SIZES, Graph, Sym, evaluate_numpy
+from .graph import ELEMENT, PER_TENSOR, REDUCTIONS, ROW, SCALAR, SIZES, Graph, Sym, evaluate_numpy, scalar_value
 
 
 @dataclasses.dataclass
@@ -168,14 +168,7 @@ def _evaluate(n: Sym, i: int, walk: Walk, step: Step):
 
 
 def _scalar(n: Sym, args: list, step: Step):
-    if n.op == "const":
-        return n.value
-    if n.op == "scalar":
-        return float(getattr(step.h, n.name))
-    if n.op == "eps":
-        return torch.finfo(step.compute).eps
-    out = evaluate_numpy(n.op, args)
-    return bool(out) if n.is_bool else float(out)
+    return scalar_value(n, args, step.h, step.compute)
 
 
 def _vector(v, step: Step) -> torch.Tensor:

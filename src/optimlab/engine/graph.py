@@ -363,6 +363,19 @@ NUMPY_OPS = {
 }
 
 
+def scalar_value(n: Sym, args: list, h, compute: torch.dtype):
+    """The value of a SCALAR node for one call, in double: the one definition the paths that evaluate
+    scalars on the host share (the C kernel computes the same in its prologue)."""
+    if n.op == "const":
+        return n.value
+    if n.op == "scalar":
+        return float(getattr(h, n.name))
+    if n.op == "eps":
+        return torch.finfo(compute).eps
+    out = evaluate_numpy(n.op, args)
+    return bool(out) if n.is_bool else float(out)
+
+
 def evaluate_numpy(op: str, args: list):
     """Apply op with IEEE double semantics to numbers or arrays (one entry per tensor)."""
     with np.errstate(all="ignore"):

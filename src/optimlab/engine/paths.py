@@ -91,7 +91,7 @@ def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[s
         chosen = choose(path, rule, device, dense)
         if not dense and rule.matrix and any(rule.state[sym].per != "element" for sym in has):
             chosen = "tensor"  # row and column values on the fast paths: one dense matrix per tensor
-        if chosen == "triton" and graph_of(rule, h, kept=has).matrix:
+        if chosen == "triton" and rule.matrix:
             if path == "triton":
                 raise ValueError(f"{rule.name} keeps row and column statistics, which the Triton backend "
                                  "does not generate yet: use path='foreach' (or 'auto') on the GPU")

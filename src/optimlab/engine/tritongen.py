@@ -30,7 +30,7 @@ import torch
 
 from . import cgen
 from .caches import BoundedCache
-from .graph import ELEMENT, PER_TENSOR, REDUCTIONS, SCALAR, Graph, Sym, evaluate_numpy
+from .graph import ELEMENT, PER_TENSOR, REDUCTIONS, SCALAR, Graph, Sym, scalar_value
 
 BLOCK = 1024  # elements per program: one chunk
 
@@ -196,6 +196,7 @@ class Kernel:
 
     def __init__(self, graph: Graph, dtype: torch.dtype, title: str, folder):
         self.graph, self.plan = graph, cgen.plan(graph)
+        self.compute = torch.float64 if dtype == torch.float64 else torch.float32
         self.source = generate(graph, dtype, title)
         digest = hashlib.sha256(self.source.encode()).hexdigest()[:24]
         path = folder / f"triton-{digest}.py"
@@ -219,7 +220,7 @@ class Kernel:
         npt, nr = max(self.per_tensor, 1), max(len(self.graph.reductions), 1)
         pt = torch.zeros(nt * npt, dtype=torch.float64, device=device)
         part = torch.empty(nc * nr, dtype=torch.float64, device=device)
-        values = _scalar_values(self.graph, h)
+        values = _scalar_values(self.graph, h, self.compute)
         # Per-step numbers in a small device array: arguments that never recompile a kernel.
         numbers = [float(values[id(n)]) for n in self.scalars] or [0.0]
         sc = torch.tensor(numbers, dtype=torch.float64).to(device)
@@ -230,20 +231,12 @@ class Kernel:
                 self.module.combine[(nt,)](first, part, pt, NR=nr, NPT=npt)
 
 
-def _scalar_values(graph: Graph, h) -> dict:
+def _scalar_values(graph: Graph, h, compute: torch.dtype) -> dict:
     """Every scalar node's value for this call, in double (booleans as 0/1)."""
     values = {}
     for n in graph.nodes:
-        if n.kind != SCALAR:
-            continue
-        if n.op == "const":
-            values[id(n)] = n.value
-        elif n.op == "scalar":
-            values[id(n)] = float(getattr(h, n.name))
-        else:
-            values[id(n)] = evaluate_numpy(n.op, [values[id(a)] for a in n.args])
-        if n.is_bool:
-            values[id(n)] = float(bool(values[id(n)]))
+        if n.kind == SCALAR:
+            values[id(n)] = float(scalar_value(n, [values[id(a)] for a in n.args], h, compute))
     return values
 
 
