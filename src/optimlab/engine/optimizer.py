@@ -133,7 +133,7 @@ class RuleOptimizer(torch.optim.Optimizer):
             state["step"] = 0.0  # a torch checkpoint's tensor step also works: it is read with float()
             state.update(self.rule.scalar_state)
         for s in kept.values():
-            if s.key not in state and self.rule.keeps(s, p):  # also one a flag switched on mid-run
+            if s.key not in state and self.rule.keeps(s, p, h):  # also one a flag switched on mid-run
                 state[s.key] = s.create(p.detach(), h)
         return state
 

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from . import cgen, native
+from . import cgen, matrix, native
 from .graph import ELEMENT, REDUCTIONS, SCALAR, Graph, evaluate_numpy, trace
 from .rule import Rule
 
@@ -108,6 +108,8 @@ def _warn_once(message: str) -> None:
 
 
 def run_tensor(rule: Rule, h, params, grads, states) -> None:
+    if rule.batched:  # a matrix rule: once per stack of same-shape parameters
+        return matrix.run(rule, h, params, grads, states)
     for i, p in enumerate(params):
         compute = compute_dtype(p.dtype)
         targets = [p, *(states[sym][i] if sym in states else None for sym in rule.state)]

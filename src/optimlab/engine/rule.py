@@ -18,6 +18,7 @@ traced into `torch._foreach_*` calls, or traced into one generated C kernel (see
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from types import SimpleNamespace
 from typing import Callable, Mapping
@@ -31,7 +32,8 @@ class State:
 
     key: str  # its name in optimizer.state[p]: torch's name where torch has the optimizer
     # When the state exists: always (None), when a flag of h is true (its name), or, for rules that
-    # are not traceable, when a predicate of the parameter holds (e.g. only for matrices).
+    # are not traceable, when a predicate of the parameter holds (e.g. only for matrices): `when(θ)`,
+    # or `when(θ, h)` where it also depends on the group's hyperparameters (e.g. a size limit).
     when: str | Callable[[torch.Tensor], bool] | None = None
     init: Callable[[torch.Tensor, SimpleNamespace], torch.Tensor] | None = None  # default: zeros like θ
 
@@ -52,6 +54,7 @@ class Rule:
     flags: Mapping[str, Callable] = dataclasses.field(default_factory=dict)  # static flags from hparams
     scalar_state: Mapping[str, float] = dataclasses.field(default_factory=dict)  # e.g. NAdam's μ product
     traceable: bool = True  # False: the math is not elementwise (+ per-tensor sums); per-tensor path only
+    batched: bool = False  # True: `update` takes stacks of same-shape parameters (engine/matrix.py)
 
     def with_flags(self, hyper: Mapping) -> SimpleNamespace:
         """The namespace `h` for a parameter group: hyperparameters plus the flags derived from them."""
@@ -65,9 +68,11 @@ class Rule:
         return {sym: s for sym, s in self.state.items() if not isinstance(s.when, str) or getattr(h, s.when)}
 
     @staticmethod
-    def keeps(s: State, θ: torch.Tensor) -> bool:
-        """Whether parameter θ has state s, given that its group keeps it."""
-        return not callable(s.when) or bool(s.when(θ))
+    def keeps(s: State, θ: torch.Tensor, h: SimpleNamespace | None = None) -> bool:
+        """Whether parameter θ has state s, given that its group (hyperparameters h) keeps it."""
+        if not callable(s.when):
+            return True
+        return bool(s.when(θ, h) if _takes_hyperparameters(s.when) else s.when(θ))
 
     def step_scalars(self, h: SimpleNamespace, t: int, scalar_state: Mapping[str, float]) -> dict:
         """Per-step scalars for update number t (1-based), computed once outside the tensor math."""
@@ -80,6 +85,11 @@ class Rule:
         return self.update(h, θ, g, *states)
 
 
+@functools.cache
+def _takes_hyperparameters(predicate: Callable) -> bool:
+    return len(inspect.signature(predicate).parameters) >= 2
+
+
 def rule(
     *,
     state: Mapping[str, str | State] | None = None,
@@ -87,6 +97,7 @@ def rule(
     flags: Mapping[str, Callable] | None = None,
     scalar_state: Mapping[str, float] | None = None,
     traceable: bool = True,
+    batched: bool = False,
 ) -> Callable[[Callable], Rule]:
     """Declare an update rule; see the module docstring."""
 
@@ -95,6 +106,8 @@ def rule(
         taken = list(inspect.signature(update).parameters)[3:]
         if taken != list(states):
             raise TypeError(f"rule {update.__name__} takes states {taken} but declares {list(states)}")
+        if batched and traceable:
+            raise TypeError(f"rule {update.__name__}: a batched (matrix) rule needs traceable=False")
         if traceable and any(callable(s.when) for s in states.values()):
             raise TypeError(f"rule {update.__name__}: per-parameter states need traceable=False")
         return Rule(
@@ -105,6 +118,7 @@ def rule(
             flags=dict(flags or {}),
             scalar_state=dict(scalar_state or {}),
             traceable=traceable,
+            batched=batched,
         )
 
     return declare

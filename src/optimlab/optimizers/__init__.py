@@ -6,12 +6,15 @@ from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .lamb import LAMB
 from .lion import Lion
+from .muon import Muon
 from .nadam import NAdam
 from .radam import RAdam
 from .rmsprop import RMSprop
 from .sgd import SGD
+from .soap import SOAP
 
 E, NORM, FACTORED = frozenset({"elementwise"}), frozenset({"per-tensor-norm"}), frozenset({"factored"})
+MATRIX = frozenset({"matrix"})
 PAPER = "float64 transcription of the paper in tests/references.py"
 
 register(Spec("sgd", SGD, "step against the gradient; momentum averages it", "torch.optim.SGD", E))
@@ -25,10 +28,14 @@ register(Spec("lion", Lion, "step by the sign of an interpolation of momentum an
 register(Spec("lamb", LAMB, "AdamW's direction, scaled per tensor by ‖θ‖/‖update‖", PAPER, NORM))
 register(Spec("adafactor", Adafactor, "row and column means of g² instead of all of it; relative steps",
               "torch.optim.Adafactor", FACTORED))
+register(Spec("muon", Muon, "orthogonalise the momentum of each matrix (Newton–Schulz); AdamW for the rest",
+              "matrices: torch.optim.Muon; the rest: optimlab's AdamW (tests/test_matrix.py)", MATRIX))
+register(Spec("soap", SOAP, "Adam in the eigenbasis of Shampoo's factors, refreshed every k steps by QR",
+              "float64 transcription of the reference algorithm in tests/matrix_references.py", MATRIX))
 
 preset("momentum", "sgd", "SGD with heavy-ball momentum 0.9", momentum=0.9)
 preset("nesterov", "sgd", "SGD with Nesterov momentum 0.9", momentum=0.9, nesterov=True)
 preset("amsgrad", "adam", "Adam whose denominator never shrinks", amsgrad=True)
 preset("adam_no_bias_correction", "adam", "Adam without the 1 − βᵗ corrections", bias_correction=False)
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Lion", "LAMB", "Adafactor"]
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Lion", "LAMB", "Adafactor", "Muon", "SOAP"]
