@@ -33,7 +33,7 @@ PER_OPTIMIZER = {("adafactor", "eps"): [(3.0, 1e-3), (None, 2.0)],
                  # Muon's defaults are torch's: weight decay 0.1 and Nesterov on; ε only clamps ‖G‖ from below
                  ("muon", "weight_decay"): [0.0], ("muon", "nesterov"): [False], ("muon", "eps"): [100.0]}
 # Flags that only act together with another.
-NEEDS = {"nesterov": {"momentum": 0.9}, "dampening": {"momentum": 0.9}, "decoupled_weight_decay": {"weight_decay": 0.1}}
+NEEDS = {"root_dtype": {"lr": 0.1}, "nesterov": {"momentum": 0.9}, "dampening": {"momentum": 0.9}, "decoupled_weight_decay": {"weight_decay": 0.1}}
 # Hyperparameters torch.optim does not have (their references are elsewhere).
 OPTIMLAB_ONLY = {"bias_correction", "matrix_view", "path", "ns_dtype", "adamw_betas", "adamw_eps", "matrix"}
 

@@ -11,6 +11,7 @@ from .nadam import NAdam
 from .radam import RAdam
 from .rmsprop import RMSprop
 from .sgd import SGD
+from .shampoo import Shampoo
 from .soap import SOAP
 
 E, NORM, FACTORED = frozenset({"elementwise"}), frozenset({"per-tensor-norm"}), frozenset({"factored"})
@@ -30,6 +31,8 @@ register(Spec("adafactor", Adafactor, "row and column means of g² instead of al
               "torch.optim.Adafactor", FACTORED))
 register(Spec("muon", Muon, "orthogonalise the momentum of each matrix (Newton–Schulz); AdamW for the rest",
               "matrices: torch.optim.Muon; the rest: optimlab's AdamW (tests/test_matrix.py)", MATRIX))
+register(Spec("shampoo", Shampoo, "precondition each matrix by L^-1/4 G R^-1/4 from Kronecker-factored statistics",
+              "float64 transcription of the papers in tests/matrix_references.py", MATRIX))
 register(Spec("soap", SOAP, "Adam in the eigenbasis of Shampoo's factors, refreshed every k steps by QR",
               "float64 transcription of the reference algorithm in tests/matrix_references.py", MATRIX))
 
@@ -38,4 +41,4 @@ preset("nesterov", "sgd", "SGD with Nesterov momentum 0.9", momentum=0.9, nester
 preset("amsgrad", "adam", "Adam whose denominator never shrinks", amsgrad=True)
 preset("adam_no_bias_correction", "adam", "Adam without the 1 − βᵗ corrections", bias_correction=False)
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Lion", "LAMB", "Adafactor", "Muon", "SOAP"]
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Lion", "LAMB", "Adafactor", "Muon", "Shampoo", "SOAP"]
