@@ -21,21 +21,27 @@ TEST_VALUES = {
     "centered": True, "alpha": 0.9, "lr_decay": 0.05, "initial_accumulator_value": 0.3, "eps": 1e-3,
     "betas": (0.8, 0.95), "momentum_decay": 0.01, "decoupled_weight_decay": True, "bias_correction": False,
     "beta2_decay": -0.5, "d": 2.0, "matrix_view": "last_two",
-    # Muon, Shampoo, SOAP
-    "ns_coefficients": (1.5, -0.5, 0.0), "ns_steps": 2, "adjust_lr_fn": "match_rms_adamw", "ns_dtype": torch.float64,
+}
+# Where one value is not enough: each element of Adafactor's (ε₁, ε₂) must be shown to act.
+PER_OPTIMIZER = {("adafactor", "eps"): [(3.0, 1e-3), (None, 2.0)]}
+# Flags that only act together with another.
+NEEDS = {"nesterov": {"momentum": 0.9}, "dampening": {"momentum": 0.9}, "decoupled_weight_decay": {"weight_decay": 0.1}}
+# Hyperparameters torch.optim does not have (their references are elsewhere).
+OPTIMLAB_ONLY = {"bias_correction", "matrix_view", "path"}
+
+# Muon, Shampoo and SOAP (their defaults are the references': Muon's weight decay 0.1 and Nesterov on;
+# Muon's ε only clamps ‖G‖ from below; Shampoo's roots in float32 move θ by ~1e-9 at the default lr).
+TEST_VALUES.update({
+    "ns_coefficients": (1.5, -0.5, 0.0), "ns_steps": 2, "adjust_lr_fn": "match_rms_adamw",
+    "ns_dtype": torch.float64,
     "adamw_betas": (0.8, 0.9), "adamw_eps": 1e-3, "matrix": False, "precondition_frequency": 3,
     "start_preconditioning_step": 2, "max_precond_dim": 2, "grafting": "adagrad", "graft_eps": 1e-2,
     "root_dtype": torch.float32, "precondition_1d": True, "shampoo_beta": 0.5, "normalize_grads": True,
     "correct_bias": False,
-}
-# Where one value is not enough: each element of Adafactor's (ε₁, ε₂) must be shown to act.
-PER_OPTIMIZER = {("adafactor", "eps"): [(3.0, 1e-3), (None, 2.0)],
-                 # Muon's defaults are torch's: weight decay 0.1 and Nesterov on; ε only clamps ‖G‖ from below
-                 ("muon", "weight_decay"): [0.0], ("muon", "nesterov"): [False], ("muon", "eps"): [100.0]}
-# Flags that only act together with another.
-NEEDS = {"root_dtype": {"lr": 0.1}, "nesterov": {"momentum": 0.9}, "dampening": {"momentum": 0.9}, "decoupled_weight_decay": {"weight_decay": 0.1}}
-# Hyperparameters torch.optim does not have (their references are elsewhere).
-OPTIMLAB_ONLY = {"bias_correction", "matrix_view", "path", "ns_dtype", "adamw_betas", "adamw_eps", "matrix"}
+})
+PER_OPTIMIZER.update({("muon", "weight_decay"): [0.0], ("muon", "nesterov"): [False], ("muon", "eps"): [100.0]})
+NEEDS["root_dtype"] = {"lr": 0.1}
+OPTIMLAB_ONLY |= {"ns_dtype", "adamw_betas", "adamw_eps", "matrix"}
 
 
 def variations(name: str) -> list[tuple[str, dict, dict]]:

@@ -78,8 +78,8 @@ def _rotate_back(X, Q_L, Q_R):
     return X if Q_R is None else X @ Q_R.T
 
 
-def shampoo_step(θ, g, state, lr, betas, eps, weight_decay, precondition_frequency, start_preconditioning_step,
-                 max_precond_dim, grafting, graft_eps, precondition_1d):
+def shampoo_step(θ, g, state, lr, betas, eps, weight_decay, precondition_frequency,
+                 start_preconditioning_step, max_precond_dim, grafting, graft_eps, precondition_1d):
     """Shampoo: Gupta et al. (2018), Algorithm 1, with Anil et al. (2020)'s EMA statistics, blocks, start
     step, preconditioner refresh every k steps and per-block norm grafting (Adam or AdaGrad)."""
     β1, β2 = betas

@@ -31,7 +31,7 @@ register(Spec("adafactor", Adafactor, "row and column means of g² instead of al
               "torch.optim.Adafactor", FACTORED))
 register(Spec("muon", Muon, "orthogonalise the momentum of each matrix (Newton–Schulz); AdamW for the rest",
               "matrices: torch.optim.Muon; the rest: optimlab's AdamW (tests/test_matrix.py)", MATRIX))
-register(Spec("shampoo", Shampoo, "precondition each matrix by L^-1/4 G R^-1/4 from Kronecker-factored statistics",
+register(Spec("shampoo", Shampoo, "precondition each matrix by L^-1/4 G R^-1/4, from Kronecker factors",
               "float64 transcription of the papers in tests/matrix_references.py", MATRIX))
 register(Spec("soap", SOAP, "Adam in the eigenbasis of Shampoo's factors, refreshed every k steps by QR",
               "float64 transcription of the reference algorithm in tests/matrix_references.py", MATRIX))
@@ -41,4 +41,5 @@ preset("nesterov", "sgd", "SGD with Nesterov momentum 0.9", momentum=0.9, nester
 preset("amsgrad", "adam", "Adam whose denominator never shrinks", amsgrad=True)
 preset("adam_no_bias_correction", "adam", "Adam without the 1 − βᵗ corrections", bias_correction=False)
 
-__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Lion", "LAMB", "Adafactor", "Muon", "Shampoo", "SOAP"]
+__all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Lion", "LAMB", "Adafactor"]
+__all__ += ["Muon", "Shampoo", "SOAP"]

@@ -88,8 +88,10 @@ def soap_scalars(h, t, carried):
 
 
 @rule(state={"M": "exp_avg", "V": "exp_avg_sq",
-             "L": State("L", when=has_left, init=left_zeros), "R": State("R", when=has_right, init=right_zeros),
-             "Q_L": State("Q_L", when=has_left, init=left_zeros), "Q_R": State("Q_R", when=has_right, init=right_zeros)},
+             "L": State("L", when=has_left, init=left_zeros),
+             "R": State("R", when=has_right, init=right_zeros),
+             "Q_L": State("Q_L", when=has_left, init=left_zeros),
+             "Q_R": State("Q_R", when=has_right, init=right_zeros)},
       scalars=soap_scalars, traceable=False, batched=True)
 def soap(h, θ, g, M, V, L, R, Q_L, Q_R):
     """SOAP (Vyas et al. 2024, Algorithm 3, as the reference code) on a stack of same-shape tensors."""
