@@ -18,11 +18,12 @@ from __future__ import annotations
 import difflib
 import sys
 
-from . import ablated, adam, canyon, lrs, state
+from . import ablated, adam, canyon, lrs, matrix, state
 from .core import VERDICTS, Claim, Context, Result, Verdict, run_claim
 from .report import dumps, report_markdown, to_json
 
-CATALOGUE: dict[str, Claim] = {c.id: c for group in (adam, ablated, state, canyon, lrs) for c in group.CLAIMS}
+CATALOGUE: dict[str, Claim] = {c.id: c for group in (adam, ablated, state, canyon, lrs, matrix)
+             for c in group.CLAIMS}
 
 __all__ = ["claims", "catalogue", "get", "ids", "report_markdown", "to_json", "dumps", "Claim", "Result",
            "Verdict", "VERDICTS", "CATALOGUE"]
