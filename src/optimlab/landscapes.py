@@ -156,7 +156,8 @@ def quadratic(kappa: float = 50.0, angle: float = 0.0) -> Landscape:
 # Full-matrix preconditioning on a 2-vector: Shampoo's one factor L = Σ ggᵀ and step L^{-1/2}g (full-matrix
 # AdaGrad, Gupta et al. 2018 §2 with k = 1), recomputed every step; SOAP's Adam in the eigenbasis of L.
 FULL_MATRIX = {"shampoo": {"precondition_1d": True, "start_preconditioning_step": 1,
-                           "precondition_frequency": 1, "grafting": "none", "betas": (0.0, 1.0), "eps": 1e-12},
+                           "precondition_frequency": 1, "grafting": "none", "betas": (0.0, 1.0),
+                           "eps": 1e-12},
                "soap": {"precondition_1d": True, "precondition_frequency": 1, "weight_decay": 0.0}}
 
 
