@@ -171,7 +171,7 @@ def rotated_canyon(angle: float = 45.0) -> Landscape:
 
     return Landscape(
         "rotated_canyon", f"100u² + v², (u, v) = (x, y) turned {angle:g}°", f,
-        start=(c - s, s + c),  # u = v = 1: the canyon's start, turned with it
+        start=(round(c - s, 12), round(s + c, 12)),  # u = v = 1: the canyon's start, turned with it
         window=((-1.6, 1.6), (-0.6, 1.8)), minima=((0.0, 0.0),),
         lr={"sgd": 0.01, "adam": 0.1, "shampoo": 0.1, "soap": 0.1}, hyper=FULL_MATRIX,
         params={"angle": angle},
