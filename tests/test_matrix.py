@@ -213,3 +213,11 @@ def test_full_matrix_shampoo_turns_with_the_canyon_and_adam_does_not():
 def test_shampoo_root_refresh_costs_more_than_a_plain_step():
     n = claims(["shampoo-expensive-roots"], quick=True)[0].numbers
     assert n["shampoo_refresh"] > n["shampoo_plain"] > n["adamw"]
+
+
+def test_break_it_full_matrix_ablation_on_the_rotated_canyon():
+    from optimlab.lab.ablations import breakit
+
+    result = breakit(["full-matrix"], quick=True)[0]
+    assert result.verdict == "confirmed", result.summary
+    assert result.details["diagonal_turned"] > 10 * result.details["full_turned"]
