@@ -39,7 +39,8 @@ TEST_VALUES.update({
     "root_dtype": torch.float32, "precondition_1d": True, "shampoo_beta": 0.5, "normalize_grads": True,
     "correct_bias": False,
 })
-PER_OPTIMIZER.update({("muon", "weight_decay"): [0.0], ("muon", "nesterov"): [False], ("muon", "eps"): [100.0]})
+PER_OPTIMIZER.update({("muon", "weight_decay"): [0.0], ("muon", "nesterov"): [False],
+                      ("muon", "eps"): [100.0]})
 NEEDS["root_dtype"] = {"lr": 0.1}
 OPTIMLAB_ONLY |= {"ns_dtype", "adamw_betas", "adamw_eps", "matrix"}
 

@@ -247,7 +247,8 @@ def test_states_kept_as_one_buffer_resume_bit_identically(name):
     assert all(torch.equal(p, q) for p, q in zip(params, resumed))
     for p, q in zip(params, resumed):
         for k, v in opt.state[p].items():
-            assert torch.equal(v, fresh.state[q][k]) if isinstance(v, torch.Tensor) else v == fresh.state[q][k]
+            other = fresh.state[q][k]
+            assert torch.equal(v, other) if isinstance(v, torch.Tensor) else v == other
 
 
 @pytest.mark.parametrize("name", ["muon", "shampoo", "soap"])
