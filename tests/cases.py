@@ -39,6 +39,21 @@ NEEDS.update({"weight_lr_power": {"warmup_steps": 5}})  # the weights differ onl
 # Hyperparameters torch.optim does not have (their references are elsewhere).
 OPTIMLAB_ONLY = {"bias_correction", "matrix_view", "path"}
 
+# Muon, Shampoo and SOAP (their defaults are the references': Muon's weight decay 0.1 and Nesterov on;
+# Muon's ε only clamps ‖G‖ from below; Shampoo's roots in float32 move θ by ~1e-9 at the default lr).
+TEST_VALUES.update({
+    "ns_coefficients": (1.5, -0.5, 0.0), "ns_steps": 2, "adjust_lr_fn": "match_rms_adamw",
+    "ns_dtype": torch.float64,
+    "adamw_betas": (0.8, 0.9), "adamw_eps": 1e-3, "matrix": False, "precondition_frequency": 3,
+    "start_preconditioning_step": 2, "max_precond_dim": 2, "grafting": "adagrad", "graft_eps": 1e-2,
+    "root_dtype": torch.float32, "precondition_1d": True, "shampoo_beta": 0.5, "normalize_grads": True,
+    "correct_bias": False,
+})
+PER_OPTIMIZER.update({("muon", "weight_decay"): [0.0], ("muon", "nesterov"): [False],
+                      ("muon", "eps"): [100.0]})
+NEEDS["root_dtype"] = {"lr": 0.1}
+OPTIMLAB_ONLY |= {"ns_dtype", "adamw_betas", "adamw_eps", "matrix"}
+
 
 def variations(name: str) -> list[tuple[str, dict, dict]]:
     """(label, hyperparameters, baseline they are compared with) for every hyperparameter of `name`."""

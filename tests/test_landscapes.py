@@ -55,6 +55,8 @@ CASES = {
     "saddle": grad_saddle,
     "quadratic:kappa=50,angle=0": grad_quadratic(50.0, 0.0),
     "quadratic:kappa=1000,angle=30": grad_quadratic(1000.0, 30.0),
+    # 100u² + v² = ½(200u² + 2v²): twice the quadratic with κ = 100, turned 45°
+    "rotated_canyon": lambda x, y: tuple(2 * v for v in grad_quadratic(100.0, 45.0)(x, y)),
 }
 
 
@@ -66,7 +68,7 @@ def autograd(L, p):
 
 def test_the_catalogue_is_the_issues_list():
     assert landscapes.available() == ["beale", "canyon", "himmelblau", "quadratic", "rastrigin", "reddi",
-                                      "rosenbrock", "saddle"]
+                                      "rosenbrock", "rotated_canyon", "saddle"]
 
 
 @pytest.mark.parametrize("text", list(CASES))
@@ -81,7 +83,8 @@ def test_autograd_matches_the_hand_derived_gradient(text):
         torch.testing.assert_close(autograd(L, torch.stack([x, y])), want, rtol=1e-12, atol=1e-9)
 
 
-@pytest.mark.parametrize("name", ["canyon", "quadratic", "rosenbrock", "beale", "rastrigin", "himmelblau"])
+@pytest.mark.parametrize("name", ["canyon", "quadratic", "rosenbrock", "beale", "rastrigin", "himmelblau",
+                                  "rotated_canyon"])
 def test_minima_are_stationary_global_and_in_view(name):
     L = landscapes.get(name)
     assert L.min_value == pytest.approx(0.0, abs=1e-20)  # all of these have minimum value 0
@@ -172,3 +175,13 @@ def test_catalogue_lists_every_landscape_with_its_formula():
     for name in landscapes.available():
         assert landscapes.get(name).formula in text
     assert "quadratic (kappa=50, angle=0)" in text
+
+
+def test_rotated_canyon_is_the_canyon_turned_45_degrees():
+    L, canyon = landscapes.get("rotated_canyon"), landscapes.get("canyon")
+    c = math.sqrt(0.5)
+    turn = torch.tensor([[c, -c], [c, c]], dtype=torch.float64)  # (u, v) -> (x, y)
+    uv = torch.randn(50, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(L.loss(uv @ turn.T), canyon.loss(uv), rtol=1e-12, atol=1e-12)
+    start = turn @ torch.tensor(canyon.start, dtype=torch.float64)
+    torch.testing.assert_close(torch.tensor(L.start, dtype=torch.float64), start, rtol=0, atol=1e-12)

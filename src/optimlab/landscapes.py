@@ -153,6 +153,32 @@ def quadratic(kappa: float = 50.0, angle: float = 0.0) -> Landscape:
               "turn it (angle=30) and Adam's per-coordinate scaling no longer lines up with it")
 
 
+# Full-matrix preconditioning on a 2-vector: Shampoo's one factor L = Σ ggᵀ and step L^{-1/2}g (full-matrix
+# AdaGrad, Gupta et al. 2018 §2 with k = 1), recomputed every step; SOAP's Adam in the eigenbasis of L.
+FULL_MATRIX = {"shampoo": {"precondition_1d": True, "start_preconditioning_step": 1,
+                           "precondition_frequency": 1, "grafting": "none", "betas": (0.0, 1.0),
+                           "eps": 1e-12},
+               "soap": {"precondition_1d": True, "precondition_frequency": 1, "weight_decay": 0.0}}
+
+
+@_register
+def rotated_canyon(angle: float = 45.0) -> Landscape:
+    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+
+    def f(x, y):  # the canyon 100u² + v² in axes (u, v) turned by `angle` from (x, y)
+        u, v = c * x + s * y, -s * x + c * y
+        return 100 * u**2 + v**2
+
+    return Landscape(
+        "rotated_canyon", f"100u² + v², (u, v) = (x, y) turned {angle:g}°", f,
+        start=(round(c - s, 12), round(s + c, 12)),  # u = v = 1: the canyon's start, turned with it
+        window=((-1.6, 1.6), (-0.6, 1.8)), minima=((0.0, 0.0),),
+        lr={"sgd": 0.01, "adam": 0.1, "shampoo": 0.1, "soap": 0.1}, hyper=FULL_MATRIX,
+        params={"angle": angle},
+        about="the canyon turned 45°: SGD runs the same race as on the canyon, Adam's per-coordinate "
+              "scaling no longer lines up with the axes, full-matrix Shampoo and SOAP turn with them")
+
+
 @_register
 def rosenbrock(a: float = 1.0, b: float = 100.0) -> Landscape:
     return Landscape(

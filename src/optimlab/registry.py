@@ -24,6 +24,7 @@ CAPABILITIES = {
     "elementwise": "each coordinate's update depends only on that coordinate",
     "per-tensor-norm": "elementwise, plus norms of whole tensors (a trust ratio)",
     "factored": "keeps row and column statistics of matrices, not a full second moment",
+    "matrix": "sees whole matrices (orthogonalised or Kronecker-factored), batched over same-shape ones",
 }
 
 
@@ -73,7 +74,7 @@ class Spec:
         """
         θ = torch.empty(shape, dtype=dtype, device="meta")
         h = self.hyper(**hyper)
-        kept = {s.key: s.create(θ, h) for s in self.rule.kept(h).values() if self.rule.keeps(s, θ)}
+        kept = {s.key: s.create(θ, h) for s in self.rule.kept(h).values() if self.rule.keeps(s, θ, h)}
         return {key: (tuple(t.shape), t.dtype) for key, t in kept.items()}
 
     def state_bytes(self, shape, dtype=torch.float32, **hyper) -> int:

@@ -199,7 +199,7 @@ class RuleOptimizer(torch.optim.Optimizer):
             state["step"] = 0.0  # a Python float: see interop.py (a checkpoint keeps it as a tensor)
             state.update(self.rule.scalar_state)
         for s in kept.values():
-            if s.key not in state and self.rule.keeps(s, p):  # also one a flag switched on mid-run
+            if s.key not in state and self.rule.keeps(s, p, h):  # also one a flag switched on mid-run
                 # On the real view for a complex parameter: torch's Adagrad starts it at v + vi.
                 made = s.create(_as_real(p.detach()), h)
                 state[s.key] = torch.view_as_complex(made) if p.is_complex() else made

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import torch
 
-from . import cgen, foreach, native, tritongen
+from . import cgen, foreach, matrix, native, tritongen
 from .caches import BoundedCache
 from .graph import Graph, static_key, trace
 from .rule import Rule
@@ -192,6 +192,8 @@ def _warn_once(message: str) -> None:
 
 
 def run_tensor(rule: Rule, h, params, grads, states) -> None:
+    if rule.batched:  # a matrix rule: once per stack of same-shape parameters
+        return matrix.run(rule, h, params, grads, states)
     for i, p in enumerate(params):
         compute = compute_dtype(p.dtype)
         targets = [p, *(states[sym][i] if sym in states else None for sym in rule.state)]

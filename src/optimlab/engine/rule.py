@@ -18,6 +18,7 @@ traced into `torch._foreach_*` calls, or traced into one generated C kernel (see
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from types import SimpleNamespace
 from typing import Callable, Mapping
@@ -31,7 +32,8 @@ class State:
 
     key: str  # its name in optimizer.state[p]: torch's name where torch has the optimizer
     # When the state exists: always (None), when a flag of h is true (its name), or when a predicate of
-    # the parameter holds (e.g. only for matrices; the fast paths trace the rule once per combination).
+    # the parameter holds: `when(θ)`, or `when(θ, h)` where it also depends on the group's
+    # hyperparameters (e.g. only for matrices, or a size limit; the fast paths trace once per combination).
     when: str | Callable[[torch.Tensor], bool] | None = None
     init: Callable[[torch.Tensor, SimpleNamespace], torch.Tensor] | None = None  # default: zeros like θ
     per: str = "element"  # one value per "element" of θ, or per "row" / "col" of the rule's matrix view
@@ -59,6 +61,7 @@ class Rule:
     traceable: bool = True  # False: the math is not elementwise (+ per-tensor sums); per-tensor path only
     # (θ, h) -> the matrix view of θ that per-row and per-column values refer to (see graph.py)
     matrix: Callable | None = None
+    batched: bool = False  # True: `update` takes stacks of same-shape parameters (engine/matrix.py)
 
     def with_flags(self, hyper: Mapping) -> SimpleNamespace:
         """The namespace `h` for a parameter group: hyperparameters plus the flags derived from them."""
@@ -74,9 +77,11 @@ class Rule:
         return {sym: s for sym, s in self.state.items() if not isinstance(s.when, str) or getattr(h, s.when)}
 
     @staticmethod
-    def keeps(s: State, θ: torch.Tensor) -> bool:
-        """Whether parameter θ has state s, given that its group keeps it."""
-        return not callable(s.when) or bool(s.when(θ))
+    def keeps(s: State, θ: torch.Tensor, h: SimpleNamespace | None = None) -> bool:
+        """Whether parameter θ has state s, given that its group (hyperparameters h) keeps it."""
+        if not callable(s.when):
+            return True
+        return bool(s.when(θ, h) if _takes_hyperparameters(s.when) else s.when(θ))
 
     def step_scalars(self, h: SimpleNamespace, t: int, scalar_state: Mapping[str, float]) -> dict:
         """Per-step scalars for update number t (1-based), computed once outside the tensor math."""
@@ -89,6 +94,11 @@ class Rule:
         return self.update(h, θ, g, *states)
 
 
+@functools.cache
+def _takes_hyperparameters(predicate: Callable) -> bool:
+    return len(inspect.signature(predicate).parameters) >= 2
+
+
 def rule(
     *,
     state: Mapping[str, str | State] | None = None,
@@ -98,6 +108,7 @@ def rule(
     traceable: bool = True,
     guards: Mapping[str, str] | None = None,
     matrix: Callable | None = None,
+    batched: bool = False,
 ) -> Callable[[Callable], Rule]:
     """Declare an update rule; see the module docstring."""
 
@@ -110,6 +121,8 @@ def rule(
             raise TypeError(f"rule {update.__name__}: a State's `per` is 'element', 'row' or 'col'")
         if matrix is None and any(s.per != "element" for s in states.values()):
             raise TypeError(f"rule {update.__name__}: per-row or per-column states need `matrix=`")
+        if batched and traceable:
+            raise TypeError(f"rule {update.__name__}: a batched (matrix) rule needs traceable=False")
         return Rule(
             name=update.__name__,
             update=update,
@@ -120,6 +133,7 @@ def rule(
             traceable=traceable,
             guards=dict(guards or {}),
             matrix=matrix,
+            batched=batched,
         )
 
     return declare

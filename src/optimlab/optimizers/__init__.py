@@ -8,14 +8,18 @@ from .adopt import ADOPT
 from .lamb import LAMB
 from .lars import LARS
 from .lion import Lion
+from .muon import Muon
 from .nadam import NAdam
 from .radam import RAdam
 from .rmsprop import RMSprop
 from .schedulefree import ScheduleFreeAdamW, ScheduleFreeSGD
 from .sgd import SGD
 from .sophia import Sophia
+from .shampoo import Shampoo
+from .soap import SOAP
 
 E, NORM, FACTORED = frozenset({"elementwise"}), frozenset({"per-tensor-norm"}), frozenset({"factored"})
+MATRIX = frozenset({"matrix"})
 PAPER = "float64 transcription of the paper in tests/references.py"
 FRONTIER = "float64 transcription of the paper in tests/frontier_references.py"
 
@@ -30,6 +34,12 @@ register(Spec("lion", Lion, "step by the sign of an interpolation of momentum an
 register(Spec("lamb", LAMB, "AdamW's direction, scaled per tensor by ‖θ‖/‖update‖", PAPER, NORM))
 register(Spec("adafactor", Adafactor, "row and column means of g² instead of all of it; relative steps",
               "torch.optim.Adafactor", FACTORED))
+register(Spec("muon", Muon, "orthogonalise the momentum of each matrix (Newton–Schulz); AdamW for the rest",
+              "matrices: torch.optim.Muon; the rest: optimlab's AdamW (tests/test_matrix.py)", MATRIX))
+register(Spec("shampoo", Shampoo, "precondition each matrix by L^-1/4 G R^-1/4, from Kronecker factors",
+              "float64 transcription of the papers in tests/matrix_references.py", MATRIX))
+register(Spec("soap", SOAP, "Adam in the eigenbasis of Shampoo's factors, refreshed every k steps by QR",
+              "float64 transcription of the reference algorithm in tests/matrix_references.py", MATRIX))
 
 register(Spec("adopt", ADOPT, "Adam normalising g by the previous v, before g enters it", FRONTIER, E))
 register(Spec("lars", LARS, "momentum SGD, lr scaled per tensor by η‖w‖/(‖g‖ + β‖w‖)", FRONTIER, NORM))
@@ -46,3 +56,4 @@ preset("adam_no_bias_correction", "adam", "Adam without the 1 − βᵗ correcti
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Lion", "LAMB", "Adafactor"]
 __all__ += ["ADOPT", "LARS", "Sophia", "ScheduleFreeAdamW", "ScheduleFreeSGD"]
+__all__ += ["Muon", "Shampoo", "SOAP"]

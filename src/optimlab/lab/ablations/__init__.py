@@ -4,7 +4,7 @@
     results = breakit(["bias-correction", "decoupled-decay"], quick=True)
     for r in results:
         print(r.name, r.value, r.unit, r.verdict, r.summary)
-    breakit(out="/tmp/breakit")        # all six; writes breakit.png and breakit.json there
+    breakit(out="/tmp/breakit")        # all of them; writes breakit.png and breakit.json there
 
 Each ablation is a declarative `Ablation` (what is removed, the lesson's claim, the measured number
 defined precisely, the verdict rule) in its own module; `run` returns a `Result`. Every run is seeded,
@@ -18,11 +18,11 @@ import math
 import os
 from pathlib import Path
 
-from . import beta2, bias, clipping, decay, eps, warmup
+from . import beta2, bias, clipping, decay, eps, full_matrix, warmup
 from .common import Ablation, Panel, Result, Settings, single_thread
 
 ABLATIONS: dict[str, Ablation] = {m.ABLATION.name: m.ABLATION
-                                  for m in (bias, warmup, decay, clipping, beta2, eps)}
+                                  for m in (bias, warmup, decay, clipping, beta2, eps, full_matrix)}
 
 __all__ = ["breakit", "names", "get", "table", "plot", "write", "to_json", "Ablation", "Result", "Panel",
            "Settings", "ABLATIONS"]

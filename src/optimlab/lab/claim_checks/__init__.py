@@ -19,13 +19,13 @@ from __future__ import annotations
 import difflib
 import sys
 
-from . import ablated, adam, canyon, lrs, state
+from . import ablated, adam, canyon, lrs, matrix, state
 from . import frontier  # Sophia's 2×, schedule-free without a schedule
 from .core import VERDICTS, Claim, Context, Result, Verdict, run_claim
 from .report import dumps, report_markdown, to_json
 
-CATALOGUE: dict[str, Claim] = {c.id: c for group in (adam, ablated, state, canyon, lrs) for c in group.CLAIMS}
-CATALOGUE.update({c.id: c for c in frontier.CLAIMS})
+CATALOGUE: dict[str, Claim] = {c.id: c for group in (adam, ablated, state, canyon, lrs, matrix, frontier)
+             for c in group.CLAIMS}
 
 __all__ = ["claims", "catalogue", "get", "ids", "report_markdown", "to_json", "dumps", "Claim", "Result",
            "Verdict", "VERDICTS", "CATALOGUE"]

@@ -1,0 +1,109 @@
+"""Matrix rules, batched: one run of the rule per stack of same-shape parameters.
+
+A matrix rule (`@rule(..., traceable=False, batched=True)`: Muon, Shampoo, SOAP) is written for a
+stack. θ, g and each state arrive with one leading dimension, one entry per parameter, and the rule's
+matrix algebra acts on the trailing dimensions: `@`, `.mT`, `torch.baddbmm`, `torch.linalg.eigh` and
+`torch.linalg.qr` all batch natively. So the rule still reads like its paper (for one matrix), and a
+transformer's dozens of same-shape weights cost one batched matmul, eigendecomposition or QR each
+instead of dozens of small calls.
+
+This module is the only place that batches: it groups the parameters of a step by device, dtype,
+shape and the shapes of the states they keep (a parameter without a state, say a vector beside the
+matrices, lands in a group of its own), stacks each group in the compute dtype (float32 for bf16/fp16
+parameters, as every path), runs the rule once and writes the results back in place.
+
+A batched LAPACK call does not always give an entry the same bits in another position (an eigenbasis
+of a rank-deficient matrix is not unique, and which one comes back moved with the order here), so a
+stack is put in a canonical order, not the parameters' order: on the first step by content (the sums
+of θ and g), afterwards the order of the buffer that then holds the group's states.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+
+def run(rule, h, params, grads, states: dict[str, list]) -> None:
+    """Apply one step of the batched `rule` to `params` (and `states`, symbol -> tensor or None each)."""
+    from .paths import compute_dtype  # paths imports this module
+
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, p in enumerate(params):
+        kept = tuple(_shape(states, sym, i) for sym in rule.state)
+        groups[(p.device, p.dtype, tuple(p.shape), kept)].append(i)
+    for idx in groups.values():
+        idx = canonical_order(idx, params, grads, next((states[sym] for sym in rule.state
+                                                        if _shape(states, sym, idx[0]) is not None), None))
+        compute = compute_dtype(params[idx[0]].dtype)
+        targets = [[params[i] for i in idx]]
+        targets += [None if _shape(states, sym, idx[0]) is None else [states[sym][i] for i in idx]
+                    for sym in rule.state]
+        inputs = [stack(targets[0], compute)]
+        inputs += [None if t is None else stacked_state(t, compute) for t in targets[1:]]
+        new = rule.apply(h, inputs[0], stack([grads[i] for i in idx], compute), *inputs[1:])
+        for target, old, value in zip(targets, inputs, new):
+            if target is not None and value is not old:
+                unstack(target, value)
+
+
+def canonical_order(idx: list[int], params, grads, state: list | None) -> list[int]:
+    """The group in the order of its state buffer if it has one, else by the content of θ and g."""
+    if len(idx) == 1:
+        return idx
+    if state is not None and len({state[i].untyped_storage().data_ptr() for i in idx}) == 1:
+        return sorted(idx, key=lambda i: state[i].storage_offset())
+    return sorted(idx, key=lambda i: (float(params[i].detach().double().sum()),
+                                      float(grads[i].double().sum())))
+
+
+def _shape(states: dict, sym: str, i: int):
+    value = states.get(sym, [None] * (i + 1))[i]
+    return None if value is None else tuple(value.shape)
+
+
+def stack(tensors: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """One tensor with a leading batch dimension (a view, not a copy, for a group of one)."""
+    if len(tensors) == 1:
+        return tensors[0].to(dtype).unsqueeze(0)
+    return torch.stack(tensors).to(dtype)
+
+
+def stacked_state(tensors: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """The states of a group as one stack, without a copy from the second step on.
+
+    The first time, the group's states move into one buffer (each tensor in optimizer.state becomes a
+    view of its slice, with `set_`, so checkpoints and the user see the same tensors); afterwards the
+    slices lie one after the other in that buffer and the stack is a view of it.
+    """
+    if len(tensors) == 1 or tensors[0].dtype != dtype:
+        return stack(tensors, dtype)
+    view = _as_one_view(tensors)
+    if view is None:
+        buffer = torch.stack(tensors)
+        for j, t in enumerate(tensors):
+            t.set_(buffer.untyped_storage(), j * t.numel(), t.shape, buffer[j].stride())
+        view = _as_one_view(tensors)
+    return view
+
+
+def _as_one_view(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """(k, *shape) over the tensors' common storage, if they are its consecutive contiguous slices."""
+    first = tensors[0]
+    storage, n = first.untyped_storage(), first.numel()
+    for j, t in enumerate(tensors):
+        if (not t.is_contiguous() or t.untyped_storage().data_ptr() != storage.data_ptr()
+                or t.storage_offset() != first.storage_offset() + j * n):
+            return None
+    return first.new_empty(0).set_(storage, first.storage_offset(), (len(tensors), *first.shape))
+
+
+def unstack(targets: list[torch.Tensor], value: torch.Tensor) -> None:
+    """Write entry j of the stack `value` into targets[j], rounding to each target's dtype once."""
+    if len(targets) == 1:
+        targets[0].copy_(value[0])
+    elif (view := _as_one_view(targets)) is not None:
+        view.copy_(value)  # states kept as one buffer: one copy
+    else:
+        torch._foreach_copy_(targets, list(value.to(targets[0].dtype).unbind(0)))
