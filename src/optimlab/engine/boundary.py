@@ -19,12 +19,11 @@ Tensor subclasses (DTensor and others) never reach the C kernel: `paths.run` rou
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import Callable
 
 import torch
 
-from .caches import BoundedCache
-from .graph import static_key
 from .rule import State
 
 
@@ -37,7 +36,6 @@ def admit(h, kept: dict[str, State], params: list, states: list[dict], describe:
 
     `states[i]` is `optimizer.state[params[i]]`; `describe(i)` names parameter i in an error message.
     """
-    static = static_key(h)
     declared = [s for s in kept.values() if s.init is not None]  # shapes of their own (Adafactor's rows)
     for i, p in enumerate(params):
         g, shape, dtype, device = p.grad, p.shape, p.dtype, p.device
@@ -49,7 +47,7 @@ def admit(h, kept: dict[str, State], params: list, states: list[dict], describe:
             value = state.get(s.key)
             if value is None:
                 continue
-            want_shape, want_dtype = expected(s, p, static, h) if s in declared else (shape, dtype)
+            want_shape, want_dtype = expected(s, p, value, h) if s in declared else (shape, dtype)
             if not isinstance(value, torch.Tensor):
                 kind = type(value).__name__
                 raise ParameterMismatch(f"{describe(i)}: state {s.key!r} is a {kind}, not a tensor")
@@ -69,21 +67,24 @@ def admit(h, kept: dict[str, State], params: list, states: list[dict], describe:
                 state[s.key] = value.contiguous()
 
 
-def expected(s: State, p: torch.Tensor, static: tuple, h) -> tuple[torch.Size, torch.dtype]:
-    """Shape and dtype of state `s` for parameter p, from the rule's own declaration (made on the meta
-    device once per shape: only static entries of h can change a shape)."""
+def expected(s: State, p: torch.Tensor, value: torch.Tensor, h) -> tuple[torch.Size, torch.dtype]:
+    """Shape and dtype of state `s` for parameter p, from the rule's own declaration: made on the meta
+    device with the group's hyperparameters (a shape may depend on numbers: Shampoo's block size), once
+    per state tensor and parameter layout; a new tensor (a loaded checkpoint) is checked again."""
     if s.init is None:
         return p.shape, p.dtype
-    key = (s, tuple(p.shape), p.dtype, static)
+    key = (id(value), p.shape, p.dtype)
+    seen = _declared.get(key)
+    if seen is not None and seen[0]() is value:
+        return seen[1]
+    made = s.create(torch.empty(p.shape, dtype=p.dtype, device="meta"), h)
+    _declared[key] = (weakref.ref(value), (made.shape, made.dtype))
+    if len(_declared) > 65536:  # stale entries of freed tensors: start over
+        _declared.clear()
+    return made.shape, made.dtype
 
-    def make():
-        made = s.create(torch.empty(p.shape, dtype=p.dtype, device="meta"), h)
-        return made.shape, made.dtype
 
-    return _shapes.get(key, make)
-
-
-_shapes = BoundedCache(4096)
+_declared: dict = {}
 
 
 def _what(t: torch.Tensor) -> str:

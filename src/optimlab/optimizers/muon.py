@@ -40,8 +40,9 @@ def adamw_bias_corrections(h, t, carried):
 
 def adamw_view(h) -> SimpleNamespace:
     """The hyperparameters optimlab's Adam rule sees for the AdamW part: the group's lr and decay."""
-    return SimpleNamespace(lr=h.lr, weight_decay=h.weight_decay, beta1=h.adamw_beta1, beta2=h.adamw_beta2,
-                           eps=h.adamw_eps, amsgrad=False, decoupled_weight_decay=True, bc1=h.bc1, bc2=h.bc2)
+    return adam.with_flags(dict(lr=h.lr, weight_decay=h.weight_decay, beta1=h.adamw_beta1,
+                                beta2=h.adamw_beta2, eps=h.adamw_eps, amsgrad=False,
+                                decoupled_weight_decay=True, bc1=h.bc1, bc2=h.bc2))  # and Adam's own flags
 
 
 def newton_schulz(G, h):

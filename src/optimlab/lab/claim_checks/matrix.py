@@ -76,7 +76,7 @@ def judge_cost(n):
 
 CLAIMS = [
     Claim(
-        id="shampoo-captures-correlations", seed="000",
+        id="shampoo-captures-correlations", seed="curvature-bets",
         claim="'Adam's diagonal preconditioner ignores correlations between parameters; Shampoo captures "
         "them within a layer'",
         experiment="race Adam (α = 0.1) and full-matrix Shampoo (one factor L = Σggᵀ, step αL^{-1/2}g, "
@@ -91,7 +91,7 @@ CLAIMS = [
         reference="Gupta et al. 2018, §2: full-matrix AdaGrad (Shampoo with one factor) is "
         "rotation-equivariant; a diagonal preconditioner is not"),
     Claim(
-        id="shampoo-expensive-roots", seed="000",
+        id="shampoo-expensive-roots", seed="curvature-bets",
         claim="Shampoo: 'expensive (matrix root/inverse every few steps)'",
         experiment="time one step on an n×n fp32 weight (one thread): AdamW, Shampoo without a root "
         "refresh, Shampoo with one (two eigendecompositions, float64)",
