@@ -74,6 +74,16 @@ def setting(hyper: dict) -> str:
     return ", ".join(parts) or "default"
 
 
+def edge(plan, task, text: str, hyper: dict) -> str:
+    """' ↑' or ' ↓' when the chosen lr is the grid's largest or smallest: the best lr may lie beyond it."""
+    lrs = [t.get("lr", plan.defaults(text).get("lr")) for t in plan.trials(task, text)]
+    lrs = [lr for lr in lrs if isinstance(lr, (int, float))]
+    if len(set(lrs)) < 3:
+        return ""
+    lr = hyper.get("lr", plan.defaults(text).get("lr"))
+    return " ↑" if lr == max(lrs) else " ↓" if lr == min(lrs) else ""
+
+
 def write_report(result, pictures: bool = True, timings: bool = True) -> str:
     text = report_text(result, timings=timings)
     (result.out / "report.md").write_text(text)
@@ -105,7 +115,9 @@ def report_text(result, timings: bool = True) -> str:
                      for r in table[t.name, o, k].records)
         lines.append(f"| {o} | {round(rho_d[o][2] * n)}/{n} | {round(rho_t[o][2] * n)}/{n} "
                      f"| {rho_t[o][0]:.2f} | {rho_t[o][1]:.2f} | {failed or '–'} |")
-    lines += ["", "## Reading", "", *reading(result, table, steps_t, steps_d), ""]
+    lines += ["", "## Reading", "", *reading(result, table, steps_t, steps_d), "",
+              "In the tables below, rows are sorted by tuned steps to target. ↑ / ↓ after a tuned setting: "
+              "its lr is the largest / smallest of the grid, so a better one may lie beyond it.", ""]
     for task in plan.tasks:
         arrow = "≥" if task.goal == "max" else "≤"
         lines += [f"## {task.name}: {task.metric} {arrow} {task.target:g} within {task.steps} steps", "",
@@ -118,7 +130,7 @@ def report_text(result, timings: bool = True) -> str:
                                                         _worse_first(task, cells[o][1]), o)):
             d, t = cells[o]
             lines.append(f"| {o} | {spread(d.steps())} | {spread(d.finals(task.goal), 4)} "
-                         f"| {setting(t.hyper)} | {spread(t.steps())} | "
+                         f"| {setting(t.hyper)}{edge(plan, task, o, t.hyper)} | {spread(t.steps())} | "
                          + (f"{spread(t.seconds(), 2)} | " if timings else "")
                          + f"{spread(t.finals(task.goal), 4)} | {_failures(d, t)} |")
         lines.append("")
