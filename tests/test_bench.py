@@ -127,11 +127,13 @@ def test_generic_hooks_closure_and_train_eval(monkeypatch):
     spec = registry.Spec("closure_sgd", ClosureSGD, "test double", "none", frozenset({"elementwise"}))
     monkeypatch.setitem(registry._specs, "closure_sgd", spec)
     ClosureSGD.calls.clear()
-    task = TASKS["cancer"].scaled(0.1)  # 20 steps, evaluated at 0 and 20
+    task = TASKS["cancer"].scaled(0.1)  # 40 steps, evaluated at 0, 20 and 40
     rec = run_one((task, "closure_sgd", {"lr": 0.1}, 0))
     assert rec["status"] == "ok", rec["error"]
+    assert rec["steps"] == [0, 20, 40]
     calls = ClosureSGD.calls
-    assert calls.count("eval") == 2 and calls.count("train") == 2  # around each evaluation
+    assert calls.count("eval") == 3 and calls.count("train") == 3  # around each evaluation
+    assert calls.index("train") < calls.index("step", 2)  # in training mode before the timed updates
     assert calls.count("step") >= task.steps and calls[-2:] == ["eval", "train"]
 
 
@@ -185,3 +187,16 @@ def test_cli_quick_writes_report_runs_and_pictures(tmp_path, capsys):
     blocker.write_text("x")
     assert main(["bench", "--quick", "--out", str(blocker)]) == 2
     assert main(["bench", "--tasks", "nope", "--out", str(out)]) == 2
+
+
+def test_two_worker_processes_give_the_same_runs_as_one(tmp_path):
+    small = {**SMALL, "tasks": "cancer", "seeds": 1}
+
+    def deterministic(result):
+        timed = ("seconds", "seconds_to_target", "run_seconds", "run_cpu_seconds")
+        return {k: {f: v for f, v in r.items() if f not in timed} for k, r in result.records.items()}
+
+    one = bench(out=tmp_path / "one", **small)
+    two = bench(out=tmp_path / "two", **{**small, "workers": 2})
+    assert deterministic(one) == deterministic(two)
+    assert len(one.records) == 2 * 2  # 2 optimizers × (the default + one more trial)
