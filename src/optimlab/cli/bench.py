@@ -61,8 +61,14 @@ def run(args) -> int:
 
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    result = bench(args.tasks, args.optimizers, budget=args.budget, seeds=args.seeds, quick=args.quick,
-                   out=output_dir(args.out), workers=workers, progress=progress)
+    out = output_dir(args.out)
+    try:
+        result = bench(args.tasks, args.optimizers, budget=args.budget, seeds=args.seeds, quick=args.quick,
+                       out=out, workers=workers, progress=progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the finished runs are in {out / 'results.jsonl'}; run the same command to "
+              "continue", file=sys.stderr)
+        return 130
     print(result.report_path.read_text().split("## Reading")[0].rstrip())
     print(f"\nreport: {result.report_path}\nruns: {result.out / 'results.jsonl'}\n"
           f"pictures: {result.out / 'profile.png'}, {result.out / 'curves.png'}")
