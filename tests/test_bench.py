@@ -114,7 +114,7 @@ class ClosureSGD(optimlab.SGD):
     def step(self, closure=None):
         assert closure is not None, "the bench must pass a closure"
         self.calls.append("step")
-        return super().step(closure)
+        super().step(closure)  # returns nothing, as some closure optimizers do
 
     def train(self):
         self.calls.append("train")

@@ -128,20 +128,24 @@ def _train(task: BenchTask, text: str, hyper: dict, seed: int) -> dict:
     for step in range(task.steps):
         start = time.perf_counter()
         if closure_needed:
-            def closure(step=step):
+            seen = []  # the closure's loss: step(closure) need not return it
+
+            def closure(step=step, seen=seen):
                 opt.zero_grad()
                 loss = problem.loss(step)
                 loss.backward(create_graph=create_graph)
+                seen.append(loss.detach())
                 return loss
 
-            loss = opt.step(closure)
+            opt.step(closure)
+            loss = seen[0] if seen else None
         else:
             opt.zero_grad()
             loss = problem.loss(step)
             loss.backward()
             opt.step()
         elapsed += time.perf_counter() - start
-        if loss is None or not torch.isfinite(loss.detach()):
+        if loss is not None and not torch.isfinite(loss.detach()):
             return record(task, text, hyper, seed, "diverged", steps, values, seconds)
         if (step + 1) % task.eval_every == 0 and not evaluate(step + 1):
             return record(task, text, hyper, seed, "diverged", steps, values, seconds)
