@@ -29,7 +29,7 @@ def register(verbs) -> None:
                    help="registry names, presets or 'name:key=value,…' without lr (default: every registered "
                    "optimizer, optimlab list)")
     p.add_argument("--budget", type=int, default=None,
-                   help="tuning trials per optimizer and task, the same for all (default 5; --quick 2)")
+                   help="tuning trials per optimizer and task, the same for all (default 7; --quick 2)")
     p.add_argument("--seeds", type=int, default=None,
                    help="seeds per reported setting (default 3; --quick 1)")
     p.add_argument("--quick", action="store_true",

@@ -70,7 +70,7 @@ TASKS: dict[str, BenchTask] = {t.name: t for t in [
 QUICK_FRACTION = 0.25  # --quick: a quarter of each task's steps
 QUICK_BUDGET = 2
 QUICK_SEEDS = 1
-DEFAULT_BUDGET = 5
+DEFAULT_BUDGET = 7
 DEFAULT_SEEDS = 3
 
 LR_FACTOR = math.sqrt(10)  # the grid's spacing: half a decade
