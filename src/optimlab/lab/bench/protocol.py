@@ -45,13 +45,13 @@ class BenchTask:
 
 
 TASKS: dict[str, BenchTask] = {t.name: t for t in [
-    BenchTask("cancer", steps=300, eval_every=20, metric="val_loss", goal="min", target=0.12,
+    BenchTask("cancer", steps=300, eval_every=10, metric="val_loss", goal="min", target=0.12,
               why="convex: every optimizer can reach the optimum's held-out log-loss (≈0.06–0.09 by seed); "
               "0.12 is within 2× of it, a clearly fitted but not yet converged model"),
     BenchTask("digits", steps=600, eval_every=30, metric="val_accuracy", goal="max", target=0.95,
               why="a well-trained MLP reaches 96–98% on the 360 held-out digits; 95% is a fitted model, "
               "short of the last per cent that depends on the seed"),
-    BenchTask("diabetes", steps=500, eval_every=25, metric="val_loss", goal="min", target=0.62,
+    BenchTask("diabetes", steps=500, eval_every=5, metric="val_loss", goal="min", target=0.62,
               why="held-out mean-squared error of the standardised target; ≈0.5–0.6 is the floor for this "
               "data (R² ≈ 0.4–0.5 in the literature), and 0.62 (R² ≈ 0.38) is a useful fit that a tuned "
               "optimizer reaches before the MLP starts to overfit"),
