@@ -54,3 +54,6 @@ def available() -> list[str]:
 
 from . import digits  # noqa: E402,F401  (registers the built-in tasks)
 from . import charlm  # noqa: E402,F401  (a tiny character-level transformer on pydoc_data.topics)
+from . import cancer  # noqa: E402,F401  (logistic regression on scikit-learn's breast-cancer data)
+from . import mnist1d  # noqa: E402,F401  (a small 1-D CNN on MNIST-1D, generated offline)
+from . import diabetes  # noqa: E402,F401  (an MLP regression on scikit-learn's diabetes data)
