@@ -246,8 +246,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=float, default=25e6, help="total parameters (default 25e6)")
-    parser.add_argument("--reps", type=int, default=20, help="interleaved repetitions per candidate (default 20)")
-    parser.add_argument("--optimizers", default=",".join(CANDIDATES), help="comma-separated subset of: " + ", ".join(CANDIDATES))
+    parser.add_argument("--reps", type=int, default=20,
+                        help="interleaved repetitions per candidate (default 20)")
+    parser.add_argument("--optimizers", default=",".join(CANDIDATES),
+                        help="comma-separated subset of: " + ", ".join(CANDIDATES))
     parser.add_argument("--layouts", default="flat,transformer",
                         help="flat (10 tensors), transformer (~200 tensors), "
                              "5x1M (5 tensors of 1 M; ignores --params)")

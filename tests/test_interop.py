@@ -18,7 +18,8 @@ import optimlab
 
 # The optimizers torch.optim has too, with a configuration that keeps every state they can keep.
 SHARED = {
-    "sgd": [{}, {"momentum": 0.9, "nesterov": True, "weight_decay": 0.1}, {"momentum": 0.9, "dampening": 0.3}],
+    "sgd": [{}, {"momentum": 0.9, "nesterov": True, "weight_decay": 0.1},
+            {"momentum": 0.9, "dampening": 0.3}],
     "adagrad": [{}, {"lr_decay": 0.05, "initial_accumulator_value": 0.3, "weight_decay": 0.1}],
     "rmsprop": [{}, {"centered": True, "momentum": 0.9, "weight_decay": 0.1}],
     "adam": [{}, {"amsgrad": True, "weight_decay": 0.1}],
@@ -123,7 +124,8 @@ def test_every_numeric_type_becomes_a_plain_python_number_in_the_namespace():
     opt = optimlab.Adam(make_params(), lr=np.float64(0.01), betas=(np.float32(0.9), np.float64(0.99)))
     group = opt.param_groups[0]
     assert [type(getattr(opt.hyper(group), k)) for k in ("lr", "beta1", "beta2")] == [float, float, float]
-    group["betas"], group["eps"] = (torch.tensor(0.9), torch.tensor(0.99, dtype=torch.float64)), torch.tensor(1e-6)
+    group["betas"], group["eps"] = ((torch.tensor(0.9), torch.tensor(0.99, dtype=torch.float64)),
+                                    torch.tensor(1e-6))
     group["amsgrad"], group["weight_decay"] = 1, np.int64(0)
     h = opt.hyper(group)
     assert [type(getattr(h, k)) for k in ("beta1", "beta2", "eps", "weight_decay", "amsgrad")] == [
@@ -189,7 +191,8 @@ def test_a_torch_checkpoint_loads_into_optimlab_and_continues_as_torch(name, hp,
     for p, q in zip(mine, params):
         torch.testing.assert_close(p, q, **CLOSE)
         for key, theirs in torch_opt.state[q].items():
-            torch.testing.assert_close(torch.as_tensor(opt.state[p][key], dtype=theirs.dtype), theirs, **CLOSE)
+            torch.testing.assert_close(torch.as_tensor(opt.state[p][key], dtype=theirs.dtype), theirs,
+                                       **CLOSE)
 
 
 @pytest.mark.parametrize("name,hp,path", list(shared_cases()))
@@ -279,7 +282,8 @@ def sparse_train(make, steps=15):
     return table, opt
 
 
-SPARSE = [("sgd", {}), ("sgd", {"momentum": 0.9, "nesterov": True}), ("sgd", {"momentum": 0.9, "dampening": 0.3}),
+SPARSE = [("sgd", {}), ("sgd", {"momentum": 0.9, "nesterov": True}),
+          ("sgd", {"momentum": 0.9, "dampening": 0.3}),
           ("sgd", {"maximize": True, "momentum": 0.5}), ("adagrad", {}),
           ("adagrad", {"lr_decay": 0.05, "initial_accumulator_value": 0.3, "maximize": True}),
           ("adagrad", {"eps": 0.0, "lr": 0.5})]
@@ -292,7 +296,8 @@ def test_sparse_gradients_match_torch(name, hp, path):
     theirs, torch_opt = sparse_train(lambda ps: TORCH[name](ps, **hp))
     torch.testing.assert_close(mine, theirs, **CLOSE)
     for key, value in torch_opt.state[theirs].items():
-        torch.testing.assert_close(torch.as_tensor(opt.state[mine][key]).double(), value.to_dense().double(), **CLOSE)
+        torch.testing.assert_close(torch.as_tensor(opt.state[mine][key]).double(), value.to_dense().double(),
+                                   **CLOSE)
 
 
 def test_sparse_adagrad_touches_only_the_rows_in_the_gradient():

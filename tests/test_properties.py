@@ -1,6 +1,6 @@
-"""Property-based tests (hypothesis): for every registered optimizer and every fast path, random shapes (0-sized
-dimensions, single elements, scalars) and random valid hyperparameters drawn from the optimizer's own
-signature give the same result as the per-tensor path, within a few ulps.
+"""Property-based tests (hypothesis): for every registered optimizer and every fast path, random shapes
+(0-sized dimensions, single elements, scalars) and random valid hyperparameters drawn from the optimizer's
+own signature give the same result as the per-tensor path, within a few ulps.
 
 Bounded: a few examples per optimizer and path, no deadline (the first example of a flag combination
 compiles a kernel).
@@ -45,7 +45,8 @@ def hyperparameter(name: str, key: str, default):
 
 @st.composite
 def hyperparameters(draw, name: str) -> dict:
-    hp = {key: draw(hyperparameter(name, key, default)) for key, default in optimlab.spec(name).defaults.items()}
+    hp = {key: draw(hyperparameter(name, key, default))
+          for key, default in optimlab.spec(name).defaults.items()}
     if hp.get("nesterov"):
         hp.update(NEEDS["nesterov"], dampening=0.0)  # torch's rule: Nesterov needs momentum and no dampening
     return hp
@@ -64,7 +65,8 @@ def fast_cases():
 def run(name, path, hp, shapes, dtype, seed):
     g = torch.Generator().manual_seed(seed)
     params = [torch.randn(s, generator=g, dtype=torch.float64).to(dtype).requires_grad_() for s in shapes]
-    grads = [[torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in shapes] for _ in range(STEPS)]
+    grads = [[torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in shapes]
+             for _ in range(STEPS)]
     opt = optimlab.create(name, params, path=path, **hp)
     for step_grads in grads:
         for p, grad in zip(params, step_grads):
@@ -90,6 +92,7 @@ def test_fast_paths_agree_with_the_tensor_path(name, path, data):
         for key, value in ref_opt.state[q].items():
             mine = fast_opt.state[p][key]
             if isinstance(value, torch.Tensor):
-                torch.testing.assert_close(mine, value, rtol=tolerance, atol=tolerance, equal_nan=True, msg=key)
+                torch.testing.assert_close(mine, value, rtol=tolerance, atol=tolerance, equal_nan=True,
+                                           msg=key)
             else:
                 assert mine == value, key

@@ -32,7 +32,8 @@ NAMES = {"SGD": "sgd", "Adagrad": "adagrad", "RMSprop": "rmsprop", "Adam": "adam
 OURS = {"adafactor": {"matrix_view": "last_two"}}  # torch factors the last two dimensions of a 4-D tensor
 # torch keywords optimlab refuses, and why (the test asserts the error that says so).
 UNSUPPORTED = {
-    "differentiable": "optimlab updates parameters in place under no_grad: autograd cannot run through step()",
+    "differentiable": "optimlab updates parameters in place under no_grad: "
+                      "autograd cannot run through step()",
     "capturable": "step counts and per-step scalars are Python numbers on the host: no CUDA graph capture",
 }
 STEPS = 10
@@ -130,7 +131,8 @@ def test_the_configurations_optimlab_refuses_are_counted():
     print(f"\n{len(CONFIGURATIONS)} configurations; {len(refused)} ask for what optimlab refuses:")
     for c in refused:
         print(f"  {c.id}: {UNSUPPORTED[unsupported(c.values[2])]}")
-    count = {(str(dtype)[6:], unsupported(kwargs)): 0 for _, dtype, kwargs in (c.values for c in CONFIGURATIONS)}
+    count = {(str(dtype)[6:], unsupported(kwargs)): 0
+             for _, dtype, kwargs in (c.values for c in CONFIGURATIONS)}
     for _, dtype, kwargs in (c.values for c in CONFIGURATIONS):
         count[str(dtype)[6:], unsupported(kwargs)] += 1
     print(count)

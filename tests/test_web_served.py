@@ -18,10 +18,10 @@ pytest.importorskip("fastapi", reason="the playground needs the web extra: pip i
 playwright = pytest.importorskip("playwright.sync_api", reason="pip install 'optimlab[test]'")
 schemathesis = pytest.importorskip("schemathesis", reason="pip install 'optimlab[test]'")
 
-from hypothesis import HealthCheck, settings
-from web_support import served
+from hypothesis import HealthCheck, settings  # noqa: E402
+from web_support import served  # noqa: E402
 
-from optimlab.web import PAGES, create_app
+from optimlab.web import PAGES, create_app  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():

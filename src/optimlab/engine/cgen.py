@@ -61,18 +61,29 @@ def _expr(op: str, a: list[str], real: str, reciprocal: bool = False) -> str:
     if op in INFIX:
         return f"({a[0]} {INFIX[op]} {a[1]})"
     match op:
-        case "neg": return f"(-{a[0]})"
-        case "sqrt": return f"sqrt{f}({a[0]})"
-        case "rsqrt": return f"(({real})1 / sqrt{f}({a[0]}))"
-        case "abs": return f"fabs{f}({a[0]})"
-        case "sign": return f"(({real})(({a[0]} > 0) - ({a[0]} < 0)))"
-        case "square": return f"({a[0]} * {a[0]})"
-        case "not": return f"(!{a[0]})"
-        case "pow": return f"pow{f}({a[0]}, {a[1]})"
+        case "neg":
+            return f"(-{a[0]})"
+        case "sqrt":
+            return f"sqrt{f}({a[0]})"
+        case "rsqrt":
+            return f"(({real})1 / sqrt{f}({a[0]}))"
+        case "abs":
+            return f"fabs{f}({a[0]})"
+        case "sign":
+            return f"(({real})(({a[0]} > 0) - ({a[0]} < 0)))"
+        case "square":
+            return f"({a[0]} * {a[0]})"
+        case "not":
+            return f"(!{a[0]})"
+        case "pow":
+            return f"pow{f}({a[0]}, {a[1]})"
         # torch.maximum/minimum propagate NaN from either side
-        case "maximum": return f"(({a[0]} > {a[1]} || {a[0]} != {a[0]}) ? {a[0]} : {a[1]})"
-        case "minimum": return f"(({a[0]} < {a[1]} || {a[0]} != {a[0]}) ? {a[0]} : {a[1]})"
-        case "where": return f"({a[0]} ? {a[1]} : {a[2]})"
+        case "maximum":
+            return f"(({a[0]} > {a[1]} || {a[0]} != {a[0]}) ? {a[0]} : {a[1]})"
+        case "minimum":
+            return f"(({a[0]} < {a[1]} || {a[0]} != {a[0]}) ? {a[0]} : {a[1]})"
+        case "where":
+            return f"({a[0]} ? {a[1]} : {a[2]})"
     raise ValueError(f"no C for op {op}")
 
 
@@ -261,7 +272,8 @@ def _chunk_table(e: Emit) -> list[str]:
         "  int64_t *first = chunk + 2 * nc;  /* first chunk of each tensor */",
         "  for (int64_t t = 0, c = 0; t < nt; t++) {",
         "    first[t] = c;",
-        "    for (int64_t lo = 0; lo < numel[t]; lo += CHUNK, c++) { chunk[2 * c] = t; chunk[2 * c + 1] = lo; }",
+        "    for (int64_t lo = 0; lo < numel[t]; lo += CHUNK, c++) "
+        "{ chunk[2 * c] = t; chunk[2 * c + 1] = lo; }",
         "  }",
         "  first[nt] = nc;",
     ]

@@ -26,7 +26,8 @@ import operator
 import numpy as np
 import torch
 
-from .graph import ELEMENT, PER_TENSOR, REDUCTIONS, ROW, SCALAR, SIZES, Graph, Sym, evaluate_numpy, scalar_value
+from .graph import (ELEMENT, PER_TENSOR, REDUCTIONS, ROW, SCALAR, SIZES, Graph, Sym, evaluate_numpy,
+                    scalar_value)
 
 
 @dataclasses.dataclass

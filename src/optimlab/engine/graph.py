@@ -31,7 +31,8 @@ SCALAR, PER_TENSOR, ROW, COL, ELEMENT = 0, 1, 2, 3, 4
 KIND_NAMES = {"element": ELEMENT, "row": ROW, "col": COL}  # State.per -> the kind of its input node
 
 UNARY = {"neg", "sqrt", "rsqrt", "abs", "sign", "square", "not"}
-BINARY = {"add", "sub", "mul", "div", "pow", "maximum", "minimum", "gt", "ge", "lt", "le", "eq", "ne", "and", "or"}
+BINARY = {"add", "sub", "mul", "div", "pow", "maximum", "minimum", "gt", "ge", "lt", "le", "eq", "ne", "and",
+          "or"}
 PREDICATES = {"gt", "ge", "lt", "le", "eq", "ne", "and", "or", "not"}
 REDUCTIONS = {"sum", "sumsq", "row_sum", "col_sum"}  # sum, sumsq: to PER_TENSOR; the others: along an axis
 SIZES = {"numel": "elements", "nrows": "rows", "ncols": "columns"}  # per-tensor sizes of the matrix view

@@ -98,7 +98,8 @@ class RuleOptimizer(torch.optim.Optimizer):
 
     def hyper(self, group: dict) -> SimpleNamespace:
         """The namespace `h` a rule sees for a parameter group (without per-step scalars)."""
-        names = [*self.fixed, *(k for k, _ in _signature_defaults(type(self)))]  # not self.defaults: torch adds keys
+        # not self.defaults: torch adds keys
+        names = [*self.fixed, *(k for k, _ in _signature_defaults(type(self)))]
         return self.namespace({key: group[key] for key in names})
 
     @classmethod

@@ -65,7 +65,8 @@ def validate(path: str, rule: Rule, owner: str = "") -> None:
     if path not in PATHS:
         raise ValueError(f"path must be one of {', '.join(PATHS)}; got {path!r}")
     if path in ("foreach", "fused", "triton") and not rule.traceable:
-        raise ValueError(f"{owner or rule.name} is not elementwise: it runs on path='tensor' only, not {path!r}")
+        raise ValueError(f"{owner or rule.name} is not elementwise: it runs on path='tensor' only, "
+                         f"not {path!r}")
 
 
 def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[str, list]) -> None:
@@ -155,7 +156,8 @@ def matrix_shapes(rule: Rule, h: SimpleNamespace, params) -> list[tuple[int, int
 
 
 def choose(path: str, rule: Rule, device: torch.device, dense: bool) -> str:
-    """The path for plain parameters on `device`: the requested one where it applies, else the fastest that does.
+    """The path for plain parameters on `device`: the requested one where it applies, else the fastest
+    that does.
 
     auto: the C kernel on the CPU, Triton kernels on CUDA (where Triton is importable), foreach elsewhere;
     a strided parameter (rare) takes the rule as written.
@@ -163,10 +165,12 @@ def choose(path: str, rule: Rule, device: torch.device, dense: bool) -> str:
     if not rule.traceable:
         return "tensor"
     if path == "fused" and device.type != "cpu":
-        raise ValueError(f"the fused path runs on the CPU; use path='triton' or 'foreach' for {device.type} tensors")
+        raise ValueError("the fused path runs on the CPU; use path='triton' or 'foreach' "
+                         f"for {device.type} tensors")
     if path == "triton":
         if device.type != "cuda" and not (device.type == "cpu" and tritongen.interpreted()):
-            raise ValueError("the triton path runs on CUDA tensors (on the CPU only under TRITON_INTERPRET=1, "
+            raise ValueError("the triton path runs on CUDA tensors "
+                             "(on the CPU only under TRITON_INTERPRET=1, "
                              f"for testing); got {device.type} tensors")
         if not tritongen.available():
             raise ValueError("path='triton' needs the triton package (it comes with CUDA builds of torch)")

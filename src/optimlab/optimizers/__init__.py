@@ -24,12 +24,16 @@ PAPER = "float64 transcription of the paper in tests/references.py"
 FRONTIER = "float64 transcription of the paper in tests/frontier_references.py"
 
 register(Spec("sgd", SGD, "step against the gradient; momentum averages it", "torch.optim.SGD", E))
-register(Spec("adagrad", Adagrad, "divide by the root of the sum of all squared gradients", "torch.optim.Adagrad", E))
-register(Spec("rmsprop", RMSprop, "divide by the root of an EMA of squared gradients", "torch.optim.RMSprop", E))
-register(Spec("adam", Adam, "momentum over the root of an EMA of g² (L2 decay inside it)", "torch.optim.Adam", E))
+register(Spec("adagrad", Adagrad, "divide by the root of the sum of all squared gradients",
+              "torch.optim.Adagrad", E))
+register(Spec("rmsprop", RMSprop, "divide by the root of an EMA of squared gradients",
+              "torch.optim.RMSprop", E))
+register(Spec("adam", Adam, "momentum over the root of an EMA of g² (L2 decay inside it)",
+              "torch.optim.Adam", E))
 register(Spec("adamw", AdamW, "Adam with weight decay applied to θ directly", "torch.optim.AdamW", E))
 register(Spec("nadam", NAdam, "Adam with Nesterov's look-ahead on the first moment", "torch.optim.NAdam", E))
-register(Spec("radam", RAdam, "Adam that waits until its adaptive lr has tractable variance", "torch.optim.RAdam", E))
+register(Spec("radam", RAdam, "Adam that waits until its adaptive lr has tractable variance",
+              "torch.optim.RAdam", E))
 register(Spec("lion", Lion, "step by the sign of an interpolation of momentum and gradient", PAPER, E))
 register(Spec("lamb", LAMB, "AdamW's direction, scaled per tensor by ‖θ‖/‖update‖", PAPER, NORM))
 register(Spec("adafactor", Adafactor, "row and column means of g² instead of all of it; relative steps",

@@ -72,7 +72,8 @@ class Adafactor(RuleOptimizer):
 
     rule = adafactor
     unpack = {"eps": ("eps1", "eps2")}
-    checks = {"lr": _checks.nonnegative, "weight_decay": _checks.nonnegative, "d": lambda v: None if isinstance(v, (int, float)) and v >= 1 else "must be ≥ 1 (as torch)",
+    checks = {"lr": _checks.nonnegative, "weight_decay": _checks.nonnegative,
+              "d": lambda v: None if isinstance(v, (int, float)) and v >= 1 else "must be ≥ 1 (as torch)",
               "beta2_decay": lambda v: None if isinstance(v, (int, float)) and v <= 0 else "must be ≤ 0",
               "matrix_view": _checks.one_of("flatten", "last_two"),
               "eps": lambda v: None if isinstance(v, tuple) and len(v) == 2 and (v[0] is None or v[0] >= 0)

@@ -34,8 +34,9 @@ class Adagrad(RuleOptimizer):
     rule = adagrad
     complex_as_real = True
     sparse_gradients = "touched"
-    checks = {**_checks.COMMON, "lr_decay": _checks.nonnegative, "initial_accumulator_value": _checks.nonnegative}
+    checks = {**_checks.COMMON, "lr_decay": _checks.nonnegative,
+              "initial_accumulator_value": _checks.nonnegative}
 
-    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10,
-                 *, maximize=False, path="auto"):
+    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
+                 eps=1e-10, *, maximize=False, path="auto"):
         super().__init__(params, path, **hyperparameters(locals()))

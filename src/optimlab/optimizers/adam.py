@@ -19,7 +19,8 @@ def bias_corrections(h, t, carried):
 @rule(state={"m": "exp_avg", "v": "exp_avg_sq", "v_max": State("max_exp_avg_sq", when="amsgrad")},
       scalars=bias_corrections, guards={"decays": "weight_decay"})
 def adam(h, θ, g, m, v, v_max):
-    """Adam (Kingma & Ba 2015, Alg. 1), AdamW (Loshchilov & Hutter 2019, Alg. 2), AMSGrad (Reddi et al. 2018)."""
+    """Adam (Kingma & Ba 2015, Alg. 1), AdamW (Loshchilov & Hutter 2019, Alg. 2),
+    AMSGrad (Reddi et al. 2018)."""
     if h.decays:
         if h.decoupled_weight_decay:
             θ = θ * (1 - h.lr * h.weight_decay)  # AdamW: shrink θ itself, at the same rate everywhere

@@ -15,7 +15,8 @@ def rectification(h, t, carried):
     bc2 = 1 - h.beta2**t
     rho_t = rho_inf - 2 * t * h.beta2**t / bc2
     rectified = rho_t > 5
-    r = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5 if rectified else 0.0
+    r = ((rho_t - 4) * (rho_t - 2) * rho_inf
+         / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5 if rectified else 0.0
     return {"bc1": 1 - h.beta1**t, "sqrt_bc2": bc2**0.5, "rectified": rectified, "r": r}
 
 

@@ -39,6 +39,6 @@ class RMSprop(RuleOptimizer):
     complex_as_real = True
     checks = {**_checks.COMMON, "alpha": _checks.nonnegative, "momentum": _checks.nonnegative}
 
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
-                 maximize=False, path="auto"):
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
+                 *, maximize=False, path="auto"):
         super().__init__(params, path, **hyperparameters(locals()))

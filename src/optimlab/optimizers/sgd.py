@@ -12,10 +12,12 @@ def first_step_undamped(h, t, carried):
     return {"damp": 0.0 if t == 1 else h.dampening}
 
 
-@rule(state={"b": State("momentum_buffer", when="heavy_ball")}, flags={"heavy_ball": lambda h: h.momentum != 0},
+@rule(state={"b": State("momentum_buffer", when="heavy_ball")},
+      flags={"heavy_ball": lambda h: h.momentum != 0},
       scalars=first_step_undamped, guards={"decays": "weight_decay"})
 def sgd(h, θ, g, b):
-    """SGD (Robbins & Monro 1951) with momentum (Polyak 1964) or Nesterov's look-ahead (Sutskever et al. 2013)."""
+    """SGD (Robbins & Monro 1951) with momentum (Polyak 1964) or Nesterov's look-ahead
+    (Sutskever et al. 2013)."""
     if h.decays:
         g = g + h.weight_decay * θ  # L2
     if h.heavy_ball:

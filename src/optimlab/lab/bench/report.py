@@ -213,13 +213,12 @@ def reading(result, table, steps_t, steps_d) -> list[str]:
 
 def plot_profile(result, table, path) -> None:
     """Performance profiles: ρ(τ) against τ, steps and (if timed) seconds, tuned solid and default dashed."""
-    import matplotlib
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure  # never pyplot: the caller's backend stays as it is
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    colours = plt.get_cmap("tab20")
+    fig = Figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2, sharey=True)
+    colours = colormaps["tab20"]
     for ax, what in zip(axes, ("steps", "seconds")):
         for kind, style in (("tuned", "-"), ("default", ":")):
             rho = profile(times(result, table, kind, what), TAUS)
@@ -235,22 +234,20 @@ def plot_profile(result, table, path) -> None:
     axes[1].legend(fontsize=7, loc="lower right", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def plot_curves(result, table, path) -> None:
     """Per task: the held-out metric against steps for each optimizer's tuned setting (median over seeds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure  # never pyplot: the caller's backend stays as it is
 
     tasks = result.plan.tasks
     cols = min(len(tasks), 3)
     rows_ = math.ceil(len(tasks) / cols)
-    fig, axes = plt.subplots(rows_, cols, figsize=(4.6 * cols, 3.6 * rows_), squeeze=False)
-    colours = plt.get_cmap("tab20")
+    fig = Figure(figsize=(4.6 * cols, 3.6 * rows_))
+    axes = fig.subplots(rows_, cols, squeeze=False)
+    colours = colormaps["tab20"]
     for ax, task in zip(axes.flat, tasks):
         for k, o in enumerate(result.plan.optimizers):
             runs = [r for r in table[task.name, o, "tuned"].records if r["steps"]]
@@ -282,4 +279,3 @@ def plot_curves(result, table, path) -> None:
     fig.legend(handles, labels, fontsize=7, loc="lower right", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
