@@ -19,13 +19,21 @@ import optimlab
 # Valid values per hyperparameter name: a new optimizer's new hyperparameter must be added here.
 NUMBER = {"lr": (1e-4, 0.3), "weight_decay": (0.0, 0.2), "momentum": (0.0, 0.95), "dampening": (0.0, 0.9),
           "alpha": (0.5, 0.999), "lr_decay": (0.0, 0.1), "initial_accumulator_value": (0.0, 1.0),
-          "momentum_decay": (0.0, 0.01), "beta2_decay": (-1.0, -0.5), "d": (1.0, 3.0)}
+          "momentum_decay": (0.0, 0.01), "beta2_decay": (-1.0, -0.5), "d": (1.0, 3.0),
+          "trust_coefficient": (1e-4, 0.1), "r": (0.0, 2.0), "weight_lr_power": (0.0, 3.0),
+          "gamma": (0.01, 1.0)}
 BETA = st.floats(0.0, 0.999)
 SPECIAL = {
     "betas": st.tuples(BETA, BETA),
     "eps": st.sampled_from([1e-10, 1e-8, 1e-6, 1e-3]),
     "matrix_view": st.sampled_from(["flatten", "last_two"]),
     ("adafactor", "eps"): st.tuples(st.none() | st.sampled_from([1e-30, 1e-3]), st.sampled_from([1e-3, 0.1])),
+    ("schedulefree_adamw", "betas"): st.tuples(st.floats(0.05, 0.999), BETA),  # x = (y - (1-β₁)z)/β₁
+    ("schedulefree_sgd", "momentum"): st.floats(0.05, 0.95),
+    "clip_exponent": st.none() | st.floats(0.1, 0.5),
+    "warmup_steps": st.integers(0, 3),
+    "update_period": st.integers(1, 3),
+    "estimator": st.just("hutchinson"),  # GNB needs logits from the model: test_sophia.py covers it
 }
 # A few ulps of each dtype after the steps (see test_contracts.py for why not bit for bit).
 ULPS = {torch.float32: 1e-5, torch.float64: 1e-12}

@@ -79,6 +79,8 @@ def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[s
     validate(path, rule)
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, p in enumerate(params):
+        if p.numel() == 0:  # nothing to update (and an empty matrix's row means would be 0/0)
+            continue
         has = tuple(sym for sym, xs in states.items() if xs[i] is not None)  # per-parameter states
         plain = type(p) in PLAIN
         dense = plain and p.is_contiguous() and one_matrix(rule, h, p, has)
@@ -143,8 +145,9 @@ def _local_view(rule: Rule, h, params, grads, states):
 
 
 def one_matrix(rule: Rule, h: SimpleNamespace, p: torch.Tensor, has: tuple) -> bool:
-    """Whether p's matrix view is one matrix (not a batch of them), where the rule keeps row or column
-    values for p: the fast paths reduce a row and column statistic over the whole tensor."""
+    """Whether p's matrix view is one matrix (not a batch of them), where the rule keeps row or
+    column values for p: the fast paths reduce a row and column statistic over the whole tensor (an
+    empty one never gets here: see `run`)."""
     if not rule.matrix or all(rule.state[sym].per == "element" for sym in has):
         return True
     return rule.matrix(p, h).shape[:-2].numel() == 1
