@@ -73,7 +73,7 @@ class Result:
     lesson: str = ""  # the lesson's title
 
     def to_json(self) -> dict:
-        return _json_safe(dataclasses.asdict(self))
+        return json_safe(dataclasses.asdict(self))
 
 
 class Context:
@@ -113,12 +113,12 @@ def gb(n_bytes: float) -> str:
     return f"{n_bytes / 1e9:.4g} GB"
 
 
-def _json_safe(obj):
+def json_safe(obj):
     """JSON has no inf or nan: write them as strings."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return str(obj)
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj

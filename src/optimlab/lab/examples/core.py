@@ -14,7 +14,7 @@ import time
 from typing import Callable
 
 from .. import lessons as _lessons
-from ..claim_checks.core import VERDICTS, Verdict, confirmed, depends, refuted
+from ..claim_checks.core import VERDICTS, Verdict, confirmed, depends, json_safe, refuted
 from ..common import fmt, single_thread
 
 __all__ = ["LESSONS", "Check", "Example", "Outcome", "Verdict", "VERDICTS", "confirmed", "refuted", "depends",
@@ -67,7 +67,7 @@ class Outcome:
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
         out["checks"] = [c.to_json() for c in self.checks]
-        return _json_safe(out)
+        return json_safe(out)
 
 
 def run_example(example: Example) -> Outcome:
@@ -103,16 +103,6 @@ def bounded(value: float, confirm_at_most: float, refute_above: float, condition
     if not math.isfinite(value) or value > refute_above:
         return refuted()
     return confirmed() if value <= confirm_at_most else depends(condition)
-
-
-def _json_safe(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def ok(flag: bool) -> str:
