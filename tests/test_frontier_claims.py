@@ -72,4 +72,4 @@ def test_warmup_then_cosine_to_a_tenth():
 
 
 def test_the_claims_are_in_the_catalogue():
-    assert get("sophia-2x-faster").seed == "modern-variants" and get("schedulefree-no-schedule").seed == "modern-variants"
+    assert get("sophia-2x-faster").seed == get("schedulefree-no-schedule").seed == "modern-variants"
