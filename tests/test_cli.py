@@ -282,3 +282,9 @@ def test_tqdm_is_imported_only_when_a_bar_is_drawn():
     (quiet, bar) = run_without("tqdm", [sweep + ["--no-progress"], sweep + ["--progress"]])
     assert quiet[0] == 0 and "best lr" in quiet[1]
     assert bar[0] == 3 and "tqdm" in bar[2] and "optimlab[lab]" in bar[2]
+
+
+def test_serve_without_the_web_extra_names_it_in_one_line():
+    (code, out, err), = run_without("uvicorn,fastapi", [["serve", "--port", "0"]])
+    assert code == 3 and out == "" and err.count("\n") == 1, (code, out, err)
+    assert 'pip install "optimlab[web]"' in err and "Traceback" not in err

@@ -21,7 +21,9 @@ import textwrap
 ORDER = ("catalog", "diff", "schedule", "lr_find", "memory", "race", "breakit", "sweep", "claims")
 
 # Modules of the `lab` extra (pyproject.toml): a core install (torch + numpy) lacks them.
-EXTRAS = {"matplotlib": "lab", "plotly": "lab", "sklearn": "lab", "tqdm": "lab", "PIL": "lab"}
+EXTRAS = {"matplotlib": "lab", "plotly": "lab", "sklearn": "lab", "tqdm": "lab", "PIL": "lab",
+          "mnist1d": "lab", "fastapi": "web", "uvicorn": "web", "pebble": "web", "starlette": "web",
+          "pydantic": "web"}
 
 # An option's value that starts with '-' but is a number or a list of them: -2, -2,2, -.5, -1e-3
 NEGATIVE_VALUE = re.compile(r"^-(\d|\.\d|inf\b|nan\b)", re.IGNORECASE)
