@@ -80,6 +80,18 @@ def test_named_parameters_are_named_in_the_error():
         opt.step()
 
 
+def test_a_number_where_a_state_tensor_belongs_is_refused_naming_it():
+    """A hand-edited checkpoint: a float for a state tensor, for an elementwise and a declared state."""
+    for opt_class, key in [(optimlab.AdamW, "exp_avg"), (optimlab.Adafactor, "row_var")]:
+        p = torch.nn.Parameter(torch.ones(3, 4))
+        opt = opt_class([p])
+        p.grad = torch.ones_like(p)
+        opt.step()
+        opt.state[p][key] = 0.5
+        with pytest.raises(ParameterMismatch, match=f"state '{key}' is a float, not a tensor"):
+            opt.step()
+
+
 # --- gradients that do not fit ---------------------------------------------------------------------
 
 

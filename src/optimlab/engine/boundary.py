@@ -36,7 +36,6 @@ def admit(h, kept: dict[str, State], params: list, states: list[dict], describe:
 
     `states[i]` is `optimizer.state[params[i]]`; `describe(i)` names parameter i in an error message.
     """
-    declared = [s for s in kept.values() if s.init is not None]  # shapes of their own (Adafactor's rows)
     for i, p in enumerate(params):
         g, shape, dtype, device = p.grad, p.shape, p.dtype, p.device
         if g.shape != shape or g.dtype is not dtype or g.device != device or g.layout is not torch.strided:
@@ -47,10 +46,11 @@ def admit(h, kept: dict[str, State], params: list, states: list[dict], describe:
             value = state.get(s.key)
             if value is None:
                 continue
-            want_shape, want_dtype = expected(s, p, value, h) if s in declared else (shape, dtype)
             if not isinstance(value, torch.Tensor):
                 kind = type(value).__name__
                 raise ParameterMismatch(f"{describe(i)}: state {s.key!r} is a {kind}, not a tensor")
+            # a state with a shape of its own (Adafactor's rows, Shampoo's blocks): its declaration says
+            want_shape, want_dtype = (shape, dtype) if s.init is None else expected(s, p, value, h)
             if value.shape != want_shape:
                 raise ParameterMismatch(
                     f"{describe(i)}: state {s.key!r} has shape {tuple(value.shape)} but this parameter needs "
