@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+import optimlab
+import optimlab.landscapes
 from optimlab.cli import main
 from optimlab.lab import race
 
@@ -277,3 +279,45 @@ def test_cli_errors_are_one_line_and_help_lists_landscapes(capsys):
         assert f"\n  {name}" in text
     assert main(["race", "--list"]) == 0
     assert "Reddi et al. (2018)" in capsys.readouterr().out
+
+
+# --- many starts at once ---------------------------------------------------------------------------
+
+def _same_race(alone, together) -> None:
+    assert together.start == alone.start and together.labels == alone.labels
+    for a, b in zip(alone.runs, together.runs):
+        assert (a.settings, a.stopped) == (b.settings, b.stopped)
+        np.testing.assert_array_equal(a.positions, b.positions)  # bit for bit, NaN where it had left
+        np.testing.assert_array_equal(a.losses, b.losses)
+
+
+EVERY_OPTIMIZER = sorted(optimlab.available()) + sorted(optimlab.presets)
+
+
+@pytest.mark.parametrize("landscape", ["canyon", "rotated_canyon", "rosenbrock", "rastrigin", "reddi",
+                                       "quadratic:kappa=30,angle=20,noise=0.5,seed=3"])
+def test_many_starts_at_once_equal_each_start_alone_bit_for_bit(landscape):
+    from optimlab.lab.races import race_many
+
+    L = optimlab.landscapes.get(landscape)
+    starts = [None, tuple(0.9 * v for v in L.start), tuple(-0.5 * v + 0.1 for v in L.start)]
+    together = race_many(landscape, EVERY_OPTIMIZER, starts, steps=25)
+    for start, batch in zip(starts, together):
+        _same_race(race(landscape, EVERY_OPTIMIZER, steps=25, start=start), batch)
+
+
+def test_rows_that_leave_stop_alone_and_the_others_go_on():
+    from optimlab.lab.races import race_many
+
+    starts = [(-2.0, 2.0), (0.0, 0.0), (2.5, -1.0), (-3.0, 4.0)]
+    together = race_many("rosenbrock", "sgd:lr=0.001", starts, steps=60)
+    assert [r.runs[0].stopped for r in together] == [None, None, 4, 7]  # the far starts blow up
+    for start, batch in zip(starts, together):
+        _same_race(race("rosenbrock", "sgd:lr=0.001", steps=60, start=start), batch)
+
+
+def test_which_updates_are_elementwise():
+    rows = [torch.zeros(3, 2, requires_grad=True)]
+    assert optimlab.create("adam", rows).elementwise() and optimlab.create("lion", rows).elementwise()
+    for name in ("lamb", "lars", "adafactor", "muon", "shampoo", "soap"):  # norms, rows and columns, matrices
+        assert not optimlab.create(name, rows).elementwise(), name

@@ -173,6 +173,27 @@ def test_repeated_requests_come_from_the_cache_and_simultaneous_ones_share_a_com
     assert all(a is answers[0] for a in answers)
 
 
+def test_races_waiting_together_are_one_computation_with_each_ones_own_answer():
+    from optimlab.web import compute
+
+    pool = Pool(workers=1, queue=4)  # not warmed: the first computation waits for the worker to start
+    try:
+        long = {"landscape": "rosenbrock", "optimizers": ["adam"], "steps": 1500}
+        clicks = [{"landscape": "canyon", "optimizers": ["sgd", "lamb", "adam"], "steps": 40,
+                   "start": [x, 0.5]} for x in (0.3, -0.7, 1.2)]
+
+        async def together():  # the long race takes the worker; the three clicks wait for it side by side
+            return await asyncio.gather(*(pool.run("race", r) for r in [long, *clicks]))
+
+        answers = asyncio.run(together())
+        assert pool.computations == 2  # the long race, then the three clicks at once
+        for request, answer in zip([long, *clicks], answers):
+            assert answer == compute.race(request)  # each its own race, as if computed alone
+        assert [a["runs"][0]["positions"][0] for a in answers[1:]] == [[0.3, 0.5], [-0.7, 0.5], [1.2, 0.5]]
+    finally:
+        pool.close()
+
+
 def test_beyond_the_cap_a_request_is_turned_away_at_once(client):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -81,10 +81,10 @@ class Landscape:
                    for m in self.minima)
 
     def project(self, p: torch.Tensor) -> None:
-        """Clamp p onto the feasible box in place (Euclidean projection onto a box is a clamp)."""
+        """Clamp points p (..., dim) onto the feasible box in place (projection onto a box is a clamp)."""
         if self.bounds:
             for i, (lo, hi) in enumerate(self.bounds):
-                p[i].clamp_(lo, hi)
+                p[..., i].clamp_(lo, hi)
 
     def with_noise(self, noise: float, seed: int = 0) -> Landscape:
         if not (isinstance(noise, (int, float)) and noise >= 0):

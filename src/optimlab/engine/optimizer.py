@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from . import boundary, interop, paths
+from .graph import ELEMENT, SCALAR
 from .rule import Rule
 
 
@@ -205,6 +206,23 @@ class RuleOptimizer(torch.optim.Optimizer):
                 made = s.create(_as_real(p.detach()), h)
                 state[s.key] = torch.view_as_complex(made) if p.is_complex() else made
         return state
+
+    def elementwise(self) -> bool:
+        """Whether every element's update reads that element alone (besides per-step scalars), in every group.
+
+        True for a traceable rule whose traced graph has no per-tensor, row or column value. Then problems
+        stacked as the rows of one parameter step exactly as each would alone: the lab races many start
+        points at the cost of one this way.
+        """
+        if self.rule.matrix or not self.rule.traceable:
+            return False
+        for group in self.param_groups:
+            h = self.hyper(group)
+            scalars = self.rule.step_scalars(h, 1, dict(self.rule.scalar_state))
+            graph = paths.graph_of(self.rule, SimpleNamespace(**vars(h), **scalars))
+            if any(node.kind not in (SCALAR, ELEMENT) for node in graph.nodes):
+                return False
+        return True
 
     def _describe(self, p: torch.Tensor) -> str:
         """'parameter 3 of group 0 (fc.weight)': how an error names a parameter."""

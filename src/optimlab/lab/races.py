@@ -24,6 +24,7 @@ import torch
 
 import optimlab
 from optimlab import landscapes
+from optimlab.engine.optimizer import RuleOptimizer
 from optimlab.settings import split_list
 
 ESCAPED = 1e12  # |θ| beyond this counts as gone (diverged, or off down the saddle): the run stops
@@ -205,6 +206,19 @@ def race(landscape, optimizers, steps: int | None = None, start=None, noise: flo
     same noise sequence. schedule: the landscape's lr schedule ('landscape'; Reddi's α/√t),
     'constant', 'inv_sqrt', or t -> multiplier (t = 1, 2, …), applied with torch's LambdaLR.
     """
+    return race_many(landscape, optimizers, [start], steps, noise, seed, schedule, dtype)[0]
+
+
+def race_many(landscape, optimizers, starts, steps: int | None = None, noise: float | None = None,
+              seed: int | None = None, schedule="landscape",
+              dtype: torch.dtype = torch.float64) -> list[Race]:
+    """`race` from each of several start points (None: the landscape's), one Race per start.
+
+    An optimizer whose update is elementwise (`RuleOptimizer.elementwise`) steps every start at once, as
+    the rows of one parameter: the same numbers as racing each start alone (tested bit for bit), for
+    about the cost of one race, since a step on a few numbers costs its overhead, not its arithmetic.
+    Any other optimizer (norms, matrices, torch.optim classes, factories) races each start alone.
+    """
     L = landscapes.get(landscape)
     if noise is not None or seed is not None:
         L = L.with_noise(L.noise if noise is None else noise, L.seed if seed is None else seed)
@@ -212,41 +226,68 @@ def race(landscape, optimizers, steps: int | None = None, start=None, noise: flo
     if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
         raise ValueError(f"steps must be a whole number from 1 to {MAX_STEPS:,} (a race keeps every "
                          f"position), got {steps!r}")
-    start = L.start if start is None else (start,) if isinstance(start, (int, float)) else start
-    start = tuple(float(v) for v in start)
-    if len(start) != L.dim:
-        raise ValueError(f"{L.name} is {L.dim}-D: start needs {L.dim} number(s), got {start}")
+    starts = [_start(L, s) for s in starts]
+    if not starts:
+        raise ValueError("no start points to race from")
     multiplier = _schedule(schedule, L)
     built = [_build(label, item, L) for label, item in _entries(optimizers)]
     if not built:
         raise ValueError("no optimizers to race")
     seen: dict[str, int] = {}
-    runs = []
+    runs: list[list[Run]] = [[] for _ in starts]
     for label, settings, make in built:
         seen[label] = seen.get(label, 0) + 1
         label = label if seen[label] == 1 else f"{label}#{seen[label]}"
-        positions, stopped = _run(L, make, start, steps, multiplier, dtype)
-        with torch.no_grad():
-            losses = L.loss(torch.from_numpy(positions)).numpy()
-        runs.append(Run(label, settings, positions, losses, stopped))
-    return Race(L, runs, steps, start)
+        for each, (positions, stopped) in zip(runs, _trajectories(L, make, starts, steps, multiplier, dtype)):
+            with torch.no_grad():
+                losses = L.loss(torch.from_numpy(positions)).numpy()
+            each.append(Run(label, settings, positions, losses, stopped))
+    return [Race(L, each, steps, start) for each, start in zip(runs, starts)]
 
 
-def _run(L, make, start, steps, multiplier, dtype) -> tuple[np.ndarray, int | None]:
-    p = torch.tensor(start, dtype=dtype, requires_grad=True)
+def _start(L, start) -> tuple:
+    start = L.start if start is None else (start,) if isinstance(start, (int, float)) else start
+    start = tuple(float(v) for v in start)
+    if len(start) != L.dim:
+        raise ValueError(f"{L.name} is {L.dim}-D: start needs {L.dim} number(s), got {start}")
+    return start
+
+
+def _made(make, p: torch.Tensor) -> torch.optim.Optimizer:
     opt = make([p])
     if not isinstance(opt, torch.optim.Optimizer):
         raise ValueError(f"the factory returned {type(opt).__name__}, not a torch.optim.Optimizer")
+    return opt
+
+
+def _trajectories(L, make, starts, steps, multiplier, dtype) -> list[tuple[np.ndarray, int | None]]:
+    """(positions, stopped) from each start: all at once as rows where the update is elementwise."""
+    if len(starts) > 1:
+        rows = torch.tensor(starts, dtype=dtype, requires_grad=True)
+        opt = _made(make, rows)
+        if isinstance(opt, RuleOptimizer) and opt.elementwise():
+            return _run(L, rows, opt, steps, multiplier)
+    # alone, as a vector of the landscape's dimension: a matrix would change what a matrix rule does
+    made = [(p, _made(make, p)) for p in (torch.tensor(s, dtype=dtype, requires_grad=True) for s in starts)]
+    return [_run(L, p, opt, steps, multiplier)[0] for p, opt in made]
+
+
+def _run(L, p, opt, steps, multiplier) -> list[tuple[np.ndarray, int | None]]:
+    """Step p (one start, or one start per row) until `steps` or until every row has left."""
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: multiplier(k + 1)) if multiplier else None
     noise = torch.Generator().manual_seed(L.seed)  # a fresh generator per optimizer: the same noise for all
-    positions = np.full((steps + 1, L.dim), np.nan)
-    positions[0] = start
+    now = p.detach().view(-1, L.dim).numpy()
+    positions = np.full((len(now), steps + 1, L.dim), np.nan)
+    positions[:, 0] = now
+    stopped: list[int | None] = [None] * len(now)
+    live = np.ones(len(now), dtype=bool)
     for t in range(1, steps + 1):
-        ξ = L.noise * torch.randn(L.dim, generator=noise, dtype=dtype) if L.noise else None
+        ξ = L.noise * torch.randn(L.dim, generator=noise, dtype=p.dtype) if L.noise else None
 
         def closure():
-            opt.zero_grad()
-            loss = L.loss_at(p, t)
+            p.grad = None  # the race's one parameter: what zero_grad() does, without its bookkeeping
+            # rows are independent problems: the sum's gradient is each row's own
+            loss = L.loss_at(p, t).sum()
             # ξ·θ adds exactly ξ to the gradient; drawn once per step, so a closure called twice sees the same
             (loss if ξ is None else loss + (ξ * p).sum()).backward()
             return loss
@@ -256,8 +297,12 @@ def _run(L, make, start, steps, multiplier, dtype) -> tuple[np.ndarray, int | No
             L.project(p)
         if scheduler:
             scheduler.step()
-        now = p.detach().numpy()
-        if not np.all(np.isfinite(now)) or np.max(np.abs(now)) > ESCAPED:
-            return positions, t
-        positions[t] = now
-    return positions, None
+        now = p.detach().view(-1, L.dim).numpy()
+        gone = live & ~(np.abs(now) <= ESCAPED).all(axis=1)  # NaN compares False: gone too
+        for k in np.flatnonzero(gone):
+            stopped[k] = t
+        live &= ~gone
+        positions[live, t] = now[live]
+        if not live.any():
+            break
+    return list(zip(positions, stopped))

@@ -50,11 +50,25 @@ def no_lesson_numbers(text: str) -> str:
 def race(request: dict) -> dict:
     """`optimlab race` as JSON: each optimizer's settings, trajectory, losses and final point."""
     from optimlab.lab.races import race as run_race
+
+    return _race_answer(run_race(request["landscape"], request["optimizers"], steps=request.get("steps"),
+                                 start=request.get("start"), noise=request.get("noise"),
+                                 seed=request.get("seed"), schedule=request.get("schedule", "landscape")))
+
+
+def races(request: dict) -> list[dict]:
+    """Race requests that differ only in their start ("starts"), run together: one answer per start."""
+    from optimlab.lab.races import race_many
+
+    results = race_many(request["landscape"], request["optimizers"], request["starts"],
+                        steps=request.get("steps"), noise=request.get("noise"), seed=request.get("seed"),
+                        schedule=request.get("schedule", "landscape"))
+    return [_race_answer(result) for result in results]
+
+
+def _race_answer(result) -> dict:
     from optimlab.settings import parse
 
-    result = run_race(request["landscape"], request["optimizers"], steps=request.get("steps"),
-                      start=request.get("start"), noise=request.get("noise"), seed=request.get("seed"),
-                      schedule=request.get("schedule", "landscape"))
     L = result.landscape
     runs = []
     for run, row in zip(result.runs, result.table()):
@@ -253,8 +267,8 @@ def meta() -> dict:
                    "full_matrix": [n for n in FULL_MATRIX if n in optimlab.available()]})
 
 
-HEAVY = {"race": race, "precondition": precondition, "breakit": breakit, "sweep": sweep, "claims": claims,
-         "surface": surface}
+HEAVY = {"race": race, "races": races, "precondition": precondition, "breakit": breakit, "sweep": sweep,
+         "claims": claims, "surface": surface}
 
 
 def prepare() -> None:

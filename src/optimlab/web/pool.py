@@ -6,6 +6,11 @@ and beyond that a request is turned away at once (429) instead of piling up. Eve
 pure function of its request (races and ablations are seeded), so answers are kept in a small LRU
 cache: a shared link or a page reload costs nothing, and identical requests that arrive together share
 one computation.
+
+Races that wait for a worker and differ only in their start point are run as one computation
+(`lab.races.race_many`): a race on a 2-D landscape costs its per-step overhead, not its arithmetic, so
+a class of learners clicking start points at once is answered at about the cost of one race each
+worker, with the same numbers as one by one.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import collections
 import json
 import multiprocessing
 import threading
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from pebble import ProcessExpired, ProcessPool
@@ -24,6 +30,9 @@ from . import compute
 # Seconds one computation may take before its worker is killed (a loaded 2-core machine: generous).
 TIME_LIMITS = {"race": 20.0, "precondition": 20.0, "surface": 10.0, "breakit": 60.0, "sweep": 60.0,
                "claims": 90.0}
+
+
+MAX_STARTS = 16  # race requests run together at most: the batch still costs about one race
 
 
 class Busy(Exception):
@@ -38,6 +47,14 @@ class Failed(Exception):
     """The library refused the request (a ValueError or the like raised in the worker)."""
 
 
+class _Job:
+    """One computation waiting for a worker: a request, or races that differ only in their start."""
+
+    def __init__(self, kind: str, group: str):
+        self.kind, self.group = kind, group
+        self.members: list[tuple[str, dict, Future]] = []  # (cache key, request, the answer to come)
+
+
 class Pool:
     def __init__(self, workers: int = 2, queue: int = 16, cache: int = 256, time_scale: float = 1.0):
         # spawn, not fork: a forked child inherits torch's thread pool in an unknown state
@@ -46,7 +63,11 @@ class Pool:
         self._slots = threading.BoundedSemaphore(workers + queue)
         self._cache: collections.OrderedDict[str, dict] = collections.OrderedDict()
         self._cache_size = cache
-        self._running: dict[str, object] = {}  # key -> the future of a computation under way
+        self._running: dict[str, Future] = {}  # key -> the answer of a request waiting or under way
+        self._waiting: collections.deque[_Job] = collections.deque()  # first come, first computed
+        self._open: dict[str, _Job] = {}  # race group -> the waiting job that more starts may join
+        self._busy = 0  # computations on the workers
+        self.computations = 0  # handed to the workers so far (a batch of races counts once)
         self._lock = threading.Lock()
         self.time_scale = time_scale
         self.workers, self.queue = workers, queue
@@ -67,13 +88,13 @@ class Pool:
                 self._cache.move_to_end(key)
                 return self._cache[key]
             future = self._running.get(key)
-            if future is None:  # else the same request is being computed: wait for that answer
+            if future is None:  # else the same request is waiting or under way: wait for that answer
                 if not self._slots.acquire(blocking=False):
                     raise Busy(f"{self.workers} computations are running and {self.queue} waiting; "
                                "try again shortly")
-                future = self._pool.schedule(compute.run, (kind, request), timeout=limit)
-                self._running[key] = future
-                future.add_done_callback(lambda done: self._finished(key, done))
+                future = self._running[key] = Future()
+                self._join(kind, key, request, future)
+                self._dispatch()
         try:
             return await asyncio.wrap_future(future)
         except FutureTimeout:
@@ -85,16 +106,66 @@ class Pool:
         except ProcessExpired as err:  # the worker died (killed, out of memory): a fresh one replaces it
             raise Failed(f"the computation's worker process ended abnormally ({err})") from None
 
-    def _finished(self, key: str, future) -> None:
-        """In pebble's thread, once a computation ends: free its slot, keep a good answer."""
+    def _join(self, kind: str, key: str, request: dict, future: Future) -> None:
+        """Queue a request (under the lock): a race joins a waiting race that differs only in its start."""
+        group = key
+        if kind == "race":
+            group = kind + json.dumps({k: v for k, v in request.items() if k != "start"}, sort_keys=True)
+        job = self._open.get(group)
+        if job is None or len(job.members) >= MAX_STARTS:
+            job = _Job(kind, group)
+            self._waiting.append(job)
+            if kind == "race":
+                self._open[group] = job
+        job.members.append((key, request, future))
+
+    def _dispatch(self) -> None:
+        """Hand waiting jobs to free workers (under the lock)."""
+        while self._busy < self.workers and self._waiting:
+            job = self._waiting.popleft()
+            if self._open.get(job.group) is job:
+                del self._open[job.group]
+            self._busy += 1
+            self.computations += 1
+            limit = TIME_LIMITS[job.kind] * self.time_scale * len(job.members)  # each start its share
+            if job.kind == "race":
+                request = {**job.members[0][1], "starts": [r.get("start") for _, r, _ in job.members]}
+                request.pop("start", None)
+                task = ("races", request)
+            else:
+                task = (job.kind, job.members[0][1])
+            done = self._pool.schedule(compute.run, task, timeout=limit)
+            done.add_done_callback(lambda done, job=job: self._finished(job, done))
+
+    def _finished(self, job: _Job, done) -> None:
+        """In pebble's thread, once a computation ends: answer its requests, keep good answers, go on."""
+        error = done.exception() if not done.cancelled() else None
+        answers = None if done.cancelled() or error else done.result()
+        if answers is not None and job.kind != "race":
+            answers = [answers]
         with self._lock:
-            self._running.pop(key, None)
-            self._slots.release()
-            if not future.cancelled() and future.exception() is None:
-                self._cache[key] = future.result()
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
+            self._busy -= 1
+            for i, (key, _, _) in enumerate(job.members):
+                self._running.pop(key, None)
+                self._slots.release()
+                if answers is not None:
+                    self._cache[key] = answers[i]
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+            self._dispatch()
+        for i, (_, _, future) in enumerate(job.members):
+            if answers is not None:
+                future.set_result(answers[i])
+            elif error is not None:
+                future.set_exception(error)
+            else:
+                future.cancel()
 
     def close(self) -> None:
+        with self._lock:  # requests still waiting for a worker get no answer: never leave them hanging
+            for job in self._waiting:
+                for _, _, future in job.members:
+                    future.cancel()
+            self._waiting.clear()
         self._pool.stop()
         self._pool.join(timeout=10)
