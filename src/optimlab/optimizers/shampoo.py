@@ -20,7 +20,6 @@ import torch
 from ..engine.optimizer import RuleOptimizer, hyperparameters
 from ..engine.rule import State, rule
 from . import _checks
-from .soap import as_matrix
 
 ROOT_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -28,6 +27,13 @@ ROOT_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 def block_size(d: int, limit: int) -> int:
     """The largest size ≤ limit that splits d into equal blocks (a prime d > limit gives 1: diagonal)."""
     return next(d // n for n in range(1, d + 1) if d % n == 0 and d // n <= limit)
+
+
+def as_matrix(x):
+    """A stack of parameters as a stack of matrices: (d₀, d₁⋯dₙ); a vector is a column (d, 1)."""
+    if x.dim() >= 3:
+        return x.reshape(len(x), x.shape[1], -1)
+    return x.reshape(len(x), -1, 1)
 
 
 def matrix_shape(θ) -> tuple[int, int]:
