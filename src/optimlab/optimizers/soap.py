@@ -68,12 +68,10 @@ def unpack(F, sizes):
     return views
 
 
-def pack(factors):
-    return torch.cat([F.flatten(1) for F in factors if F is not None], dim=1)
-
-
 def along(X, axis: int, A):
     """Contract dimension `axis` of the stack X with the first index of A: X ×_axis Aᵀ, batched."""
+    if X.dim() == 2:  # a stack of vectors: each a row times its A
+        return (X.unsqueeze(1) @ A).squeeze(1)
     if axis == 1 and X.dim() == 3:  # the left side of a matrix: AᵀX
         return A.mT @ X
     A = A.view(len(A), *[1] * (X.dim() - 3), *A.shape[-2:])  # one A per entry of the stack
@@ -96,10 +94,9 @@ def project_back(X, Q):
     return X
 
 
-def statistics(G, i: int):
-    """G contracted with itself over every dimension but i: GGᵀ for i = 0 of a matrix, GᵀG for i = 1."""
-    G_i = G.movedim(i + 1, 1).reshape(len(G), G.shape[i + 1], -1)
-    return G_i @ G_i.mT
+def unfolded(G, i: int):
+    """The stack G with dimension i as rows and every other dimension as columns (a matrix: G, then Gᵀ)."""
+    return G.movedim(i + 1, 1).reshape(len(G), G.shape[i + 1], -1)
 
 
 def eigenbasis(GG):
@@ -136,47 +133,48 @@ def soap_scalars(h, t, carried):
              "Q": State("Q", when=has_factors, init=flat_factors)},
       scalars=soap_scalars, traceable=False, batched=True)
 def soap(h, θ, g, M, V, GG, Q):
-    """SOAP (Vyas et al. 2024, Algorithm 3, as the reference code) on a stack of same-shape tensors."""
-    if GG is None:  # no factor on any side: Adam (projections are the identity)
-        sizes, GG_i, Q_i = (), [], []
-    else:
-        sizes = factor_sizes(θ.shape[1:], h)
-        GG_i, Q_i = unpack(GG, sizes), unpack(Q, sizes)
+    """SOAP (Vyas et al. 2024, Algorithm 3, as the reference code) on a stack of same-shape tensors.
+
+    θ and the states are updated in place (engine/matrix.py writes back what is not their own memory);
+    GG_i and Q_i are views of the flat GG and Q, one per dimension with a factor."""
+    sizes = () if GG is None else factor_sizes(θ.shape[1:], h)  # no factor: Adam (projections: identity)
+    GG_i, Q_i = unpack(GG, sizes), unpack(Q, sizes)
     shape = (len(θ), *merged_shape(θ.shape[1:], h))
     G = g.reshape(shape)
     if h.first:  # statistics and the first basis only: θ does not move
-        GG_i = update_factors(h, G, GG_i)
-        return θ, M, V, pack_or_none(GG_i), pack_or_none([None if F is None else eigenbasis(F) for F in GG_i])
-    M, V = M.reshape(shape), V.reshape(shape)
+        update_factors(h, G, GG_i)
+        for F, Q_f in zip(GG_i, Q_i):
+            if F is not None:
+                Q_f.copy_(eigenbasis(F))
+        return θ, M, V, GG, Q
+    M_, V_ = M.view(shape), V.view(shape)
     G̃ = project(G, Q_i)  # the gradient in Shampoo's eigenbasis
-    M = h.beta1 * M + (1 - h.beta1) * G̃  # Adam's moments, in that basis
-    V = h.beta2 * V + (1 - h.beta2) * G̃ * G̃
-    N = project_back(M / (torch.sqrt(V) + h.eps), Q_i)  # Adam's step, rotated back
+    M_.mul_(h.beta1).add_(G̃, alpha=1 - h.beta1)  # Adam's moments, in that basis: M ← β₁M + (1 − β₁)G̃
+    V_.mul_(h.beta2).addcmul_(G̃, G̃, value=1 - h.beta2)  # V ← β₂V + (1 − β₂)G̃²
+    N = project_back(M_ / V_.sqrt().add_(h.eps), Q_i)  # Adam's step, rotated back
     if h.normalize_grads:
         N = N / (1e-30 + N.square().flatten(1).mean(1).sqrt().view(-1, *[1] * (N.dim() - 1)))
-    θ = θ - h.step_size * N.reshape(θ.shape)
-    θ = θ - h.lr * h.weight_decay * θ  # decoupled decay, after the step (as the reference)
-    GG_i = update_factors(h, G, GG_i)
+    θ.sub_(N.view(θ.shape), alpha=h.step_size)
+    θ.mul_(1 - h.lr * h.weight_decay)  # decoupled decay, after the step (as the reference)
+    update_factors(h, G, GG_i)
     if h.refresh and Q_i:  # a new basis: re-order V with it and carry M across
-        M, new = project_back(M, Q_i), []
-        for i, (F, Q_old) in enumerate(zip(GG_i, Q_i)):
-            Q_new = None
+        M_back = project_back(M_, Q_i)
+        for i, (F, Q_f) in enumerate(zip(GG_i, Q_i)):
             if F is not None:
-                Q_new, V = refresh(F, Q_old, V, dim=i + 1)
-            new.append(Q_new)
-        Q_i = new
-        M = project(M, Q_i)
-    return θ, M.reshape(θ.shape), V.reshape(θ.shape), pack_or_none(GG_i), pack_or_none(Q_i)
+                Q_new, V_new = refresh(F, Q_f, V_, dim=i + 1)
+                Q_f.copy_(Q_new)
+                V_.copy_(V_new)
+        M_.copy_(project(M_back, Q_i))
+    return θ, M, V, GG, Q
 
 
 def update_factors(h, G, GG):
-    """Shampoo's statistics, an EMA with β = shampoo_beta: GGᵢ ← βGGᵢ + (1 − β)·(G contracted over all
-    dimensions but i); for a matrix L ← βL + (1 − β)GGᵀ, R ← βR + (1 − β)GᵀG."""
-    return [None if F is None else F.lerp(statistics(G, i), 1 - h.shampoo_beta_t) for i, F in enumerate(GG)]
-
-
-def pack_or_none(factors):
-    return pack(factors) if any(F is not None for F in factors) else None
+    """Shampoo's statistics, an EMA with β = shampoo_beta, in place: GGᵢ ← βGGᵢ + (1 − β)GᵢGᵢᵀ with Gᵢ
+    the gradient unfolded along dimension i (a matrix: L ← βL + (1 − β)GGᵀ, R ← βR + (1 − β)GᵀG)."""
+    for i, F in enumerate(GG):
+        if F is not None:
+            G_i = unfolded(G, i)
+            F.baddbmm_(G_i, G_i.mT, beta=h.shampoo_beta_t, alpha=1 - h.shampoo_beta_t)
 
 
 def _positive_int(v):
