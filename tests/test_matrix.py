@@ -116,8 +116,8 @@ SOAP_DEFAULTS = dict(lr=3e-3, betas=(0.95, 0.95), shampoo_beta=-1.0, eps=1e-8, w
                      precondition_frequency=10, max_precond_dim=4, merge_dims=False, precondition_1d=False,
                      normalize_grads=False, correct_bias=True)
 # 4-D tensors whose factors are full rank from the first gradient both ways: a factor per dimension, and
-# merged under max_precond_dim=4 into (2, 3, 4), (4, 3, 2) and (5, 4) (5 > 4: that side keeps no factor)
-SOAP_4D = [(2, 3, 2, 2), (4, 4), (2, 2, 3, 2), (5, 2, 2, 1), (2, 3, 2, 2), (3,)]
+# merged under max_precond_dim=4 into (2, 3, 4), (4, 3, 2), (5, 4) and (2, 3, 2, 5) (5 > 4: no factor there)
+SOAP_4D = [(2, 3, 2, 2), (4, 4), (2, 2, 3, 2), (5, 2, 2, 1), (2, 3, 2, 2), (3,), (2, 3, 2, 5)]
 SOAP_VARIATIONS = [{}, {"precondition_frequency": 3}, {"betas": (0.9, 0.99), "shampoo_beta": 0.5},
                    {"normalize_grads": True}, {"correct_bias": False, "weight_decay": 0.0}, {"eps": 1e-3},
                    {"precondition_1d": True, "precondition_frequency": 4,

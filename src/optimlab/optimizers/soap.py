@@ -154,7 +154,7 @@ def soap(h, θ, g, M, V, GG, Q):
     N = project_back(M_ / V_.sqrt().add_(h.eps), Q_i)  # Adam's step, rotated back
     if h.normalize_grads:
         N = N / (1e-30 + N.square().flatten(1).mean(1).sqrt().view(-1, *[1] * (N.dim() - 1)))
-    θ.sub_(N.view(θ.shape), alpha=h.step_size)
+    θ.sub_(N.reshape(θ.shape), alpha=h.step_size)
     θ.mul_(1 - h.lr * h.weight_decay)  # decoupled decay, after the step (as the reference)
     update_factors(h, G, GG_i)
     if h.refresh and Q_i:  # a new basis: re-order V with it and carry M across
