@@ -177,6 +177,40 @@ def test_soap_first_step_only_gathers_statistics():
         torch.testing.assert_close(Q_i.mT @ Q_i, torch.eye(len(Q_i), dtype=Q.dtype))
 
 
+def test_soap_loads_checkpoints_with_separate_factors():
+    """Checkpoints from before GG and Q (L, R, Q_L, Q_R per matrix) resume exactly; a 4-D one is refused."""
+    import copy
+
+    params = make_params(shapes=[(4, 3), (3,), (2, 3, 2, 2)])
+    opt = optimlab.create("soap", params[:2], precondition_frequency=2, precondition_1d=True)
+    for step in range(5):
+        backward(params, step)
+        opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    for s, (rows, cols) in zip(saved["state"].values(), [(4, 3), (3, 0)]):  # the old layout
+        for key, side, at in (("GG", "L", 0), ("GG", "R", rows * rows),
+                              ("Q", "Q_L", 0), ("Q", "Q_R", rows * rows)):
+            n = rows if side in ("L", "Q_L") else cols
+            if n:
+                s[side] = s[key][at:at + n * n].view(n, n).clone()
+        del s["GG"], s["Q"]
+    resumed = [p.detach().clone().requires_grad_() for p in params[:2]]
+    fresh = optimlab.create("soap", resumed, precondition_frequency=2, precondition_1d=True)
+    fresh.load_state_dict(saved)
+    for step in range(5, 9):
+        for ps, o in ((params[:2], opt), (resumed, fresh)):
+            backward(ps, step)
+            o.step()
+    assert all(torch.equal(p, q) for p, q in zip(params[:2], resumed))
+    cube = optimlab.create("soap", [params[2]])
+    backward(params, 0)
+    cube.step()
+    old = copy.deepcopy(cube.state_dict())
+    old["state"][0]["L"] = old["state"][0].pop("GG")
+    with pytest.raises(ValueError, match="factor per dimension"):
+        optimlab.create("soap", [params[2]]).load_state_dict(old)
+
+
 # (64, 32, 3, 3) under the default limit merges fan-out into fan-in, as the reference does
 @pytest.mark.parametrize("shape,limit,merged", [((64, 32, 3, 3), 10000, (6144, 3)),
                                                 ((64, 32, 3, 3), 512, (64, 288)),

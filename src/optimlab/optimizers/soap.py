@@ -197,3 +197,24 @@ class SOAP(RuleOptimizer):
                  precondition_frequency=10, max_precond_dim=10000, merge_dims=False, precondition_1d=False,
                  normalize_grads=False, correct_bias=True, *, maximize=False, path="auto"):
         super().__init__(params, path, **hyperparameters(locals()))
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Also loads checkpoints from before the factors were kept flat (L, R, Q_L, Q_R): for a vector or
+        a matrix, GG is L then R and Q is Q_L then Q_R. A larger tensor was then one matrix (d₀, d₁⋯dₙ),
+        which has no per-dimension equivalent: refused, never resumed with empty factors."""
+        state = {i: _flat_from_sides(i, s) for i, s in state_dict["state"].items()}
+        super().load_state_dict({**state_dict, "state": state})
+
+
+def _flat_from_sides(i, s: dict) -> dict:
+    if not any(key in s for key in ("L", "R", "Q_L", "Q_R")) or "GG" in s:
+        return s
+    if torch.is_tensor(s.get("exp_avg")) and s["exp_avg"].dim() > 2:
+        raise ValueError(f"SOAP checkpoint: parameter {i} ({tuple(s['exp_avg'].shape)}) was stepped as one "
+                         "matrix by an older optimlab; SOAP now keeps a factor per dimension, so its factors "
+                         f"cannot be carried over: start its state afresh (drop state entry {i})")
+    s = dict(s)
+    sides = [s.pop(key) for key in ("L", "R") if key in s]
+    bases = [s.pop(key) for key in ("Q_L", "Q_R") if key in s]
+    s["GG"], s["Q"] = (torch.cat([t.flatten() for t in ts]) for ts in (sides, bases))
+    return s
