@@ -107,7 +107,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", default="", help="comma-separated substrings of candidate names")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # 1: no idle-thread waits on a loaded machine; CPU time = work
     shapes = layout(args.d, args.blocks)
     g = torch.Generator().manual_seed(0)
     start_params = [torch.randn(s, generator=g) * 0.02 for s in shapes]

@@ -47,7 +47,7 @@ TEST_VALUES.update({
     "adamw_betas": (0.8, 0.9), "adamw_eps": 1e-3, "matrix": False, "precondition_frequency": 3,
     "start_preconditioning_step": 2, "max_precond_dim": 2, "grafting": "adagrad", "graft_eps": 1e-2,
     "root_dtype": torch.float32, "precondition_1d": True, "shampoo_beta": 0.5, "normalize_grads": True,
-    "correct_bias": False,
+    "correct_bias": False, "merge_dims": True,
 })
 PER_OPTIMIZER.update({("muon", "weight_decay"): [0.0], ("muon", "nesterov"): [False],
                       ("muon", "eps"): [100.0]})

@@ -2,8 +2,9 @@
 
 Each `*_step(θ, g, state, **hyperparameters)` takes NumPy arrays, returns the new θ and fills `state`
 (a dict) on its first call. Deliberately naive: one parameter at a time, the papers' symbols, an
-explicit eigendecomposition per factor. Tensors of more than 2 dims are the matrix (d₀, d₁⋯dₙ) and a
-vector is a column, as in optimlab (see docs/matrix.md).
+explicit eigendecomposition per factor. For Shampoo, tensors of more than 2 dims are the matrix
+(d₀, d₁⋯dₙ) and a vector is a column, as in optimlab (see docs/matrix.md); SOAP keeps a factor per
+dimension, as its authors' code.
 """
 
 from __future__ import annotations
@@ -18,34 +19,36 @@ def as_matrix(x: np.ndarray) -> np.ndarray:
 
 
 def soap_step(θ, g, state, lr, betas, shampoo_beta, eps, weight_decay, precondition_frequency,
-              max_precond_dim, precondition_1d, normalize_grads, correct_bias):
-    """SOAP: Vyas et al. (2024), Algorithm 3, in the order of the authors' soap.py."""
+              max_precond_dim, merge_dims, precondition_1d, normalize_grads, correct_bias):
+    """SOAP: Vyas et al. (2024), Algorithm 3, in the order of the authors' soap.py: one factor per
+    dimension of g (a matrix: L and R), or per run of merged dimensions with `merge_dims`."""
     β1, β2 = betas
     β_s = shampoo_beta if shampoo_beta >= 0 else β2
-    G = as_matrix(g)
+    shape = _merge_dims(g.shape, max_precond_dim) if merge_dims and g.ndim > 1 else g.shape
+    G = g.reshape(shape)
     if "step" not in state:  # first call: statistics and the eigenbasis only
-        left = (g.ndim >= 2 or (g.ndim == 1 and precondition_1d)) and G.shape[0] <= max_precond_dim
-        right = g.ndim >= 2 and G.shape[1] <= max_precond_dim
-        state.update(step=0, M=np.zeros_like(G), V=np.zeros_like(G),
-                     GG=[np.zeros((G.shape[0],) * 2) if left else None,
-                         np.zeros((G.shape[1],) * 2) if right else None])
+        if g.ndim == 1:
+            sides = [g.shape[0] if precondition_1d and g.shape[0] <= max_precond_dim else None]
+        else:
+            sides = [d if d <= max_precond_dim else None for d in shape]
+        state.update(step=0, M=np.zeros(shape), V=np.zeros(shape),
+                     GG=[None if d is None else np.zeros((d, d)) for d in sides])
         _accumulate(state["GG"], G, β_s)
         state["Q"] = [None if F is None else np.linalg.eigh(F)[1][:, ::-1] for F in state["GG"]]
         return θ
-    Q_L, Q_R = state["Q"]
-    G̃ = _rotate(G, Q_L, Q_R)
+    G̃ = _rotate(G, state["Q"], back=False)
     state["step"] += 1
     t = state["step"]
     M = state["M"] = β1 * state["M"] + (1 - β1) * G̃
     V = state["V"] = β2 * state["V"] + (1 - β2) * G̃ * G̃
     step_size = lr * np.sqrt(1 - β2**t) / (1 - β1**t) if correct_bias else lr
-    N = _rotate_back(M / (np.sqrt(V) + eps), Q_L, Q_R)
+    N = _rotate(M / (np.sqrt(V) + eps), state["Q"], back=True)
     if normalize_grads:
         N = N / (1e-30 + np.sqrt(np.mean(N**2)))
     θ = θ - step_size * N.reshape(θ.shape)
     θ = θ - lr * weight_decay * θ
     # update_preconditioner: M back to the parameter space, new statistics, maybe a new basis, M in it
-    M = _rotate_back(M, Q_L, Q_R)
+    M = _rotate(M, state["Q"], back=True)
     _accumulate(state["GG"], G, β_s)
     if t % precondition_frequency == 0:
         new = []
@@ -57,25 +60,37 @@ def soap_step(θ, g, state, lr, betas, shampoo_beta, eps, weight_decay, precondi
             state["V"] = np.take(state["V"], order, axis=axis)
             new.append(np.linalg.qr(F @ Q[:, order])[0])
         state["Q"] = new
-    state["M"] = _rotate(M, *state["Q"])
+    state["M"] = _rotate(M, state["Q"], back=False)
     return θ
 
 
+def _merge_dims(shape, max_precond_dim):
+    """The reference's merge_dims: consecutive dimensions merged while their product is ≤ the limit."""
+    out, run = [], 1
+    for d in shape:
+        if run * d > max_precond_dim:
+            out.append(run if run > 1 else d)
+            run = d if run > 1 else 1
+        else:
+            run = run * d
+    if run > 1 or not out:
+        out.append(run)
+    return tuple(out)
+
+
 def _accumulate(GG, G, β):
-    if GG[0] is not None:
-        GG[0][...] = β * GG[0] + (1 - β) * G @ G.T
-    if GG[1] is not None:
-        GG[1][...] = β * GG[1] + (1 - β) * G.T @ G
+    for axis, F in enumerate(GG):
+        if F is not None:
+            others = [a for a in range(G.ndim) if a != axis]
+            F[...] = β * F + (1 - β) * np.tensordot(G, G, axes=(others, others))
 
 
-def _rotate(X, Q_L, Q_R):
-    X = X if Q_L is None else Q_L.T @ X
-    return X if Q_R is None else X @ Q_R
-
-
-def _rotate_back(X, Q_L, Q_R):
-    X = X if Q_L is None else Q_L @ X
-    return X if Q_R is None else X @ Q_R.T
+def _rotate(X, Q, back):
+    """As the reference's project (back: project_back): contract dimension 0 with Q (its rows, or its
+    columns going back) and move the result to the end, once per dimension."""
+    for Q_i in Q:
+        X = np.moveaxis(X, 0, -1) if Q_i is None else np.tensordot(X, Q_i, axes=([0], [1 if back else 0]))
+    return X
 
 
 def shampoo_step(θ, g, state, lr, betas, eps, weight_decay, precondition_frequency,

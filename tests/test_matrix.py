@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from unittest import mock
 
 import pytest
@@ -20,6 +21,7 @@ from cases import backward, make_params
 import matrix_references as references
 from optimlab import param_groups
 from optimlab.lab.claim_checks import claims
+from optimlab.optimizers import soap as soap_module
 
 MATRICES = [(6, 4), (4, 6), (5, 5), (6, 4)]  # tall, wide, square, and two of one shape (one batch)
 
@@ -111,12 +113,18 @@ def test_muon_flattens_conv_weights_like_their_matrix():
 # rank: max_precond_dim=4 keeps only the ≤ 4-sided factors of these shapes, and the 1-D case is (1,).
 SOAP_SHAPES = [(4, 4), (6, 4), (4, 6), (2, 3, 2, 2), (3,), (4, 4)]
 SOAP_DEFAULTS = dict(lr=3e-3, betas=(0.95, 0.95), shampoo_beta=-1.0, eps=1e-8, weight_decay=0.01,
-                     precondition_frequency=10, max_precond_dim=4, precondition_1d=False,
+                     precondition_frequency=10, max_precond_dim=4, merge_dims=False, precondition_1d=False,
                      normalize_grads=False, correct_bias=True)
+# 4-D tensors whose factors are full rank from the first gradient both ways: a factor per dimension, and
+# merged under max_precond_dim=4 into (2, 3, 4), (4, 3, 2), (5, 4) and (2, 3, 2, 5) (5 > 4: no factor there)
+SOAP_4D = [(2, 3, 2, 2), (4, 4), (2, 2, 3, 2), (5, 2, 2, 1), (2, 3, 2, 2), (3,), (2, 3, 2, 5)]
 SOAP_VARIATIONS = [{}, {"precondition_frequency": 3}, {"betas": (0.9, 0.99), "shampoo_beta": 0.5},
                    {"normalize_grads": True}, {"correct_bias": False, "weight_decay": 0.0}, {"eps": 1e-3},
                    {"precondition_1d": True, "precondition_frequency": 4,
-                    "shapes": [(4, 4), (1,), (2, 1, 2, 1)]}]
+                    "shapes": [(4, 4), (1,), (2, 1, 2, 1)]},
+                   {"precondition_frequency": 3, "shapes": SOAP_4D},
+                   {"merge_dims": True, "precondition_frequency": 3, "shapes": SOAP_4D},
+                   {"merge_dims": True, "precondition_frequency": 4, "betas": (0.9, 0.99), "shapes": SOAP_4D}]
 
 SHAMPOO_SHAPES = [(4, 6), (6, 4), (5,), (2, 3, 2, 2), (4, 6), (1,)]
 SHAMPOO_DEFAULTS = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-12, weight_decay=0.0, precondition_frequency=10,
@@ -164,8 +172,57 @@ def test_soap_first_step_only_gathers_statistics():
     backward(params, 0)
     opt.step()
     assert torch.equal(params[0], before)
-    Q = opt.state[params[0]]["Q_L"]
-    torch.testing.assert_close(Q.mT @ Q, torch.eye(4, dtype=Q.dtype))
+    Q = opt.state[params[0]]["Q"]  # Q_L (4 × 4) and Q_R (3 × 3), one after the other
+    for Q_i in (Q[:16].view(4, 4), Q[16:].view(3, 3)):
+        torch.testing.assert_close(Q_i.mT @ Q_i, torch.eye(len(Q_i), dtype=Q.dtype))
+
+
+def test_soap_loads_checkpoints_with_separate_factors():
+    """Checkpoints from before GG and Q (L, R, Q_L, Q_R per matrix) resume exactly; a 4-D one is refused."""
+    import copy
+
+    params = make_params(shapes=[(4, 3), (3,), (2, 3, 2, 2)])
+    opt = optimlab.create("soap", params[:2], precondition_frequency=2, precondition_1d=True)
+    for step in range(5):
+        backward(params, step)
+        opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    for s, (rows, cols) in zip(saved["state"].values(), [(4, 3), (3, 0)]):  # the old layout
+        for key, side, at in (("GG", "L", 0), ("GG", "R", rows * rows),
+                              ("Q", "Q_L", 0), ("Q", "Q_R", rows * rows)):
+            n = rows if side in ("L", "Q_L") else cols
+            if n:
+                s[side] = s[key][at:at + n * n].view(n, n).clone()
+        del s["GG"], s["Q"]
+    resumed = [p.detach().clone().requires_grad_() for p in params[:2]]
+    fresh = optimlab.create("soap", resumed, precondition_frequency=2, precondition_1d=True)
+    fresh.load_state_dict(saved)
+    for step in range(5, 9):
+        for ps, o in ((params[:2], opt), (resumed, fresh)):
+            backward(ps, step)
+            o.step()
+    assert all(torch.equal(p, q) for p, q in zip(params[:2], resumed))
+    cube = optimlab.create("soap", [params[2]])
+    backward(params, 0)
+    cube.step()
+    old = copy.deepcopy(cube.state_dict())
+    old["state"][0]["L"] = old["state"][0].pop("GG")
+    with pytest.raises(ValueError, match="factor per dimension"):
+        optimlab.create("soap", [params[2]]).load_state_dict(old)
+
+
+# (64, 32, 3, 3) under the default limit merges fan-out into fan-in, as the reference does
+@pytest.mark.parametrize("shape,limit,merged", [((64, 32, 3, 3), 10000, (6144, 3)),
+                                                ((64, 32, 3, 3), 512, (64, 288)),
+                                                ((2, 3, 2, 2), 4, (2, 3, 4)), ((5, 2, 2, 1), 4, (5, 4)),
+                                                ((20, 3), 4, (20, 3)),
+                                                ((4, 5, 6), 5, (4, 5, 6)), ((4, 5, 6), 30, (20, 6))])
+def test_soap_merge_dims_follows_the_reference(shape, limit, merged):
+    h = SimpleNamespace(merge_dims=True, max_precond_dim=limit)
+    assert soap_module.merged_shape(shape, h) == merged
+    assert references._merge_dims(shape, limit) == merged
+    sizes = optimlab.spec("soap").state_tensors(shape, max_precond_dim=limit, merge_dims=True)["GG"][0]
+    assert sizes == (sum(d * d for d in merged if d <= limit),)
 
 
 def test_shampoo_blocks_split_large_dimensions_into_equal_blocks():

@@ -173,6 +173,26 @@ def test_transformer_shape_matches_real_torch_layers():
     assert plan(shape, "adafactor", "fp32").optimizer_state == measured_state_bytes(real, "adafactor", "fp32")
 
 
+def test_muon_plans_embeddings_and_head_as_adamw_tensors():
+    """Muon keeps one momentum (4 B/param in fp32) for the hidden matrices; the embedding, the output head
+    and the vectors are AdamW's (m and v: 8 B/param), as param_groups.build splits a real model."""
+    h, layers, vocab = 32, 2, 50
+    blocks = [nn.TransformerEncoderLayer(h, 4, 4 * h) for _ in range(layers)]
+    real = nn.Sequential(nn.Embedding(vocab, h), *blocks, nn.LayerNorm(h), nn.Linear(h, vocab, bias=False))
+    shape = Transformer(layers, h, vocab, heads=4, tied=False)
+    outer = ("0.", f"{layers + 2}.")  # the embedding and the head
+    hidden = sum(p.numel() for n, p in real.named_parameters() if p.ndim == 2 and not n.startswith(outer))
+    rest = sum(p.numel() for p in real.parameters()) - hidden
+    planned = plan(shape, "muon", "fp32")
+    assert planned.optimizer_state == 4 * hidden + 8 * rest
+    assert plan(real, "muon", "fp32").optimizer_state == planned.optimizer_state
+    assert measured_state_bytes(real, "muon", "fp32") == planned.optimizer_state
+    assert any("AdamW" in note for note in planned.notes)
+    # matrix=True by hand: every matrix is Muon's, the embedding and head included
+    assert plan(shape, "muon:matrix=True", "fp32").optimizer_state == 4 * (hidden + 2 * vocab * h) + 8 * (
+        rest - 2 * vocab * h)
+
+
 def test_activations_follow_korthikanti_et_al():
     """Per layer sbh(34 + 5as/h) bytes in 16-bit; 34sbh with selective recomputation; 2sbh with full."""
     L, h, a, V, s, b = 4, 256, 8, 1000, 128, 3

@@ -7,6 +7,10 @@ matrix algebra acts on the trailing dimensions: `@`, `.mT`, `torch.baddbmm`, `to
 transformer's dozens of same-shape weights cost one batched matmul, eigendecomposition or QR each
 instead of dozens of small calls.
 
+A rule may update θ and its states in place (`B.lerp_(g, …)`, `θ.mul_(…)`): it gets either the
+parameters' and states' own memory (a group of one, or states kept as one buffer, see below) or a stack
+that is its own copy and is written back; the gradients it must not change (they may be p.grad itself).
+
 This module is the only place that batches: it groups the parameters of a step by device, dtype,
 shape and the shapes of the states they keep (a parameter without a state, say a vector beside the
 matrices, lands in a group of its own), stacks each group in the compute dtype (float32 for bf16/fp16
@@ -44,8 +48,22 @@ def run(rule, h, params, grads, states: dict[str, list]) -> None:
         inputs += [None if t is None else stacked_state(t, compute) for t in targets[1:]]
         new = rule.apply(h, inputs[0], stack([grads[i] for i in idx], compute), *inputs[1:])
         for target, old, value in zip(targets, inputs, new):
-            if target is not None and value is not old:
+            if target is not None and not (_same(value, old) and _holds(old, target)):
                 unstack(target, value)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor | None) -> bool:
+    """The same memory in the same layout (the input itself, or a view of it reshaped back)."""
+    return b is not None and (a is b or (a.data_ptr() == b.data_ptr() and a.dtype == b.dtype
+                                         and a.shape == b.shape and a.stride() == b.stride()))
+
+
+def _holds(stacked: torch.Tensor, targets: list[torch.Tensor]) -> bool:
+    """Whether the stack is the targets' own memory (a view), so that updating it in place updated them."""
+    return stacked.dtype == targets[0].dtype and (
+        _as_one_view(targets) is not None and stacked.data_ptr() == targets[0].data_ptr()
+        if len(targets) > 1 else stacked.data_ptr() == targets[0].data_ptr()
+        and stacked[0].stride() == targets[0].stride())
 
 
 def canonical_order(idx: list[int], params, grads, state: list | None) -> list[int]:
@@ -78,7 +96,7 @@ def stacked_state(tensors: list[torch.Tensor], dtype: torch.dtype) -> torch.Tens
     slices lie one after the other in that buffer and the stack is a view of it.
     """
     if len(tensors) == 1 or tensors[0].dtype != dtype:
-        return stack(tensors, dtype)
+        return stack(tensors, dtype).contiguous()  # a rule may view it in place (a loaded one may be strided)
     view = _as_one_view(tensors)
     if view is None:
         buffer = torch.stack(tensors)

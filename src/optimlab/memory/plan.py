@@ -89,11 +89,15 @@ def plan(model, optimizer: str = "adamw", precision: str = "bf16-mixed", *, zero
     shapes, notes = parameter_shapes(model)
     trainable = [shape for shape, grad in shapes if grad]
     count, trainable_count = sum(map(math.prod, (s for s, _ in shapes))), sum(map(math.prod, trainable))
+    matrix = matrix_policy(model, spec, hyper)
+    if matrix and not all(matrix):
+        notes.append(f"{spec.name}: {matrix.count(False)} embedding, head or vector tensors are not its "
+                     "matrices (stepped by AdamW, as the parameter-group policy decides)")
 
     whole = {
         "parameters": count * recipe.params.itemsize,
         "gradients": trainable_count * recipe.grads.itemsize,
-        "optimizer_state": _state_bytes(spec, hyper, trainable, recipe.state),
+        "optimizer_state": _state_bytes(spec, hyper, trainable, recipe.state, matrix),
         "master_weights": trainable_count * recipe.master.itemsize if recipe.master else 0,
         "activations": _activations(model, batch, seq, recompute, recipe.activation),
     }
@@ -131,13 +135,39 @@ def parameter_shapes(model) -> tuple[list[tuple[tuple[int, ...], bool]], list[st
     return [((int(model),), True)], []
 
 
-def _state_bytes(spec, hyper: dict, shapes: list, dtype: torch.dtype) -> int:
-    """The rule's declared state for every trainable tensor."""
+def matrix_policy(model, spec, hyper: dict) -> list[bool] | None:
+    """For an optimizer with a `matrix` group setting (Muon), per trainable tensor: whether it is one of
+    the optimizer's matrices, as `param_groups.build(..., split_matrices=True)` groups a module (its
+    embeddings and output head are not) and as `Transformer.kinds` says for a shape. None where the
+    policy does not apply: another optimizer, `matrix` set by hand, or a bare count or list of shapes
+    (plain tensors, which Muon takes as matrices, as torch does)."""
+    if "matrix" not in spec.defaults or hyper.get("matrix") is not None:
+        return None
+    if isinstance(model, Transformer):
+        return [kind == "block" and len(shape) >= 2 for shape, kind in zip(model.shapes(), model.kinds())]
+    if isinstance(model, torch.nn.Module):
+        return [g["matrix"] for g in _policy_groups(model) for _ in g["params"]]
+    return None
+
+
+def _policy_groups(model: torch.nn.Module) -> list[dict]:
+    """The trainable parameters of `model` in model.parameters() order, one group each, with `matrix`."""
+    from .. import param_groups
+
+    groups = param_groups.build(model, lr=0.0, split_matrices=True, verbose=False)
+    matrix = {id(p): g["matrix"] for g in groups for p in g["params"]}
+    return [{"params": [p], "matrix": matrix[id(p)]} for p in model.parameters() if p.requires_grad]
+
+
+def _state_bytes(spec, hyper: dict, shapes: list, dtype: torch.dtype, matrix: list[bool] | None) -> int:
+    """The rule's declared state for every trainable tensor (with its group's `matrix` where given)."""
     per_shape: dict[tuple, int] = {}
-    for shape in shapes:
-        if shape not in per_shape:
-            per_shape[shape] = spec.state_bytes(shape, dtype, **hyper)
-    return sum(per_shape[s] for s in shapes)
+    keys = [(shape, None if matrix is None else matrix[i]) for i, shape in enumerate(shapes)]
+    for shape, is_matrix in keys:
+        if (shape, is_matrix) not in per_shape:
+            extra = {} if is_matrix is None else {"matrix": is_matrix}
+            per_shape[shape, is_matrix] = spec.state_bytes(shape, dtype, **hyper, **extra)
+    return sum(per_shape[k] for k in keys)
 
 
 def _activations(model, batch, seq, recompute, element) -> int:
@@ -160,7 +190,9 @@ def measured_state_bytes(model: torch.nn.Module, optimizer: str = "adamw", preci
     params = [p for p in twin.parameters() if p.requires_grad]
     for p in params:
         p.grad = torch.full_like(p, 1e-3)
-    opt = optimlab.create(optimizer, params)
+    spec, hyper = optimlab.resolve(optimizer)
+    policy = matrix_policy(twin, spec, hyper) is not None  # Muon: its matrices apart, as in training
+    opt = optimlab.create(optimizer, _policy_groups(twin) if policy else params)
     opt.step()
     tensors = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
     return sum(t.numel() * t.element_size() for t in tensors)

@@ -58,6 +58,13 @@ class Transformer:
         head = [] if self.tied else [(self.vocab, h)]
         return embeddings + layer * self.layers + norm + head
 
+    def kinds(self) -> list[str]:
+        """Per tensor of `shapes()`, in that order: "embedding", "head" or "block" (a transformer block's or
+        the final norm's): what the parameter-group policy tells apart for Muon."""
+        embeddings = 1 + bool(self.positions)
+        rest = len(self.shapes()) - embeddings - (not self.tied)
+        return ["embedding"] * embeddings + ["block"] * rest + ([] if self.tied else ["head"])
+
     def activation_bytes(self, batch: int, seq: int, recompute: str = "none", element: int = 2) -> int:
         """Activations the backward pass keeps, all layers, one micro-batch of `batch` × `seq` tokens.
 

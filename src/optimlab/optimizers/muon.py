@@ -50,19 +50,22 @@ def newton_schulz(G, h):
 
     Starting from X = G/‖G‖_F (every singular value ≤ 1), the quintic pushes each singular value
     towards 1 (to about U(0.7, 1.2) with the default coefficients) and keeps the singular vectors:
-    X ≈ UVᵀ for G = USVᵀ.
+    X ≈ UVᵀ for G = USVᵀ. A tall X iterates as X ← aX + X(bA + cA²) with A = XᵀX, the same step
+    transposed (A is symmetric): the Gram matrix is always the smaller one, and nothing is transposed.
     """
     a, b, c = h.ns_coefficients
-    X = G.to(NS_DTYPES.get(h.ns_dtype, h.ns_dtype))
-    tall = G.size(-2) > G.size(-1)
-    if tall:
-        X = X.mT  # iterate on the wide side, where the Gram matrix XXᵀ is the smaller one
-    X = X / torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True).clamp(min=h.eps)
+    X = G.to(NS_DTYPES.get(h.ns_dtype, h.ns_dtype), copy=True)  # a fresh tensor, updated in place
+    X.div_(torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True).clamp_(min=h.eps))
+    tall = X.size(-2) > X.size(-1)
+    side = X.size(-1) if tall else X.size(-2)
+    A, B = X.new_empty(len(X), side, side), X.new_empty(len(X), side, side)  # reused every iteration
+    Y = torch.empty_like(X)
     for _ in range(h.ns_steps):
-        A = X @ X.mT
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # bA + cA²
-        X = torch.baddbmm(X, B, X, beta=a)  # aX + BX
-    return X.mT if tall else X
+        torch.bmm(X.mT, X, out=A) if tall else torch.bmm(X, X.mT, out=A)  # A = XᵀX (tall) or XXᵀ
+        torch.baddbmm(A, A, A, beta=b, alpha=c, out=B)  # bA + cA²
+        torch.baddbmm(X, X, B, beta=a, out=Y) if tall else torch.baddbmm(X, B, X, beta=a, out=Y)  # aX + BX
+        X, Y = Y, X
+    return X
 
 
 def adjusted_lr(h, rows: int, cols: int) -> float:
@@ -80,12 +83,12 @@ def muon(h, θ, g, B, m, v):
     if B is None:  # not Muon's: AdamW, by optimlab's one Adam rule
         θ, m, v, _ = adam.update(adamw_view(h), θ, g, m, v, None)
         return θ, B, m, v
-    B = B.lerp(g, 1 - h.momentum)  # momentum: B ← μB + (1 − μ)g
+    B = B.lerp_(g, 1 - h.momentum)  # momentum: B ← μB + (1 − μ)g (in place: see engine/matrix.py)
     U = g.lerp(B, h.momentum) if h.nesterov else B  # Nesterov: g + μ(B − g)
     rows, cols = θ.shape[1], θ[0].numel() // θ.shape[1]
-    O = newton_schulz(U.reshape(len(U), rows, cols), h).reshape(θ.shape).to(θ.dtype)  # O ≈ UVᵀ
-    θ = θ * (1 - h.lr * h.weight_decay)  # decoupled decay, with the unadjusted lr (as torch)
-    θ = θ - adjusted_lr(h, rows, cols) * O
+    O = newton_schulz(U.reshape(len(U), rows, cols), h).reshape(θ.shape)  # O ≈ UVᵀ, in ns_dtype
+    θ = θ.mul_(1 - h.lr * h.weight_decay)  # decoupled decay, with the unadjusted lr (as torch)
+    θ = θ.sub_(O, alpha=adjusted_lr(h, rows, cols))  # θ − η'O
     return θ, B, m, v
 
 

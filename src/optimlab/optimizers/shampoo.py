@@ -20,7 +20,6 @@ import torch
 from ..engine.optimizer import RuleOptimizer, hyperparameters
 from ..engine.rule import State, rule
 from . import _checks
-from .soap import as_matrix
 
 ROOT_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -28,6 +27,13 @@ ROOT_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 def block_size(d: int, limit: int) -> int:
     """The largest size ≤ limit that splits d into equal blocks (a prime d > limit gives 1: diagonal)."""
     return next(d // n for n in range(1, d + 1) if d % n == 0 and d // n <= limit)
+
+
+def as_matrix(x):
+    """A stack of parameters as a stack of matrices: (d₀, d₁⋯dₙ); a vector is a column (d, 1)."""
+    if x.dim() >= 3:
+        return x.reshape(len(x), x.shape[1], -1)
+    return x.reshape(len(x), -1, 1)
 
 
 def matrix_shape(θ) -> tuple[int, int]:
@@ -91,24 +97,29 @@ def shampoo_scalars(h, t, carried):
              "v": State("graft_exp_avg_sq", when=grafted), "m": "exp_avg"},
       scalars=shampoo_scalars, traceable=False, batched=True)
 def shampoo(h, θ, g, L, R, P_L, P_R, v, m):
-    """Shampoo (Gupta et al. 2018, Alg. 1) with Anil et al. (2020)'s grafting, blocking and schedule."""
+    """Shampoo (Gupta et al. 2018, Alg. 1) with Anil et al. (2020)'s grafting, blocking and schedule.
+    θ and the states are updated in place (engine/matrix.py writes back what is not their own memory)."""
     D = g  # the grafted optimizer's step: its norm sets Shampoo's
     if h.grafting == "adagrad":
-        v = v + g * g
-        D = g / (torch.sqrt(v) + h.graft_eps)
+        v.addcmul_(g, g)  # v ← v + g²
+        D = g / v.sqrt().add_(h.graft_eps)
     elif h.grafting == "adam":
-        v = h.beta2 * v + (1 - h.beta2) * g * g
-        D = g / (torch.sqrt(v / h.bc2) + h.graft_eps)
+        v.mul_(h.beta2).addcmul_(g, g, value=1 - h.beta2)  # v ← β₂v + (1 − β₂)g²
+        D = g / (v / h.bc2).sqrt_().add_(h.graft_eps)
     U = D
     if L is not None:
         G = to_blocks(as_matrix(g), h)
-        L = h.beta2 * L + h.w2 * G @ G.mT  # statistics per block: L ← β₂L + (1 − β₂)GGᵀ
+        b0, b1 = G.shape[-2:]
+        G_ = G.reshape(-1, b0, b1)  # every block of every matrix, one batch
+        # statistics per block: L ← β₂L + (1 − β₂)GGᵀ, R ← β₂R + (1 − β₂)GᵀG
+        L.view(-1, b0, b0).baddbmm_(G_, G_.mT, beta=h.beta2, alpha=h.w2)
         if R is not None:
-            R = h.beta2 * R + h.w2 * G.mT @ G  # R ← β₂R + (1 − β₂)GᵀG
+            R.view(-1, b1, b1).baddbmm_(G_.mT, G_, beta=h.beta2, alpha=h.w2)
         if h.refresh:  # the expensive part, every k steps: L^{-1/4}, R^{-1/4} (L^{-1/2} for a vector)
             p = 4 if R is not None else 2
-            P_L = inverse_root(L, p, h)
-            P_R = None if R is None else inverse_root(R, p, h)
+            P_L.copy_(inverse_root(L, p, h))
+            if R is not None:
+                P_R.copy_(inverse_root(R, p, h))
         if h.preconditioned:
             S = P_L @ G if R is None else P_L @ G @ P_R  # Shampoo's direction
             if h.grafting != "none":  # with the grafted step's norm, block by block
@@ -116,8 +127,8 @@ def shampoo(h, θ, g, L, R, P_L, P_R, v, m):
                 S_norm = torch.linalg.vector_norm(S, dim=(-2, -1), keepdim=True)
                 S = S * torch.where(S_norm > 0, D_norm / S_norm, 0.0)
             U = from_blocks(S, as_matrix(g).shape).reshape(θ.shape)
-    m = h.beta1 * m + (1 - h.beta1) * U  # momentum on the final step
-    θ = θ * (1 - h.lr * h.weight_decay) - h.lr * m  # decoupled weight decay
+    m.mul_(h.beta1).add_(U, alpha=1 - h.beta1)  # momentum on the final step
+    θ.mul_(1 - h.lr * h.weight_decay).sub_(m, alpha=h.lr)  # decoupled weight decay
     return θ, L, R, P_L, P_R, v, m
 
 

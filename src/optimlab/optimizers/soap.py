@@ -4,14 +4,17 @@ Follows the authors' reference implementation (nikhilvyas/SOAP, soap.py) step fo
 call only gathers statistics; the basis starts from `eigh` and is refreshed every
 `precondition_frequency` updates by one power-iteration step and a QR decomposition; the second
 moment is re-ordered with the basis and the first moment, kept in the basis, is re-projected when it
-changes; weight decay is applied after the update. Departures: tensors of more than 2 dims are
-treated as the matrix (d₀, d₁⋯dₙ), as Muon and optimlab's Adafactor do (the reference keeps one
-factor per dimension, or merges small dimensions with `merge_dims`, which optimlab does not offer).
+changes; weight decay is applied after the update. As the reference, a tensor keeps one factor per
+dimension (a matrix: L = GGᵀ and R = GᵀG), or with `merge_dims` per run of consecutive dimensions
+merged while their product stays ≤ `max_precond_dim` (a conv weight (64, 32, 3, 3) → (64, 288)).
+A parameter's factors (the reference's list `GG`) and their eigenbases (`Q`) are each kept as one flat
+tensor, the factors one after the other.
 
 The rule is batched (engine/matrix.py): θ, g and the states are stacks of same-shape parameters.
 """
 
 from __future__ import annotations
+
 
 import torch
 
@@ -20,43 +23,80 @@ from ..engine.rule import State, rule
 from . import _checks
 
 
-def has_left(θ, h) -> bool:
-    """A left factor L (d₀ × d₀): matrices, and vectors when `precondition_1d`, up to max_precond_dim."""
-    if θ.dim() == 1 and not h.precondition_1d:
-        return False
-    return θ.dim() >= 1 and θ.shape[0] <= h.max_precond_dim
+def merged_shape(shape, h) -> tuple[int, ...]:
+    """The shape the factors see: θ's own, or with `merge_dims` consecutive dims merged while their
+    product is ≤ max_precond_dim (the reference's merge_dims; a vector is never merged)."""
+    if not h.merge_dims or len(shape) <= 1:
+        return tuple(shape)
+    merged, run = [], 1
+    for d in shape:
+        if run * d <= h.max_precond_dim:
+            run *= d
+        elif run > 1:  # the run is full: close it, d starts the next one
+            merged.append(run)
+            run = d
+        else:  # d alone is over the limit: it stays a dimension (without a factor)
+            merged.append(d)
+    if run > 1 or not merged:
+        merged.append(run)
+    return tuple(merged)
 
 
-def has_right(θ, h) -> bool:
-    """A right factor R (d₁⋯dₙ × d₁⋯dₙ): matrices, up to max_precond_dim."""
-    return θ.dim() >= 2 and θ[0].numel() <= h.max_precond_dim
+def factor_sizes(shape, h) -> tuple[int, ...]:
+    """Per dimension of the merged shape: the side of its factor, or 0 where it keeps none (longer than
+    max_precond_dim, or a vector without `precondition_1d`)."""
+    if len(shape) == 1 and not h.precondition_1d:
+        return (0,)
+    return tuple(d if d <= h.max_precond_dim else 0 for d in merged_shape(shape, h))
 
 
-def left_zeros(θ, h):
-    return θ.new_zeros(θ.shape[0], θ.shape[0])
+def has_factors(θ, h) -> bool:
+    return any(factor_sizes(θ.shape, h))
 
 
-def right_zeros(θ, h):
-    return θ.new_zeros(θ[0].numel(), θ[0].numel())
+def flat_factors(θ, h):
+    """Zeros for all of a parameter's factors, one after the other: Σ dᵢ² numbers."""
+    return θ.new_zeros(sum(d * d for d in factor_sizes(θ.shape, h)))
 
 
-def as_matrix(x):
-    """A stack of parameters as a stack of matrices: (d₀, d₁⋯dₙ); a vector is a column (d, 1)."""
-    if x.dim() >= 3:
-        return x.reshape(len(x), x.shape[1], -1)
-    return x.reshape(len(x), -1, 1)
+def unpack(F, sizes):
+    """A stack of flat factors (k, Σ dᵢ²) as one (k, dᵢ, dᵢ) view per dimension (None: no factor)."""
+    views, at = [], 0
+    for d in sizes:
+        views.append(None if d == 0 else F[:, at:at + d * d].view(len(F), d, d))
+        at += d * d
+    return views
 
 
-def project(X, Q_L, Q_R):
-    """Into the eigenbasis: Q_Lᵀ X Q_R (a side without a factor stays as it is)."""
-    X = X if Q_L is None else Q_L.mT @ X
-    return X if Q_R is None else X @ Q_R
+def along(X, axis: int, A):
+    """Contract dimension `axis` of the stack X with the first index of A: X ×_axis Aᵀ, batched."""
+    if X.dim() == 2:  # a stack of vectors: each a row times its A
+        return (X.unsqueeze(1) @ A).squeeze(1)
+    if axis == 1 and X.dim() == 3:  # the left side of a matrix: AᵀX
+        return A.mT @ X
+    A = A.view(len(A), *[1] * (X.dim() - 3), *A.shape[-2:])  # one A per entry of the stack
+    if axis == X.dim() - 1:
+        return X @ A
+    return (X.movedim(axis, -1) @ A).movedim(-1, axis)
 
 
-def project_back(X, Q_L, Q_R):
-    """Out of the eigenbasis: Q_L X Q_Rᵀ."""
-    X = X if Q_L is None else Q_L @ X
-    return X if Q_R is None else X @ Q_R.mT
+def project(X, Q):
+    """Into the eigenbasis: Qᵢᵀ applied along each dimension i with a factor (a matrix: Q_Lᵀ X Q_R)."""
+    for i, Q_i in enumerate(Q):
+        X = X if Q_i is None else along(X, i + 1, Q_i)
+    return X
+
+
+def project_back(X, Q):
+    """Out of the eigenbasis: Qᵢ along each dimension (a matrix: Q_L X Q_Rᵀ)."""
+    for i, Q_i in enumerate(Q):
+        X = X if Q_i is None else along(X, i + 1, Q_i.mT)
+    return X
+
+
+def unfolded(G, i: int):
+    """The stack G with dimension i as rows and every other dimension as columns (a matrix: G, then Gᵀ)."""
+    return G.movedim(i + 1, 1).reshape(len(G), G.shape[i + 1], -1)
 
 
 def eigenbasis(GG):
@@ -70,11 +110,12 @@ def refresh(GG, Q, V, dim: int):
     The columns of Q are first sorted by their estimated eigenvalues qᵀ·GG·q, and V (the second moment
     in the basis) is re-ordered the same way along `dim`, so each entry stays with its direction.
     """
-    estimated = (Q * (GG @ Q)).sum(-2)  # diag(Qᵀ GG Q)
+    GGQ = GG @ Q
+    estimated = (Q * GGQ).sum(-2)  # diag(Qᵀ GG Q)
     order = estimated.argsort(dim=-1, descending=True)
-    V = V.gather(dim, order.unsqueeze(-1 if dim == -2 else -2).expand_as(V))
-    Q = Q.gather(-1, order.unsqueeze(-2).expand_as(Q))
-    return torch.linalg.qr(GG @ Q).Q, V
+    index = order.view(len(V), *[1] * (dim - 1), -1, *[1] * (V.dim() - dim - 1))
+    V = V.gather(dim, index.expand_as(V))
+    return torch.linalg.qr(GGQ.gather(-1, order.unsqueeze(-2).expand_as(GGQ))).Q, V
 
 
 def soap_scalars(h, t, carried):
@@ -88,46 +129,52 @@ def soap_scalars(h, t, carried):
 
 
 @rule(state={"M": "exp_avg", "V": "exp_avg_sq",
-             "L": State("L", when=has_left, init=left_zeros),
-             "R": State("R", when=has_right, init=right_zeros),
-             "Q_L": State("Q_L", when=has_left, init=left_zeros),
-             "Q_R": State("Q_R", when=has_right, init=right_zeros)},
+             "GG": State("GG", when=has_factors, init=flat_factors),
+             "Q": State("Q", when=has_factors, init=flat_factors)},
       scalars=soap_scalars, traceable=False, batched=True)
-def soap(h, θ, g, M, V, L, R, Q_L, Q_R):
-    """SOAP (Vyas et al. 2024, Algorithm 3, as the reference code) on a stack of same-shape tensors."""
-    G = as_matrix(g)
+def soap(h, θ, g, M, V, GG, Q):
+    """SOAP (Vyas et al. 2024, Algorithm 3, as the reference code) on a stack of same-shape tensors.
+
+    θ and the states are updated in place (engine/matrix.py writes back what is not their own memory);
+    GG_i and Q_i are views of the flat GG and Q, one per dimension with a factor."""
+    sizes = () if GG is None else factor_sizes(θ.shape[1:], h)  # no factor: Adam (projections: identity)
+    GG_i, Q_i = unpack(GG, sizes), unpack(Q, sizes)
+    shape = (len(θ), *merged_shape(θ.shape[1:], h))
+    G = g.reshape(shape)
     if h.first:  # statistics and the first basis only: θ does not move
-        L, R = update_factors(h, G, L, R)
-        Q_L, Q_R = (None if F is None else eigenbasis(F) for F in (L, R))
-        return θ, M, V, L, R, Q_L, Q_R
-    M, V = as_matrix(M), as_matrix(V)
-    G̃ = project(G, Q_L, Q_R)  # the gradient in Shampoo's eigenbasis
-    M = h.beta1 * M + (1 - h.beta1) * G̃  # Adam's moments, in that basis
-    V = h.beta2 * V + (1 - h.beta2) * G̃ * G̃
-    N = project_back(M / (torch.sqrt(V) + h.eps), Q_L, Q_R)  # Adam's step, rotated back
+        update_factors(h, G, GG_i)
+        for F, Q_f in zip(GG_i, Q_i):
+            if F is not None:
+                Q_f.copy_(eigenbasis(F))
+        return θ, M, V, GG, Q
+    M_, V_ = M.view(shape), V.view(shape)
+    G̃ = project(G, Q_i)  # the gradient in Shampoo's eigenbasis
+    M_.mul_(h.beta1).add_(G̃, alpha=1 - h.beta1)  # Adam's moments, in that basis: M ← β₁M + (1 − β₁)G̃
+    V_.mul_(h.beta2).addcmul_(G̃, G̃, value=1 - h.beta2)  # V ← β₂V + (1 − β₂)G̃²
+    N = project_back(M_ / V_.sqrt().add_(h.eps), Q_i)  # Adam's step, rotated back
     if h.normalize_grads:
-        N = N / (1e-30 + N.square().mean(dim=(-2, -1), keepdim=True).sqrt())
-    θ = θ - h.step_size * N.reshape(θ.shape)
-    θ = θ - h.lr * h.weight_decay * θ  # decoupled decay, after the step (as the reference)
-    L, R = update_factors(h, G, L, R)
-    Q_L_new, Q_R_new = Q_L, Q_R
-    if h.refresh:  # a new basis: re-order V with it and carry M across
-        M = project_back(M, Q_L, Q_R)
-        if L is not None:
-            Q_L_new, V = refresh(L, Q_L, V, dim=-2)
-        if R is not None:
-            Q_R_new, V = refresh(R, Q_R, V, dim=-1)
-        M = project(M, Q_L_new, Q_R_new)
-    return θ, M.reshape(θ.shape), V.reshape(θ.shape), L, R, Q_L_new, Q_R_new
+        N = N / (1e-30 + N.square().flatten(1).mean(1).sqrt().view(-1, *[1] * (N.dim() - 1)))
+    θ.sub_(N.reshape(θ.shape), alpha=h.step_size)
+    θ.mul_(1 - h.lr * h.weight_decay)  # decoupled decay, after the step (as the reference)
+    update_factors(h, G, GG_i)
+    if h.refresh and Q_i:  # a new basis: re-order V with it and carry M across
+        M_back = project_back(M_, Q_i)
+        for i, (F, Q_f) in enumerate(zip(GG_i, Q_i)):
+            if F is not None:
+                Q_new, V_new = refresh(F, Q_f, V_, dim=i + 1)
+                Q_f.copy_(Q_new)
+                V_.copy_(V_new)
+        M_.copy_(project(M_back, Q_i))
+    return θ, M, V, GG, Q
 
 
-def update_factors(h, G, L, R):
-    """Shampoo's statistics, an EMA with β = shampoo_beta: L ← βL + (1 − β)GGᵀ, R ← βR + (1 − β)GᵀG."""
-    if L is not None:
-        L = L.lerp(G @ G.mT, 1 - h.shampoo_beta_t)
-    if R is not None:
-        R = R.lerp(G.mT @ G, 1 - h.shampoo_beta_t)
-    return L, R
+def update_factors(h, G, GG):
+    """Shampoo's statistics, an EMA with β = shampoo_beta, in place: GGᵢ ← βGGᵢ + (1 − β)GᵢGᵢᵀ with Gᵢ
+    the gradient unfolded along dimension i (a matrix: L ← βL + (1 − β)GGᵀ, R ← βR + (1 − β)GᵀG)."""
+    for i, F in enumerate(GG):
+        if F is not None:
+            G_i = unfolded(G, i)
+            F.baddbmm_(G_i, G_i.mT, beta=h.shampoo_beta_t, alpha=1 - h.shampoo_beta_t)
 
 
 def _positive_int(v):
@@ -139,13 +186,35 @@ def _shampoo_beta(v):
 
 
 class SOAP(RuleOptimizer):
-    """SOAP with the reference implementation's hyperparameters and defaults (but `merge_dims`)."""
+    """SOAP with the reference implementation's hyperparameters and defaults."""
 
     rule = soap
     checks = {**_checks.COMMON, "betas": _checks.betas, "shampoo_beta": _shampoo_beta,
-              "precondition_frequency": _positive_int, "max_precond_dim": _positive_int}
+              "precondition_frequency": _positive_int, "max_precond_dim": _positive_int,
+              "merge_dims": _checks.one_of(False, True)}
 
     def __init__(self, params, lr=3e-3, betas=(0.95, 0.95), shampoo_beta=-1.0, eps=1e-8, weight_decay=0.01,
-                 precondition_frequency=10, max_precond_dim=10000, precondition_1d=False,
+                 precondition_frequency=10, max_precond_dim=10000, merge_dims=False, precondition_1d=False,
                  normalize_grads=False, correct_bias=True, *, maximize=False, path="auto"):
         super().__init__(params, path, **hyperparameters(locals()))
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Also loads checkpoints from before the factors were kept flat (L, R, Q_L, Q_R): for a vector or
+        a matrix, GG is L then R and Q is Q_L then Q_R. A larger tensor was then one matrix (d₀, d₁⋯dₙ),
+        which has no per-dimension equivalent: refused, never resumed with empty factors."""
+        state = {i: _flat_from_sides(i, s) for i, s in state_dict["state"].items()}
+        super().load_state_dict({**state_dict, "state": state})
+
+
+def _flat_from_sides(i, s: dict) -> dict:
+    if not any(key in s for key in ("L", "R", "Q_L", "Q_R")) or "GG" in s:
+        return s
+    if torch.is_tensor(s.get("exp_avg")) and s["exp_avg"].dim() > 2:
+        raise ValueError(f"SOAP checkpoint: parameter {i} ({tuple(s['exp_avg'].shape)}) was stepped as one "
+                         "matrix by an older optimlab; SOAP now keeps a factor per dimension, so its factors "
+                         f"cannot be carried over: start its state afresh (drop state entry {i})")
+    s = dict(s)
+    sides = [s.pop(key) for key in ("L", "R") if key in s]
+    bases = [s.pop(key) for key in ("Q_L", "Q_R") if key in s]
+    s["GG"], s["Q"] = (torch.cat([t.flatten() for t in ts]) for ts in (sides, bases))
+    return s
