@@ -153,7 +153,21 @@ def fsdp_case(name, dtype, rank, world, xs, count=False):
     if count:
         result["collectives"] = dict(counter.calls)
         result["bytes"] = dict(counter.bytes)
+        params = list(model.parameters())
+        result["memory"] = {"parameters": local_bytes(params),
+                            "gradients": local_bytes(p.grad for p in params),
+                            "optimizer_state": state_bytes(opt)}
     return result
+
+
+def local_bytes(tensors) -> int:
+    """Bytes this rank holds of the tensors (its shards of DTensors)."""
+    local = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
+    return sum(t.numel() * t.element_size() for t in local)
+
+
+def state_bytes(opt) -> int:
+    return local_bytes(t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor))
 
 
 def ddp_case(name, dtype, rank, world, xs):
@@ -168,7 +182,12 @@ def zero_case(name, rank, world, xs):
     model = DistributedDataParallel(make_model())
     opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=spec.cls, **spec.preset)
     train(model, opt, xs, rank, world)
-    return {"error": max_difference(model, reference(name, torch.float32, xs))}
+    held = torch.tensor([state_bytes(opt.optim)])  # this rank's partition
+    largest, total = held.clone(), held.clone()
+    dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+    dist.all_reduce(total)
+    return {"error": max_difference(model, reference(name, torch.float32, xs)),
+            "memory": {"largest_rank_state": int(largest), "all_ranks_state": int(total)}}
 
 
 def dcp_case(name, rank, world, out):

@@ -147,3 +147,28 @@ def test_the_gradient_monitor_under_fsdp2_reports_and_clips_with_global_norms(ra
     result = _result(ranks, "lamb+GradNormMonitor")
     assert result["clipped"] > 0
     assert result["norm_error"] < 1e-5 and result["ratio_error"] < 1e-7 and result["error"] <= 1e-6
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_memory_plan_of_fsdp2_is_what_rank_0_allocates(ranks, name):
+    """The planner's FSDP2 figures (per tensor: ⌈rows/2⌉ on the first rank) against the bytes the first
+    rank holds of parameters, gradients and optimizer state after a step."""
+    from optimlab.memory import plan
+
+    measured = _result(ranks, f"{name}/fsdp2/fp32")["memory"]
+    planned = plan(harness.make_model(), name, "fp32", ranks=2, fsdp2=True).per_rank
+    assert {c: planned[c] for c in measured} == measured
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_memory_plan_of_zero1_is_what_the_ranks_allocate(ranks, name):
+    """ZeRO-1 (ZeroRedundancyOptimizer) keeps all the state once across the ranks; it hands out whole
+    tensors, so the fullest rank exceeds the even split by less than the largest tensor's state."""
+    from optimlab.memory import plan
+
+    measured = _result(ranks, f"{name}/zero1/fp32")["memory"]
+    planned = plan(harness.make_model(), name, "fp32", zero=1, ranks=2)
+    assert measured["all_ranks_state"] == planned.whole["optimizer_state"]
+    spec = registry.spec(name)
+    largest = max(spec.state_bytes(p.shape, **spec.preset) for p in harness.make_model().parameters())
+    assert planned.optimizer_state <= measured["largest_rank_state"] <= planned.optimizer_state + largest

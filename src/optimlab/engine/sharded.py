@@ -53,10 +53,11 @@ def local_part(full: torch.Tensor, like) -> torch.Tensor:
 
 def create_state(s, p, h: SimpleNamespace, full: torch.Tensor) -> torch.Tensor:
     """State `s` of the sharded parameter p, made from p's whole value `full` by the rule's own init:
-    sharded like p when it has p's rows (per element, per row), replicated otherwise (per column)."""
+    split on dim 0 like p (per element, per row, and a matrix rule's factors, which it gathers anyway),
+    replicated if it is per column or a number."""
     made = s.create(full, h)
     mesh = p.device_mesh
-    if s.per != "col" and made.dim() and made.shape[0] == p.shape[0] and _on_rows(p):
+    if s.per != "col" and made.dim() and _on_rows(p):
         placements = p.placements
     else:
         placements = [Replicate()] * mesh.ndim
