@@ -121,7 +121,8 @@ COLLECTIVES = ("all_reduce", "allreduce", "all_gather", "allgather", "reduce_sca
 
 
 class CountCollectives(TorchDispatchMode):
-    """Counts the collectives (c10d ops) dispatched inside it, and the bytes of their tensors."""
+    """Counts the collectives (c10d ops) dispatched inside it, and the bytes each rank hands them (an
+    all-reduce's buffer, an all-to-all's input, a gather's input)."""
 
     def __init__(self):
         super().__init__()
@@ -132,8 +133,9 @@ class CountCollectives(TorchDispatchMode):
         if namespace in ("c10d", "_c10d_functional") and any(w in func.__name__ for w in COLLECTIVES):
             kind = func.__name__.split(".")[0].strip("_")
             self.calls[kind] += 1
-            flat = [a for a in args if isinstance(a, torch.Tensor)]
-            flat += [t for a in args if isinstance(a, (list, tuple))
+            sent = args[1:2] if kind.startswith("alltoall") else args  # (output, input, ...): the input
+            flat = [a for a in sent if isinstance(a, torch.Tensor)]
+            flat += [t for a in sent if isinstance(a, (list, tuple))
                      for t in a if isinstance(t, torch.Tensor)]
             self.bytes[kind] += sum(t.numel() * t.element_size() for t in flat)
         return func(*args, **(kwargs or {}))

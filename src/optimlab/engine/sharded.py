@@ -9,9 +9,15 @@ is for the whole tensor, so how a step runs depends on what the rule reads:
                         do not wait for another sum) for all tensors travel in ONE all-reduce: LAMB's
                         ‖θ‖ and ‖u‖ of every tensor are one call per step. Rows of the matrix view lie
                         whole on one rank (they are dim 0), so row statistics need none.
-    whole matrices      Muon, Shampoo, SOAP and anything else: the tensors are gathered (one
-                        all-gather of θ, g and each state per tensor), every rank runs the rule on the
-                        whole matrices, and keeps its own rows. Redundant compute, no owner to wait for.
+    whole matrices      Muon, Shampoo, SOAP (any rule that is not elementwise): each parameter has an
+                        owner rank (the largest tensors first, each to the least loaded rank); one
+                        all-to-all sends every rank's rows of θ, g and the states to the owners, each
+                        owner runs the rule (batched) on its whole matrices, and a second all-to-all
+                        sends the new rows of θ and the states back. Two calls per step for all tensors,
+                        the matrix work divided among the ranks.
+
+Anything else (a mesh of two dimensions, a placement other than dim 0) is gathered whole on every rank
+(`full_tensor`, one all-gather per tensor), stepped there, and each rank keeps its own slice.
 
 States of a sharded parameter are DTensors too, so torch's distributed checkpoint saves and reshards
 them: per-element and per-row states are sharded like the parameter, per-column ones replicated
@@ -21,6 +27,7 @@ them: per-element and per-row states are sharded like the parameter, per-column 
 from __future__ import annotations
 
 import dataclasses
+import math
 from types import SimpleNamespace
 
 import torch
@@ -80,6 +87,8 @@ def run(path: str, rule, h, params, grads, states) -> None:
         if not graph.reductions:
             return paths.run(path, rule, h, *local)
         return run_reducing(rule, h, params, *local)
+    if laid_out:
+        return run_owned(path, rule, h, params, grads, states)
     run_gathered(path, rule, h, params, grads, states)
 
 
@@ -175,3 +184,116 @@ def run_gathered(path: str, rule, h, params, grads, states) -> None:
             x.to_local().copy_(local_part(f, x))
 
 
+
+
+# --- whole matrices: each owned by one rank -----------------------------------------------------------
+
+
+def owners(sizes: list[int], world: int) -> list[int]:
+    """The rank that steps each tensor: the largest first, each to the least loaded rank (the same on
+    every rank: it depends on the shapes only)."""
+    load, owner = [0] * world, [0] * len(sizes)
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        owner[i] = min(range(world), key=lambda r: (load[r], r))
+        load[owner[i]] += max(sizes[i], 1)
+    return owner
+
+
+def _rows(x, world: int) -> list[int] | None:
+    """Rows each rank holds of x (split on dim 0 as torch.chunk does), or None if x is replicated."""
+    if not any(isinstance(q, Shard) for q in x.placements):
+        return None
+    n = x.shape[0]
+    step = -(-n // world) if n else 0
+    return [max(0, min(step, n - r * step)) for r in range(world)]
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(-1).view(torch.uint8)
+
+
+def run_owned(path: str, rule, h, params, grads, states) -> None:
+    """Whole matrices: each parameter is stepped by one rank, its owner (owners spread by size). Two
+    all-to-alls per step for all tensors: the shards of θ, g and the states go to their owner, which
+    runs the rule on the whole matrices; the new θ and states go back, each rank its rows."""
+    from . import paths
+
+    group = params[0].device_mesh.get_group()
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    owner = owners([p.numel() for p in params], world)
+    keys = [k for k in states if states[k][0] is not None]
+    inputs = [[p, g, *(states[k][i] for k in keys)] for i, (p, g) in enumerate(zip(params, grads))]
+    mine = [i for i in range(len(params)) if owner[i] == rank]
+
+    # 1. every rank's rows of every split tensor to its owner (replicated ones the owner has already)
+    send = [[_bytes(x.to_local()) for i in range(len(params)) if owner[i] == d for x in inputs[i]
+             if _rows(x, world) is not None] for d in range(world)]
+    expect = [[r[s] * _row_bytes(x) for i in mine for x in inputs[i] if (r := _rows(x, world)) is not None]
+              for s in range(world)]
+    received = _all_to_all(send, expect, group)
+    whole = {}
+    for i in mine:
+        whole[i] = []
+        for j, x in enumerate(inputs[i]):
+            rows = _rows(x, world)
+            if rows is None:
+                whole[i].append(x.to_local().clone())
+                continue
+            pieces = [received[s].pop(0).view(x.dtype).view(rows[s], *x.shape[1:]) for s in range(world)]
+            whole[i].append(torch.cat(pieces))
+    if mine:
+        full = [whole[i] for i in mine]
+        paths.run(path, rule, h, [f[0] for f in full], [f[1] for f in full],
+                  {k: [f[2 + n] for f in full] for n, k in enumerate(keys)})
+
+    # 2. the new θ and states back: each rank its rows (a replicated state whole to every rank)
+    send = [[_bytes(_piece(f, x, world, d)) for i in mine for f, x in _outputs(whole[i], inputs[i])]
+            for d in range(world)]
+    expect = [[_piece_bytes(x, world, rank) for i in range(len(params)) if owner[i] == s
+               for x in inputs[i][:1] + inputs[i][2:]] for s in range(world)]
+    received = _all_to_all(send, expect, group)
+    for s in range(world):
+        for i in (i for i in range(len(params)) if owner[i] == s):
+            for x in inputs[i][:1] + inputs[i][2:]:
+                local = x.to_local()
+                local.copy_(received[s].pop(0).view(x.dtype).view(local.shape))
+
+
+def _outputs(full: list, inputs: list):
+    """(whole value, tensor) of what a step changes: θ and the states, not g."""
+    return [(f, x) for j, (f, x) in enumerate(zip(full, inputs)) if j != 1]
+
+
+def _row_bytes(x) -> int:
+    return math.prod(x.shape[1:]) * x.element_size()  # the shape only: indexing a DTensor communicates
+
+
+def _piece(full: torch.Tensor, x, world: int, rank: int) -> torch.Tensor:
+    rows = _rows(x, world)
+    if rows is None:
+        return full
+    start = sum(rows[:rank])
+    return full[start:start + rows[rank]]
+
+
+def _piece_bytes(x, world: int, rank: int) -> int:
+    rows = _rows(x, world)
+    return x.numel() * x.element_size() if rows is None else rows[rank] * _row_bytes(x)
+
+
+def _all_to_all(send: list[list[torch.Tensor]], expect: list[list[int]], group) -> list[list[torch.Tensor]]:
+    """One all_to_all of byte buffers: send[d] to rank d; returns what each rank s sent here, cut into
+    the pieces of sizes expect[s]."""
+    out_sizes = [sum(sizes) for sizes in expect]
+    flat_in = torch.cat([t for ts in send for t in ts]) if any(send) else torch.empty(0, dtype=torch.uint8)
+    flat_out = torch.empty(sum(out_sizes), dtype=torch.uint8)
+    dist.all_to_all_single(flat_out, flat_in, out_sizes, [sum(t.numel() for t in ts) for ts in send],
+                           group=group)
+    pieces, start = [], 0
+    for sizes in expect:
+        row = []
+        for n in sizes:
+            row.append(flat_out[start:start + n])
+            start += n
+        pieces.append(row)
+    return pieces
