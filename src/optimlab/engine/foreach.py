@@ -102,7 +102,10 @@ def _reduce_level(graph: Graph, i: int, walk: Walk, step: Step, across, ready: d
     parts = [[local[id(n)]] if isinstance(local[id(n)], torch.Tensor) else local[id(n)].xs for n in partial]
     for n, summed in zip(partial, across.all_reduce(parts)):
         v = local[id(n)]
-        local[id(n)] = summed[0] if isinstance(v, torch.Tensor) else Values(summed, v.scale, owned=True)
+        if isinstance(v, torch.Tensor):
+            local[id(n)] = across.keep_replicated(v, summed[0])
+        else:
+            local[id(n)] = Values(across.keep_replicated(v.xs, summed), v.scale, owned=True)
     return local
 
 

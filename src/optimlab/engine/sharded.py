@@ -27,6 +27,7 @@ them: per-element and per-row states are sharded like the parameter, per-column 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from types import SimpleNamespace
 
@@ -128,7 +129,7 @@ def by_level(graph):
 
 
 def _cols(p) -> int:
-    return p[0].numel() if p.dim() else 1
+    return math.prod(p.shape[1:])  # the shape only: indexing a DTensor communicates
 
 
 class Across:
@@ -154,7 +155,7 @@ class Across:
         flat = [t for ts in parts for t in ts]
         if not flat:
             return parts
-        dtype = torch.promote_types(flat[0].dtype, torch.float32)
+        dtype = functools.reduce(torch.promote_types, [t.dtype for t in flat], torch.float32)
         buffer = torch.cat([t.reshape(-1).to(dtype) for t in flat])
         dist.all_reduce(buffer, group=self.group)
         out, start = [], 0
@@ -165,6 +166,15 @@ class Across:
                 start += t.numel()
             out.append(row)
         return out
+
+    def keep_replicated(self, local, summed):
+        """A sum over ranks with the entries of replicated tensors (whole on every rank, so their local
+        sums are already global) put back: one value per tensor, or a list of one tensor each."""
+        if all(self.sharded):
+            return summed
+        if isinstance(local, torch.Tensor):
+            return torch.where(torch.tensor(self.sharded, device=local.device), summed, local)
+        return [s if split else x for x, s, split in zip(local, summed, self.sharded)]
 
 
 def run_gathered(path: str, rule, h, params, grads, states) -> None:
