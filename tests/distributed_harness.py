@@ -216,6 +216,28 @@ def dcp_case(name, rank, world, out):
     return {"error": err}
 
 
+def mixed_case(name, rank, world):
+    """DTensor parameters made by hand, some split on dim 0 and one replicated on every rank, in one
+    group (fp64): a replicated tensor's sums are already global and must not be summed over the ranks."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    g = torch.Generator().manual_seed(2)
+    shapes = [((5, 6), Shard(0)), ((5,), Replicate()), ((3, 4), Shard(0)), ((4, 3), Replicate())]
+    wholes = [torch.randn(s, generator=g, dtype=torch.float64) for s, _ in shapes]
+    plain = [torch.nn.Parameter(w.clone()) for w in wholes]
+    split = [torch.nn.Parameter(distribute_tensor(w.clone(), mesh, [q])) for w, (_, q) in zip(wholes, shapes)]
+    ours, theirs = optimlab.create(name, split), optimlab.create(name, plain)
+    for _ in range(3):
+        grads = [torch.randn(s, generator=g, dtype=torch.float64) for s, _ in shapes]
+        for p, q, grad, (_, placement) in zip(split, plain, grads, shapes):
+            p.grad, q.grad = distribute_tensor(grad, mesh, [placement]), grad
+        ours.step()
+        theirs.step()
+    return {"error": max((p.full_tensor() - q).abs().max().item() for p, q in zip(split, plain))}
+
+
 def clip_and_monitor_case(rank, world, xs):
     """AdamW with clip_grad_norm_ before each step, and LAMB with a clipping GradNormMonitor: the norms
     they see and the training they give equal the single process's."""
@@ -271,6 +293,7 @@ def main():
             attempt(f"{name}/ddp/{label}", ddp_case, name, dtype, rank, world, xs)
         attempt(f"{name}/zero1/fp32", zero_case, name, rank, world, batches(torch.float32))
         attempt(f"{name}/dcp/fp32", dcp_case, name, rank, world, out)
+        attempt(f"{name}/mixed/fp64", mixed_case, name, rank, world)
     try:
         results.update(clip_and_monitor_case(rank, world, batches(torch.float32)))
     except Exception as err:
