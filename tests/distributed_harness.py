@@ -216,15 +216,17 @@ def dcp_case(name, rank, world, out):
     return {"error": err}
 
 
-def mixed_case(name, rank, world):
+def mixed_case(name, rank, world, columns=False):
     """DTensor parameters made by hand, some split on dim 0 and one replicated on every rank, in one
-    group (fp64): a replicated tensor's sums are already global and must not be summed over the ranks."""
+    group (fp64): a replicated tensor's sums are already global and must not be summed over the ranks.
+    columns=True: matrices split on dim 1 instead, which only the gathering fallback steps."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
     mesh = init_device_mesh("cpu", (world,))
     g = torch.Generator().manual_seed(2)
-    shapes = [((5, 6), Shard(0)), ((5,), Replicate()), ((3, 4), Shard(0)), ((4, 3), Replicate())]
+    split_on = Shard(1) if columns else Shard(0)
+    shapes = [((5, 6), split_on), ((5,), Replicate()), ((3, 4), split_on), ((4, 3), Replicate())]
     wholes = [torch.randn(s, generator=g, dtype=torch.float64) for s, _ in shapes]
     plain = [torch.nn.Parameter(w.clone()) for w in wholes]
     split = [torch.nn.Parameter(distribute_tensor(w.clone(), mesh, [q])) for w, (_, q) in zip(wholes, shapes)]
@@ -294,6 +296,7 @@ def main():
         attempt(f"{name}/zero1/fp32", zero_case, name, rank, world, batches(torch.float32))
         attempt(f"{name}/dcp/fp32", dcp_case, name, rank, world, out)
         attempt(f"{name}/mixed/fp64", mixed_case, name, rank, world)
+        attempt(f"{name}/columns/fp64", mixed_case, name, rank, world, columns=True)
     try:
         results.update(clip_and_monitor_case(rank, world, batches(torch.float32)))
     except Exception as err:

@@ -175,8 +175,10 @@ def test_the_memory_plan_of_zero1_is_what_the_ranks_allocate(ranks, name):
     assert planned.optimizer_state <= measured["largest_rank_state"] <= planned.optimizer_state + largest
 
 
+@pytest.mark.parametrize("layout", ["mixed", "columns"])
 @pytest.mark.parametrize("name", NAMES)
-def test_split_and_replicated_dtensors_in_one_group_equal_plain_tensors(ranks, name):
-    """DTensors made by hand, split on dim 0 or replicated, stepped together (fp64)."""
-    err = _result(ranks, f"{name}/mixed/fp64")["error"]
+def test_split_and_replicated_dtensors_in_one_group_equal_plain_tensors(ranks, name, layout):
+    """DTensors made by hand, split on dim 0 (or on dim 1: gathered whole) or replicated, stepped
+    together (fp64)."""
+    err = _result(ranks, f"{name}/{layout}/fp64")["error"]
     assert err <= TOLERANCE["fp64"], f"{name}: {err:.3g}"
