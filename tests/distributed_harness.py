@@ -240,6 +240,18 @@ def mixed_case(name, rank, world, columns=False):
     return {"error": max((p.full_tensor() - q).abs().max().item() for p, q in zip(split, plain))}
 
 
+def sophia_hessian_case(rank, world):
+    """Sophia's Hessian estimate under FSDP2: a clear refusal, not a crash inside autograd."""
+    model = shard(make_model())
+    opt = optimlab.create("sophia", model.parameters(), estimator="hutchinson")
+    x = batches(torch.float32)[0]
+    try:
+        opt.update_hessian(lambda: loss_of(model, x[rank * 4:(rank + 1) * 4]))
+    except NotImplementedError as err:
+        return {"refused": str(err)}
+    return {"refused": ""}
+
+
 def clip_and_monitor_case(rank, world, xs):
     """AdamW with clip_grad_norm_ before each step, and LAMB with a clipping GradNormMonitor: the norms
     they see and the training they give equal the single process's."""
@@ -297,6 +309,7 @@ def main():
         attempt(f"{name}/dcp/fp32", dcp_case, name, rank, world, out)
         attempt(f"{name}/mixed/fp64", mixed_case, name, rank, world)
         attempt(f"{name}/columns/fp64", mixed_case, name, rank, world, columns=True)
+    attempt("sophia/update_hessian", sophia_hessian_case, rank, world)
     try:
         results.update(clip_and_monitor_case(rank, world, batches(torch.float32)))
     except Exception as err:

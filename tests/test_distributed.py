@@ -182,3 +182,7 @@ def test_split_and_replicated_dtensors_in_one_group_equal_plain_tensors(ranks, n
     together (fp64)."""
     err = _result(ranks, f"{name}/{layout}/fp64")["error"]
     assert err <= TOLERANCE["fp64"], f"{name}: {err:.3g}"
+
+
+def test_sophias_hessian_estimate_under_fsdp2_is_refused_clearly(ranks):
+    assert "FSDP2-sharded parameters" in _result(ranks, "sophia/update_hessian")["refused"]
