@@ -176,8 +176,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         count (bias corrections would start at t = 2 after a resume). Only a first step can be one."""
         if float(group.get("lr", 1.0)) != 0 or any(state["step"] != 0 for state in prepared):
             return False
-        grads = [p.grad.to_local() if sharded.is_sharded(p.grad) else p.grad for p in params]
-        return not any(bool(g.any()) for g in grads if not g.is_sparse)
+        return not sharded.any_nonzero([p.grad for p in params if not p.grad.is_sparse])
 
     def _step_dense(self, h: SimpleNamespace, kept: dict, members: list) -> None:
         """Parameters with dense gradients, on the chosen path; complex ones as real views."""

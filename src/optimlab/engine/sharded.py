@@ -53,6 +53,19 @@ def _on_rows(p) -> bool:
                                            or q.dim == 0) for q in p.placements)
 
 
+def any_nonzero(tensors: list) -> bool:
+    """Whether any element of the tensors is nonzero, decided alike on every rank for DTensors (their
+    shards are summed up over the ranks: one all-reduce)."""
+    local = [x.to_local() if is_sharded(x) else x for x in tensors]
+    found = any(bool(x.any()) for x in local)
+    split = next((x for x in tensors if is_sharded(x)), None)
+    if split is None:
+        return found
+    flag = torch.tensor([int(found)])
+    dist.all_reduce(flag, group=split.device_mesh.get_group())
+    return bool(flag.item())
+
+
 def local_part(full: torch.Tensor, like) -> torch.Tensor:
     """The slice of the whole tensor `full` that this rank holds of a tensor laid out as `like`."""
     shape, offset = compute_local_shape_and_global_offset(full.shape, like.device_mesh, like.placements)
