@@ -173,7 +173,7 @@ class RuleOptimizer(torch.optim.Optimizer):
     def _creates_state_only(group: dict, params: list, prepared: list) -> bool:
         """torch's distributed checkpoint makes an optimizer's state by a step with zero gradients and lr 0
         (`_init_optim_state`): that step creates the state and changes nothing else, not even the step
-        count (bias corrections would start at t = 2 after a resume). Only a first step can be one."""
+        count (training after a step-0 checkpoint would begin at t = 2). Only a first step can be one."""
         if float(group.get("lr", 1.0)) != 0 or any(state["step"] != 0 for state in prepared):
             return False
         return not sharded.any_nonzero([p.grad for p in params if not p.grad.is_sparse])
