@@ -273,3 +273,21 @@ def test_cli_models_shapes_and_checks(capsys):
     assert main(["memory", "--model", "torch.nn:Linear"]) == 2  # a factory needing arguments: one clean line
     assert main(["memory", "--params", "13e9", "--ranks", "8"]) == 2
     assert "ZeRO stage 0 shard nothing" in capsys.readouterr().err
+
+
+def test_offload_moves_optimizer_state_and_master_weights_to_the_host():
+    on_device = plan(10**9, "adamw", "bf16-mixed", zero=1, ranks=4)
+    offloaded = plan(10**9, "adamw", "bf16-mixed", zero=1, ranks=4, offload=True)
+    assert offloaded.host == {"optimizer_state": on_device.optimizer_state,
+                              "master_weights": on_device.master_weights}
+    assert offloaded.optimizer_state == offloaded.master_weights == 0
+    assert offloaded.total_bytes == on_device.total_bytes - sum(offloaded.host.values())
+
+
+def test_fsdp2_splits_each_tensor_on_its_rows_and_the_first_rank_holds_the_ceiling():
+    # a 5×6 weight on 2 ranks: 3 rows (18 elements) on the first; a vector of 1: 1 and 0
+    p = plan([(5, 6), (1,)], "adamw", "fp32", ranks=2, fsdp2=True)
+    assert p.parameters == p.gradients == (18 + 1) * 4
+    assert p.optimizer_state == 2 * (18 + 1) * 4
+    with pytest.raises(ValueError, match="fsdp2"):
+        plan([(5, 6)], "adamw", "fp32", ranks=1, fsdp2=True)

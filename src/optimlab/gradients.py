@@ -20,6 +20,8 @@ import statistics
 
 import torch
 
+from .engine import sharded
+
 log = logging.getLogger("optimlab.gradients")
 
 
@@ -40,9 +42,39 @@ def _positive(name: str, value: float) -> float:
     return float(value)
 
 
+def _local(x: torch.Tensor) -> torch.Tensor:
+    return x.to_local() if sharded.is_sharded(x) else x
+
+
+def squared_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """‖x‖² of each tensor (float64), of the whole tensor where it is sharded (an FSDP2 DTensor): the
+    local sums of all sharded tensors are summed over the ranks in one all-reduce, never one per tensor.
+    (`.item()` on a DTensor's norm would silently give the local shard's.)"""
+    if not tensors:
+        return torch.zeros(0, dtype=torch.float64)
+    local = [_local(x) for x in tensors]
+    wide = [torch.promote_types(x.dtype, torch.float32) for x in local]
+    sq = torch.stack([torch.linalg.vector_norm(x, dtype=w).double().to("cpu") for x, w in zip(local, wide)])
+    sq = sq.square()
+    split = [i for i, x in enumerate(tensors) if sharded.is_sharded(x)
+             and any(q.is_shard() for q in x.placements)]
+    if split:
+        part = sq[split].clone()
+        torch.distributed.all_reduce(part, group=tensors[split[0]].device_mesh.get_group())
+        sq[split] = part
+    return sq
+
+
+def _any_sharded(tensors) -> bool:
+    return any(sharded.is_sharded(x) for x in tensors)
+
+
 def grad_norm(params, norm_type: float = 2.0) -> torch.Tensor:
     """The global norm of all gradients, as if concatenated into one vector (no clipping)."""
-    return torch.nn.utils.get_total_norm([p.grad for p in _params(params) if p.grad is not None], norm_type)
+    grads = [p.grad for p in _params(params) if p.grad is not None]
+    if _any_sharded(grads) and norm_type == 2:
+        return squared_norms(grads).sum().sqrt().to(_local(grads[0]).dtype)
+    return torch.nn.utils.get_total_norm(grads, norm_type)
 
 
 def clip_grad_norm_(params, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False,
@@ -52,8 +84,27 @@ def clip_grad_norm_(params, max_norm: float, norm_type: float = 2.0, error_if_no
     This is torch.nn.utils.clip_grad_norm_ (which also returns the pre-clip norm, whatever some
     tutorials say), accepting a module or optimizer and checking max_norm.
     """
-    return torch.nn.utils.clip_grad_norm_(_params(params), _positive("max_norm", max_norm), norm_type,
-                                          error_if_nonfinite, foreach)
+    ps, max_norm = _params(params), _positive("max_norm", max_norm)
+    grads = [p.grad for p in ps if p.grad is not None]
+    if not _any_sharded(grads):
+        return torch.nn.utils.clip_grad_norm_(ps, max_norm, norm_type, error_if_nonfinite, foreach)
+    if norm_type != 2:
+        raise ValueError(f"clip_grad_norm_ of sharded gradients takes norm_type=2, got {norm_type!r}")
+    total = squared_norms(grads).sum().sqrt().to(_local(grads[0]).dtype)
+    if error_if_nonfinite and not torch.isfinite(total):
+        raise RuntimeError(f"the total norm of gradients is non-finite ({float(total)}), so it cannot be "
+                           "clipped; set error_if_nonfinite=False to clip anyway")
+    scale_grads(grads, max_norm, total)
+    return total
+
+
+def scale_grads(grads: list[torch.Tensor], max_norm: float, total: torch.Tensor) -> None:
+    """torch's clipping of gradients (plain or sharded) whose global norm is `total`:
+    g ← g · min(1, max_norm / (total + 1e-6)), on each rank's local shard."""
+    local = [_local(g) for g in grads]
+    coefficient = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in local:
+        g.mul_(coefficient.to(g.dtype))
 
 
 def clip_grad_value_(params, clip_value: float, foreach: bool | None = None) -> torch.Tensor:
@@ -85,15 +136,28 @@ def adaptive_clip_grad_(params, clipping: float = 0.01, eps: float = 1e-3) -> to
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps!r}")
     clipped = torch.zeros((), dtype=torch.long)
-    for p in _params(params):
-        if p.grad is None:
-            continue
-        limit = unitwise_norm(p.detach()).clamp(min=eps) * clipping
-        g_norm = unitwise_norm(p.grad)
+    ps = [p for p in _params(params) if p.grad is not None]
+    # A sharded vector (FSDP2 splits its one unit across ranks): its norms over the ranks, in one call.
+    # A sharded matrix's units are its rows (dim 0), which lie whole on one rank: their norms are local.
+    split = [p for p in ps if sharded.is_sharded(p) and p.ndim <= 1]
+    sq = squared_norms([p.detach() for p in split] + [p.grad for p in split])
+    whole = {id(p): (sq[i].sqrt(), sq[i + len(split)].sqrt()) for i, p in enumerate(split)}
+    for p in ps:
+        w, g = _local(p.detach()), _local(p.grad)
+        if id(p) in whole:
+            w_norm, g_norm = (x.to(g.dtype) for x in whole[id(p)])
+        else:
+            w_norm, g_norm = unitwise_norm(w), unitwise_norm(g)
+        limit = w_norm.clamp(min=eps) * clipping
         over = g_norm > limit
         # the 1e-6 only guards the division where the unit is not clipped anyway
-        p.grad.mul_(torch.where(over, limit / g_norm.clamp(min=1e-6), torch.ones_like(g_norm)))
+        g.mul_(torch.where(over, limit / g_norm.clamp(min=1e-6), torch.ones_like(g_norm)))
+        if id(p) in whole and p.device_mesh.get_local_rank() != 0:
+            continue  # a split vector is one unit: counted once, by the first rank
         clipped = clipped + over.sum().to(clipped.device)
+    if _any_sharded(ps):
+        torch.distributed.all_reduce(clipped, group=next(p for p in ps if sharded.is_sharded(p))
+                                     .device_mesh.get_group())
     return clipped
 
 
@@ -207,6 +271,10 @@ class GradNormMonitor:
     def _per_tensor_norms(self, flat: list[torch.Tensor]) -> list[torch.Tensor]:
         """Norm of each gradient, by torch._foreach_norm per (device, dtype) as torch's clipping does,
         in at least fp32 (bf16 norms are coarse). Keeps the bucket order for `_total` (torch's order)."""
+        if _any_sharded(flat):  # whole tensors' norms (one all-reduce), in torch's order
+            per = list(squared_norms(flat).sqrt())
+            self._order, self._per = list(range(len(flat))), per
+            return per
         buckets: dict[tuple, list[int]] = {}
         for i, g in enumerate(flat):
             buckets.setdefault((g.device, g.dtype), []).append(i)
@@ -241,7 +309,12 @@ class GradNormMonitor:
             # torch's own scaling with the total norm torch would compute, so results match clip_grad_norm_
             per = self._per
             total = torch.linalg.vector_norm(torch.stack([per[i].to(per[0].device) for i in self._order]))
-            torch.nn.utils.clip_grads_with_norm_([p for ps in self.groups for p in ps], self.max_norm, total)
+            grads = [p.grad for ps in self.groups for p in ps if p.grad is not None]
+            if _any_sharded(grads):
+                scale_grads(grads, self.max_norm, total.to(_local(grads[0]).dtype))
+            else:
+                torch.nn.utils.clip_grads_with_norm_([p for ps in self.groups for p in ps], self.max_norm,
+                                                     total)
             if norm > self.max_norm:
                 self.clipped.append(step)
         if self.ratio_every and step % self.ratio_every == 0:
@@ -255,6 +328,11 @@ class GradNormMonitor:
         for ps, old in zip(self.groups, self._before):
             if not ps:
                 ratios.append(math.nan)
+                continue
+            if _any_sharded(ps):  # whole tensors' norms: one all-reduce for the changes and the sizes
+                sq = squared_norms([p.detach() - o for p, o in zip(ps, old)] + old)
+                d, s = sq[:len(ps)].sum().sqrt().item(), sq[len(ps):].sum().sqrt().item()
+                ratios.append(d / s if s > 0 else math.nan)
                 continue
             delta = torch.stack([torch.linalg.vector_norm(p.detach() - o).double() for p, o in zip(ps, old)])
             size = torch.stack([torch.linalg.vector_norm(o).double() for o in old])

@@ -65,6 +65,10 @@ def register(verbs) -> None:
     p.add_argument("--zero", type=int, default=0, help="ZeRO stage 0–3 (default 0: nothing sharded)")
     p.add_argument("--ranks", type=int, default=1,
                    help="data-parallel ranks the ZeRO stage shards over (default 1)")
+    p.add_argument("--fsdp2", action="store_true",
+                   help="shard as torch's fully_shard: every tensor split on dim 0 over --ranks (ZeRO-3)")
+    p.add_argument("--offload", action="store_true",
+                   help="optimizer state and master weights in host memory (off the device)")
     p.add_argument("--batch", type=int, help="micro-batch per rank, for activations (with --seq)")
     p.add_argument("--seq", type=int, help="sequence length, for activations (with --batch)")
     p.add_argument("--recompute", default="none", choices=("none", "selective", "full"),
@@ -81,7 +85,7 @@ def run(args) -> int:
 
     model, build = _model(args)
     result = plan(model, args.optimizer, args.precision, zero=args.zero, ranks=args.ranks, batch=args.batch,
-                  seq=args.seq, recompute=args.recompute)
+                  seq=args.seq, recompute=args.recompute, fsdp2=args.fsdp2, offload=args.offload)
     check = _check(build(), args, result) if args.check else None
     if args.json:
         print(json.dumps({**result.as_dict(), **({"check": check} if check else {})}, indent=2))

@@ -60,25 +60,53 @@ class Step:
     sizes: dict[str, np.ndarray]  # numel, nrows, ncols -> one number per tensor
 
 
-def run(graph: Graph, h, arrays: dict[str, list[torch.Tensor]], shapes: list[tuple[int, int]] | None) -> None:
+def run(graph: Graph, h, arrays: dict[str, list[torch.Tensor]], shapes: list[tuple[int, int]] | None,
+        across=None) -> None:
     """Apply one step of `graph` to `arrays` (name -> tensors) in place; `shapes`: each tensor's (n, m)
-    matrix view where the graph has row or column values."""
+    matrix view where the graph has row or column values. `across` (engine/sharded.py): the arrays are
+    local shards; sizes are the whole tensors' and sums over elements are summed over the ranks."""
     params = arrays["θ"]
     compute = torch.float32 if params[0].dtype in (torch.bfloat16, torch.float16) else params[0].dtype
     device = params[0].device
     numel = np.array([p.numel() for p in params], dtype=np.float64)
     rows, cols = (np.array(s, dtype=np.float64) for s in zip(*shapes)) if shapes else (numel, numel)
+    sizes = {"numel": numel, "nrows": rows, "ncols": cols}
+    if across is not None:
+        sizes = {k: np.array(v, dtype=np.float64) for k, v in across.sizes.items()}
     step = Step(h=h, compute=compute, device=device,
-                per_tensor=compute if device.type == "mps" else torch.float64,
-                sizes={"numel": numel, "nrows": rows, "ncols": cols})
+                per_tensor=compute if device.type == "mps" else torch.float64, sizes=sizes)
     walk = Walk(graph)
+    ready: dict[int, object] = {}  # reductions already made (and summed over the ranks) with their level
     for i, n in enumerate(graph.nodes):
         if n.op == "input":
-            walk.set(n, _input(graph, n.name, arrays[n.name], step, shapes))
+            value = _input(graph, n.name, arrays[n.name], step, shapes)
+        elif id(n) in ready:
+            value = ready.pop(id(n))
+        elif across is not None and n.op in REDUCTIONS:
+            ready.update(_reduce_level(graph, i, walk, step, across, ready))
+            value = ready.pop(id(n))
         else:
-            walk.set(n, _evaluate(n, i, walk, step))
+            value = _evaluate(n, i, walk, step)
+        walk.set(n, value)
         walk.release(n, i)
     _store_all(graph, arrays, walk, shapes)
+
+
+def _reduce_level(graph: Graph, i: int, walk: Walk, step: Step, across, ready: dict) -> dict[int, object]:
+    """Node i, a reduction, and every later one whose operands are already computed: their local
+    values, with the partial sums among them summed over the ranks in one call."""
+    level = [n for n in graph.nodes[i:] if n.op in REDUCTIONS and id(n) not in ready
+             and all(id(a) in walk.value for a in n.args)]
+    local = {id(n): _reduce(n, walk.value[id(n.args[0])], step) for n in level}
+    partial = [n for n in level if across.partial(n.op, n.args[0].kind)]
+    parts = [[local[id(n)]] if isinstance(local[id(n)], torch.Tensor) else local[id(n)].xs for n in partial]
+    for n, summed in zip(partial, across.all_reduce(parts)):
+        v = local[id(n)]
+        if isinstance(v, torch.Tensor):
+            local[id(n)] = across.keep_replicated(v, summed[0])
+        else:
+            local[id(n)] = Values(across.keep_replicated(v.xs, summed), v.scale, owned=True)
+    return local
 
 
 class Walk:

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from . import boundary, interop, paths
+from . import boundary, interop, paths, sharded
 from .graph import ELEMENT, SCALAR
 from .rule import Rule
 
@@ -148,6 +148,8 @@ class RuleOptimizer(torch.optim.Optimizer):
                  if self.sparse_gradients is None or not p.grad.is_sparse]
         boundary.admit(h, kept, [p for p, _ in dense], [state for _, state in dense],
                        lambda i: self._describe(dense[i][0]))
+        if self._creates_state_only(group, params, prepared):
+            return
         for p, state in zip(params, prepared):
             key = (float(state["step"]), *(float(state[k]) for k in carried))
             buckets.setdefault(key, []).append((p, state))
@@ -167,6 +169,15 @@ class RuleOptimizer(torch.optim.Optimizer):
                 state["step"] = float(t)  # a Python number: counting 200 tensors' steps costs nothing
                 for key in carried:
                     state[key] = scalars[key]
+
+    @staticmethod
+    def _creates_state_only(group: dict, params: list, prepared: list) -> bool:
+        """torch's distributed checkpoint makes an optimizer's state by a step with zero gradients and lr 0
+        (`_init_optim_state`): that step creates the state and changes nothing else, not even the step
+        count (training after a step-0 checkpoint would begin at t = 2). Only a first step can be one."""
+        if float(group.get("lr", 1.0)) != 0 or any(state["step"] != 0 for state in prepared):
+            return False
+        return not sharded.any_nonzero([p.grad for p in params if not p.grad.is_sparse])
 
     def _step_dense(self, h: SimpleNamespace, kept: dict, members: list) -> None:
         """Parameters with dense gradients, on the chosen path; complex ones as real views."""
@@ -200,8 +211,13 @@ class RuleOptimizer(torch.optim.Optimizer):
             self._check_parameter(p)
             state["step"] = 0.0  # a Python float: see interop.py (a checkpoint keeps it as a tensor)
             state.update(self.rule.scalar_state)
+        whole = None  # a sharded parameter's whole value, gathered once to make its states
         for s in kept.values():
             if s.key not in state and self.rule.keeps(s, p, h):  # also one a flag switched on mid-run
+                if sharded.is_sharded(p):
+                    whole = p.detach().full_tensor() if whole is None else whole
+                    state[s.key] = sharded.create_state(s, p, h, whole)
+                    continue
                 # On the real view for a complex parameter: torch's Adagrad starts it at v + vi.
                 made = s.create(_as_real(p.detach()), h)
                 state[s.key] = torch.view_as_complex(made) if p.is_complex() else made

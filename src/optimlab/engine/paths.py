@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import torch
 
-from . import cgen, foreach, matrix, native, tritongen
+from . import cgen, foreach, matrix, native, sharded, tritongen
 from .caches import BoundedCache
 from .graph import Graph, static_key, trace
 from .rule import Rule
@@ -115,33 +115,16 @@ PLAIN = (torch.Tensor, torch.nn.Parameter, torch.nn.Buffer)
 
 
 def _run_subclass(path: str, rule: Rule, h, params, grads, states) -> None:
-    """Tensor subclasses: never a raw pointer. A DTensor's elementwise update is its shards' update."""
-    local = _local_view(rule, h, params, grads, states)
-    if local is not None:
-        return run(path, rule, h, *local)
+    """Tensor subclasses: never a raw pointer. DTensors (FSDP2) by engine/sharded.py; any other subclass
+    takes the rule as written, whose torch ops the subclass implements."""
+    if sharded.is_sharded(params[0]):
+        return sharded.run(path, rule, h, params, grads, states)
     try:
         run_tensor(rule, h, params, grads, states)
     except (RuntimeError, NotImplementedError) as err:
         kind = type(params[0]).__name__
         raise RuntimeError(f"{rule.name} cannot step {kind} parameters: an op of its rule is not supported "
                            f"for {kind} ({str(err).splitlines()[0]})") from err
-
-
-def _local_view(rule: Rule, h, params, grads, states):
-    """Local shards of DTensors with one placement, for a rule with no reductions; else None."""
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # a torch built without distributed support
-        return None
-    tensors = [*params, *grads, *(x for xs in states.values() for x in xs)]
-    if not rule.traceable or not all(type(x) is DTensor for x in tensors):
-        return None
-    if any(x.placements != params[i % len(params)].placements for i, x in enumerate(tensors)):
-        return None
-    if graph_of(rule, h).reductions:  # a norm of a shard is not the norm of the tensor
-        return None
-    return ([p.to_local() for p in params], [g.to_local() for g in grads],
-            {k: [x.to_local() for x in xs] for k, xs in states.items()})
 
 
 def one_matrix(rule: Rule, h: SimpleNamespace, p: torch.Tensor, has: tuple) -> bool:

@@ -28,8 +28,9 @@ class Plan:
     trainable_count: int
     tensors: int
     whole: dict[str, int]  # component -> bytes for the whole model, unsharded
-    per_rank: dict[str, int]  # component -> bytes on each rank (the same as `whole` on one rank)
+    per_rank: dict[str, int]  # component -> bytes on each rank's device (the same as `whole` on one rank)
     notes: tuple[str, ...] = ()
+    host: dict[str, int] = dataclasses.field(default_factory=dict)  # offloaded: component -> host bytes/rank
 
     @property
     def total_bytes(self) -> int:
@@ -51,6 +52,7 @@ class Plan:
                 "parameter_count": self.parameter_count, "trainable_count": self.trainable_count,
                 "tensors": self.tensors, "per_rank": self.ranks > 1,
                 **{f"{c}_bytes": self.per_rank[c] for c in COMPONENTS}, "total_bytes": self.total_bytes,
+                "host_bytes": dict(self.host),
                 "whole_model": {**{f"{c}_bytes": self.whole[c] for c in COMPONENTS},
                                 "total_bytes": self.whole_bytes},
                 "bytes_per_parameter": {c: self.whole[c] / self.parameter_count for c in COMPONENTS},
@@ -63,7 +65,8 @@ class Plan:
 
 
 def plan(model, optimizer: str = "adamw", precision: str = "bf16-mixed", *, zero: int = 0, ranks: int = 1,
-         batch: int | None = None, seq: int | None = None, recompute: str = "none") -> Plan:
+         batch: int | None = None, seq: int | None = None, recompute: str = "none", fsdp2: bool = False,
+         offload: bool = False) -> Plan:
     """Bytes of parameters, gradients, optimizer state, master weights (and activations) in training.
 
     model: a parameter count (13e9), a torch module (its trainable parameters get gradients and state;
@@ -74,11 +77,21 @@ def plan(model, optimizer: str = "adamw", precision: str = "bf16-mixed", *, zero
     precision: 'fp32', 'bf16-mixed', 'fp16-mixed' or 'bf16' (see precision.PRECISIONS).
     zero, ranks: ZeRO stage 0–3 and data-parallel ranks; per-rank bytes split the sharded components.
     batch, seq, recompute: with a Transformer, add activations for one micro-batch per rank.
+    fsdp2: shard as torch's `fully_shard` does (ZeRO-3 tensor by tensor): each tensor split on dim 0,
+        unevenly where it does not divide (the first rank, whose figures these are, holds ⌈rows/ranks⌉);
+        optimlab's states follow their parameter's rows, per-column statistics are replicated.
+    offload: optimizer state (and master weights) live in host memory, stepped there (the fourth remedy
+        after sharding, factored state and 8-bit state): they leave the device's figures for `host`.
     """
     import optimlab
 
     spec, hyper = optimlab.resolve(optimizer)
     recipe = precision_named(precision)
+    if fsdp2:
+        if not isinstance(ranks, int) or ranks < 2 or zero not in (0, 3):
+            raise ValueError(f"fsdp2 shards everything (ZeRO-3) over 2 or more ranks; got ranks={ranks!r}, "
+                             f"zero={zero!r}")
+        zero = 3
     if zero not in (0, 1, 2, 3):
         raise ValueError(f"ZeRO stage must be 0, 1, 2 or 3, got {zero!r}")
     if not isinstance(ranks, int) or ranks < 1:
@@ -101,7 +114,16 @@ def plan(model, optimizer: str = "adamw", precision: str = "bf16-mixed", *, zero
         "master_weights": trainable_count * recipe.master.itemsize if recipe.master else 0,
         "activations": _activations(model, batch, seq, recompute, recipe.activation),
     }
-    per_rank = {c: -(-b // ranks) if zero >= SHARDED_FROM.get(c, 4) else b for c, b in whole.items()}
+    if fsdp2:
+        per_rank = _fsdp2_per_rank(spec, hyper, recipe, shapes, ranks, whole["activations"])
+    else:
+        per_rank = {c: -(-b // ranks) if zero >= SHARDED_FROM.get(c, 4) else b for c, b in whole.items()}
+    host = {}
+    if offload:
+        host = {c: per_rank.pop(c) for c in OFFLOADED}
+        per_rank.update({c: 0 for c in OFFLOADED})
+        notes.append("offload: optimizer state and master weights in host memory (and the update run there); "
+                     "each step moves the gradients to the host and the new weights back")
     if "factored" in spec.capabilities and not isinstance(model, (torch.nn.Module, Transformer, list, tuple)):
         notes.append(f"{spec.name} factors matrices, but a bare count has no shapes: its state is counted "
                      "as for one flat vector (an upper bound); give a model or a transformer shape")
@@ -114,7 +136,34 @@ def plan(model, optimizer: str = "adamw", precision: str = "bf16-mixed", *, zero
                      "kept by each rank (Korthikanti et al. 2022; embedding and logit activations not "
                      "counted)")
     return Plan(optimizer, recipe.name, zero, ranks, count, trainable_count, len(shapes), whole, per_rank,
-                tuple(notes))
+                tuple(notes), host)
+
+
+OFFLOADED = ("optimizer_state", "master_weights")
+
+
+def rows_split(shape: tuple, ranks: int) -> int:
+    """Elements of a tensor that the first rank holds when it is split on dim 0 over `ranks` (torch.chunk)."""
+    if not shape:
+        return 1
+    return -(-shape[0] // ranks) * math.prod(shape[1:])
+
+
+def _fsdp2_per_rank(spec, hyper, recipe, shapes, ranks: int, activations: int) -> dict[str, int]:
+    """Per-rank bytes under FSDP2, tensor by tensor (see `plan`)."""
+    trainable = [s for s, grad in shapes if grad]
+    per_key = {s.key: s.per for s in spec.rule.state.values()}
+    state = 0
+    for shape in trainable:
+        for key, (state_shape, dtype) in spec.state_tensors(shape, recipe.state, **hyper).items():
+            split = per_key.get(key) != "col" and len(state_shape) > 0
+            state += (rows_split(state_shape, ranks) if split else math.prod(state_shape)) * dtype.itemsize
+    return {"parameters": sum(rows_split(s, ranks) for s, _ in shapes) * recipe.params.itemsize,
+            "gradients": sum(rows_split(s, ranks) for s in trainable) * recipe.grads.itemsize,
+            "optimizer_state": state,
+            "master_weights": sum(rows_split(s, ranks) for s in trainable) * recipe.master.itemsize
+            if recipe.master else 0,
+            "activations": activations}
 
 
 def parameter_shapes(model) -> tuple[list[tuple[tuple[int, ...], bool]], list[str]]:

@@ -27,7 +27,7 @@ def table(plan) -> str:
     def cells(n):
         return f"{_amount(n, DECIMAL):>11} {_amount(n, BINARY):>12}"
 
-    sharded = plan.zero > 0
+    sharded = plan.zero > 0 or bool(plan.host)
     head = f"{'':<16} {'B/param':>8}  {'whole model':^24}"
     if sharded:
         head += f"  {f'per rank (ZeRO-{plan.zero}, {plan.ranks} ranks)':^24}"
@@ -39,6 +39,8 @@ def table(plan) -> str:
         if sharded:
             split = plan.zero >= SHARDED_FROM.get(c, 4) and plan.ranks > 1
             row += f"  {cells(plan.per_rank[c])}" + ("  sharded" if split else "")
+        if c in plan.host:
+            row += f"  on the host: {cells(plan.host[c])}"
         lines.append(row)
     total = f"{'total':<16} {plan.whole_bytes / plan.parameter_count:>8.2f}  {cells(plan.whole_bytes)}"
     lines.append(total + (f"  {cells(plan.total_bytes)}" if sharded else ""))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..engine import sharded
 from ..engine.optimizer import RuleOptimizer, hyperparameters
 from ..engine.rule import rule
 from . import _checks
@@ -109,6 +110,11 @@ class Sophia(RuleOptimizer):
                              f"{sorted(estimators)}")
         (estimator,) = estimators
         params = [p for _, ps in due for p in ps]
+        if any(sharded.is_sharded(p) for p in params):  # FSDP2 computes with gathered copies, not these
+            raise NotImplementedError(
+                "Sophia.update_hessian cannot estimate the Hessian of FSDP2-sharded parameters: the loss "
+                "reaches them only through FSDP2's gathered copies, which autograd.grad does not see; "
+                "step() works under FSDP2, with the estimate kept in optimizer.state[p]['hessian']")
         with torch.enable_grad():
             output = closure()
             estimates = ESTIMATORS[estimator](output, params, generator)
