@@ -19,9 +19,10 @@ from optimlab.engine.rule import rule
 pytest.importorskip("triton", reason="the test extra installs triton")  # a core install has no triton
 
 SHAPES = [(1,), (3, 5), (2 * tritongen.BLOCK + 7,), (2, 3, 2, 2)]
-# Rules with row and column statistics (Adafactor) take the foreach path on the GPU for now.
-TRACEABLE = [n for n in optimlab.available()
-             if optimlab.spec(n).rule.traceable and not optimlab.spec(n).rule.matrix]
+TRACEABLE = [n for n in optimlab.available() if optimlab.spec(n).rule.traceable]
+# Adafactor's matrix views: one element, a single row or column, several tiles each way with partial
+# ones (tritongen.BR × BC tiles), a conv weight (factored flattened), and vectors (its unfactored V).
+MATRICES = [(1, 1), (1, 7), (9, 1), (2 * tritongen.BR + 1, tritongen.BC + 6), (2, 3, 2, 2), (5,), (1,)]
 
 
 def run(name: str, path: str, dtype=torch.float32, steps: int = 6, **hyper):
@@ -102,6 +103,20 @@ def test_the_triton_path_says_where_it_runs(monkeypatch):
         ByRow([torch.zeros(2, requires_grad=True)], path="triton")
 
 
-def test_row_and_column_rules_say_the_triton_path_is_not_theirs_yet():
-    with pytest.raises(ValueError, match="row and column statistics, which the Triton backend does not"):
-        run("adafactor", "triton", steps=1)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("view", ["flatten", "last_two"])
+def test_row_and_column_statistics_equal_the_rule_as_written(dtype, view):
+    """Adafactor's row and column means, their reductions and the rank-one 1/√V̂ on tiles of the matrix
+    view; with `last_two` a 4-D weight is a batch of matrices, which runs the rule as written."""
+    def run_adafactor(path):
+        make = lambda ps: optimlab.Adafactor(ps, path=path, matrix_view=view, weight_decay=0.1)  # noqa: E731
+        return train(make, steps=5, dtype=dtype, shapes=MATRICES)
+
+    (reference, ref_opt), (params, opt) = run_adafactor("tensor"), run_adafactor("triton")
+    for p, q in zip(params, reference):
+        torch.testing.assert_close(p.double(), q.double(), rtol=ULPS[dtype], atol=ULPS[dtype])
+        assert opt.state[p].keys() == ref_opt.state[q].keys()
+        for key, value in opt.state[p].items():
+            if isinstance(value, torch.Tensor):
+                torch.testing.assert_close(value.double(), ref_opt.state[q][key].double(), rtol=ULPS[dtype],
+                                           atol=ULPS[dtype], msg=key)

@@ -94,11 +94,6 @@ def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[s
         chosen = choose(path, rule, device, dense)
         if not dense and rule.matrix and any(rule.state[sym].per != "element" for sym in has):
             chosen = "tensor"  # row and column values on the fast paths: one dense matrix per tensor
-        if chosen == "triton" and rule.matrix:
-            if path == "triton":
-                raise ValueError(f"{rule.name} keeps row and column statistics, which the Triton backend "
-                                 "does not generate yet: use path='foreach' (or 'auto') on the GPU")
-            chosen = "foreach"
         if chosen == "fused":
             try:
                 run_fused(rule, h, *pick)
@@ -236,13 +231,17 @@ def run_fused(rule: Rule, h, params, grads, states) -> None:
 
 
 def run_triton(rule: Rule, h, params, grads, states) -> None:
-    static, kept, dtype = static_key(h), tuple(states), params[0].dtype
+    static, kept = static_key(h), tuple(states)
+    graph = graph_of(rule, h, static, kept)
+    arrays = {"θ": params, "g": [g.contiguous() for g in grads], **states}
+    storage = {name: arrays[name][0].dtype for name in graph.arrays}
 
     def build():
         flags = ", ".join(f"{k}={v}" for k, v in static if isinstance(v, bool))
         folder = native.usable_cache_dir(native.cache_dir())
-        return tritongen.Kernel(graph_of(rule, h, static, kept), dtype, f"{rule.name}({flags})", folder)
+        return tritongen.Kernel(graph, storage, f"{rule.name}({flags})", folder)
 
-    kernel = _kernels.get(("triton", _rule_key(rule), static, dtype, kept, tritongen.interpreted()), build)
-    arrays = {"θ": params, "g": [g.contiguous() for g in grads], **states}
-    kernel([arrays[name] for name in kernel.graph.arrays], h)
+    kernel = _kernels.get(("triton", _rule_key(rule), static, tuple(storage.items()), kept,
+                           tritongen.interpreted()), build)
+    shapes = matrix_shapes(rule, h, params) if graph.matrix else None
+    kernel([arrays[name] for name in graph.arrays], h, shapes)
