@@ -8,6 +8,8 @@ exercised.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -120,3 +122,88 @@ def test_row_and_column_statistics_equal_the_rule_as_written(dtype, view):
             if isinstance(value, torch.Tensor):
                 torch.testing.assert_close(value.double(), ref_opt.state[q][key].double(), rtol=ULPS[dtype],
                                            atol=ULPS[dtype], msg=key)
+
+
+# --- capturable=True: step counts on the device, GradScaler read by the kernels ----------------------
+
+# Rules whose per-step scalars branch on the step count (a `min`, an `if t == 1`) or carry scalar state
+# from step to step: capturable=True refuses them with a clear error (they step on the host's count).
+HOST_COUNTED = {"adafactor", "adopt", "nadam", "radam", "schedulefree_adamw", "schedulefree_sgd", "sgd"}
+
+
+@pytest.mark.parametrize("name", TRACEABLE)
+def test_capturable_counts_on_the_device_and_equals_the_host_count(name):
+    if name in HOST_COUNTED:
+        with pytest.raises(ValueError, match=f"capturable=True: the per-step scalars of {name} cannot be "
+                                             "computed on the device"):
+            run(name, "triton", capturable=True)
+        return
+    decay = {"weight_decay": 0.1} if "weight_decay" in optimlab.spec(name).defaults else {}
+    reference, _ = run(name, "tensor", **decay)
+    params, opt = run(name, "triton", capturable=True, **decay)
+    for p, q in zip(params, reference):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)
+        step = opt.state[p]["step"]
+        assert isinstance(step, torch.Tensor) and step.device == p.device and float(step) == 6
+
+
+def scaled_steps(make, steps=5, inf_at=2):
+    """A GradScaler run on CPU tensors, overflowing at step `inf_at`: params, grads, optimizer, scaler."""
+    params = [torch.randn(s, generator=torch.Generator().manual_seed(i)).requires_grad_()
+              for i, s in enumerate(SHAPES)]
+    opt = make(params)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    for i in range(steps):
+        loss = sum(((p - 1) ** 2 * (1 + k)).sum() for k, p in enumerate(params))
+        opt.zero_grad()
+        scaler.scale(loss * (float("inf") if i == inf_at else 1.0)).backward()
+        scaler.step(opt)
+        scaler.update()
+    return params, [p.grad.clone() for p in params], opt, scaler
+
+
+def test_grad_scaler_scale_and_found_inf_are_read_by_the_kernel():
+    """GradScaler hands a capturable optimizer its scale and found_inf (as to torch's fused ones) instead of
+    unscaling on the host: the kernels divide by the scale and skip the overflowing step, whose count is
+    taken back on the device; the result is the host-counted tensor path's under the same scaler."""
+    reference, ref_grads, ref_opt, ref_scaler = scaled_steps(lambda ps: optimlab.AdamW(ps, path="tensor"))
+    params, grads, opt, scaler = scaled_steps(lambda ps: optimlab.AdamW(ps, capturable=True))
+    assert opt._step_supports_amp_scaling and not ref_opt._step_supports_amp_scaling
+    for p, q, g, h in zip(params, reference, grads, ref_grads):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(g, h * scaler.get_scale(), rtol=1e-6, atol=0)  # never unscaled on the host
+        assert float(opt.state[p]["step"]) == ref_opt.state[q]["step"] == 4  # the overflow is not counted
+    assert scaler.get_scale() == ref_scaler.get_scale()
+
+
+@pytest.mark.parametrize("name", ["adamw", "lamb"])
+def test_a_found_inf_changes_nothing(name):
+    params = [torch.randn(s).requires_grad_() for s in SHAPES]
+    opt = optimlab.create(name, params, capturable=True)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    before = [p.detach().clone() for p in params], [{k: v.clone() for k, v in opt.state[p].items()}
+                                                    for p in params]
+    for p in params:
+        p.grad = torch.full_like(p, float("nan"))
+    opt.grad_scale, opt.found_inf = torch.tensor(8.0), torch.tensor(1.0)  # what GradScaler.step sets
+    opt.step()
+    for p, old, state in zip(params, *before):
+        assert torch.equal(p, old)
+        assert all(torch.equal(opt.state[p][k], v) for k, v in state.items())
+
+
+def test_a_capturable_checkpoint_resumes_identically():
+    params, opt = run("adamw", "triton", steps=3, capturable=True)
+    saved = copy.deepcopy(opt.state_dict())
+    again = [p.detach().clone().requires_grad_() for p in params]
+    resumed = optimlab.AdamW(again, capturable=True)
+    resumed.load_state_dict(saved)
+    for p, q in zip(params, again):
+        p.grad = q.grad = torch.randn_like(p)
+    opt.step()
+    resumed.step()
+    assert all(torch.equal(p, q) for p, q in zip(params, again))
+    assert all(isinstance(resumed.state[q]["step"], torch.Tensor) and float(resumed.state[q]["step"]) == 4
+               for q in again)

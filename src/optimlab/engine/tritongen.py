@@ -32,12 +32,14 @@ import dataclasses
 import hashlib
 import importlib.util
 import os
+from types import SimpleNamespace
 
 import torch
 
 from . import cgen
 from .caches import BoundedCache
-from .graph import COL, ELEMENT, PER_TENSOR, REDUCTIONS, ROW, SCALAR, Graph, Sym, scalar_value
+from .graph import COL, ELEMENT, PER_TENSOR, REDUCTIONS, ROW, SCALAR, Graph, Sym, TraceError, scalar_value
+from .rule import Rule
 
 BLOCK = 1024  # elements per program of an elementwise pass: one chunk
 BR, BC = 16, 64  # a tile of a matrix pass: rows × columns (a column tile spans 64 contiguous elements)
@@ -417,6 +419,46 @@ def _line_loop(em: Emitter, n: Sym, row_sums: list, col_sums: list) -> list[str]
               f"        tl.store({_line_base(em, n)} + lo + b, {em.ref(n)}, mask=m)",
               "    tl.debug_barrier()  # the next loop may read what another thread of the program wrote"]
     return lines
+
+
+# --- the step count on the device (capturable=True) ---------------------------------------------------
+
+
+class _Count(Sym):
+    """The step count while a rule's per-step scalars are traced: comparing it is branching on it."""
+
+    __slots__ = ()
+    __hash__ = Sym.__hash__
+
+    def __eq__(self, other):
+        raise TraceError("the per-step scalars compare the step count (a branch on a dynamic value)")
+
+    __ne__ = __eq__
+
+
+_counting = BoundedCache(64)
+
+
+def counting_on_device(rule: Rule) -> Rule:
+    """The rule with its per-step scalars traced too, from a dynamic `h.step`: the kernels compute them
+    from each tensor's step count on the device. A TraceError says where a rule's scalars cannot be
+    traced (a `min` or an `if` on the step count)."""
+    def make():
+        if rule.scalar_state:
+            raise TraceError(f"it carries scalar state from step to step ({', '.join(rule.scalar_state)})")
+
+        def update(h, θ, g, *states):
+            t = h.step
+            t.__class__ = _Count  # only while the rule's scalars are computed from it
+            try:
+                scalars = rule.step_scalars(h, t, {})
+            finally:
+                t.__class__ = Sym
+            return rule.update(SimpleNamespace(**{**vars(h), **scalars}), θ, g, *states)
+
+        return dataclasses.replace(rule, update=update, scalars=None)
+
+    return _counting.get((rule.update, rule.update.__code__), make)
 
 
 # --- launching ---------------------------------------------------------------------------------------
