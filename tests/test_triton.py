@@ -9,6 +9,7 @@ exercised.
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -207,3 +208,45 @@ def test_a_capturable_checkpoint_resumes_identically():
     assert all(torch.equal(p, q) for p, q in zip(params, again))
     assert all(isinstance(resumed.state[q]["step"], torch.Tensor) and float(resumed.state[q]["step"]) == 4
                for q in again)
+
+
+# --- mixed dtypes: bf16/fp16 parameters with fp32 state, fp32 math -----------------------------------
+
+
+@pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["adamw", "lamb", "lion", "adafactor"])
+def test_low_precision_parameters_with_fp32_state(name, low):
+    """What torch's fused kernels take: bf16/fp16 θ and g, fp32 state; math in fp32, θ rounded once. The
+    engine is called directly (the optimizers make state in the parameter's dtype): the kernels against the
+    rule as written with the same dtypes, beside a group whose state is in the parameter's own dtype."""
+    spec = optimlab.spec(name)
+    opt = spec.cls([torch.zeros(2, requires_grad=True)], **({"weight_decay": 0.1} if name != "lion" else {}))
+    h = opt.hyper(opt.param_groups[0])
+    kept = opt.rule.kept(h)
+    shapes = MATRICES if name == "adafactor" else SHAPES
+
+    def make(seed):
+        g = torch.Generator().manual_seed(seed)
+        params = [torch.randn(s, generator=g).to(low) for s in shapes]
+        states = {sym: [s.create(p.float(), h) if opt.rule.keeps(s, p, h) else None for p in params]
+                  for sym, s in kept.items()}
+        states = {sym: [x if x is None or i % 3 else x.to(low) for i, x in enumerate(xs)]  # some in low
+                  for sym, xs in states.items()}
+        return params, states
+
+    (ref, ref_states), (params, states) = make(0), make(0)
+    for step in range(1, 5):
+        hs = SimpleNamespace(**vars(h), **opt.rule.step_scalars(h, step, {}))
+        grads = [torch.randn(p.shape, generator=torch.Generator().manual_seed(step)).to(low) for p in params]
+        live = {sym: xs for sym, xs in states.items() if any(x is not None for x in xs)}
+        paths.run("tensor", opt.rule, hs, ref, grads, {k: ref_states[k] for k in live})
+        paths.run("triton", opt.rule, hs, params, grads, live)
+    assert any(x.dtype == torch.float32 for xs in states.values() for x in xs if x is not None)
+    for p, q in zip(params, ref):
+        assert p.dtype == low
+        torch.testing.assert_close(p.float(), q.float(), rtol=2**-7, atol=2**-7)
+    for sym, xs in states.items():
+        for x, y in zip(xs, ref_states[sym]):
+            if x is not None:
+                assert x.dtype == y.dtype
+                torch.testing.assert_close(x.float(), y.float(), rtol=1e-5, atol=1e-6)

@@ -253,15 +253,15 @@ def run_triton(rule: Rule, h, params, grads, states, steps=None, amp=None) -> No
             raise
         raise ValueError(f"capturable=True: the per-step scalars of {owner} cannot be computed on the "
                          f"device ({err}); use capturable=False") from err
+    title = f"{rule.name}({', '.join(f'{k}={v}' for k, v in static if isinstance(v, bool))})"
+
+    def kernel_of(dtypes: tuple) -> tritongen.Kernel:  # per storage dtypes: bf16 θ may keep fp32 state
+        def build():
+            folder = native.usable_cache_dir(native.cache_dir())
+            return tritongen.Kernel(graph, dict(zip(graph.arrays, dtypes)), title, folder, steps is not None)
+
+        return _kernels.get(("triton", _rule_key(rule), static, dtypes, kept, tritongen.interpreted()), build)
+
     arrays = {"θ": params, "g": [g.contiguous() for g in grads], **states}
-    storage = {name: arrays[name][0].dtype for name in graph.arrays}
-
-    def build():
-        flags = ", ".join(f"{k}={v}" for k, v in static if isinstance(v, bool))
-        folder = native.usable_cache_dir(native.cache_dir())
-        return tritongen.Kernel(graph, storage, f"{rule.name}({flags})", folder, steps is not None)
-
-    kernel = _kernels.get(("triton", _rule_key(rule), static, tuple(storage.items()), kept,
-                           tritongen.interpreted()), build)
     shapes = matrix_shapes(rule, h, params) if graph.matrix else None
-    kernel([arrays[name] for name in graph.arrays], h, shapes, steps, amp)
+    tritongen.launch(kernel_of, [arrays[name] for name in graph.arrays], h, shapes, steps, amp)

@@ -464,6 +464,20 @@ def counting_on_device(rule: Rule) -> Rule:
 # --- launching ---------------------------------------------------------------------------------------
 
 
+def launch(kernel_of, arrays: list[list[torch.Tensor]], h, shapes=None, steps=None, amp=None) -> None:
+    """One step: the tensors of each combination of storage dtypes (bf16 parameters with fp32 state, as
+    torch's fused kernels take them, beside all-bf16 ones) through `kernel_of(dtypes)`, in one launch
+    per pass. See Kernel.__call__ for the arguments."""
+    groups: dict[tuple, list[int]] = {}
+    for i in range(len(arrays[0])):
+        groups.setdefault(tuple(xs[i].dtype for xs in arrays), []).append(i)
+    for dtypes, idx in groups.items():
+        def pick(xs, idx=idx):
+            return xs if xs is None or len(groups) == 1 else [xs[i] for i in idx]
+
+        kernel_of(dtypes)([pick(xs) for xs in arrays], h, pick(shapes), pick(steps), amp)
+
+
 class Kernel:
     """The Triton kernels of one traced rule and storage dtypes, and how to launch them on a call."""
 
@@ -551,8 +565,14 @@ _tables = BoundedCache(256)
 
 def _device_table(values: list, device: torch.device, dtype=torch.int64) -> torch.Tensor:
     """A small table on the device, made once per content: a step under a CUDA graph replays the one made
-    while warming up, and steps with the same tensors and numbers copy nothing to the device."""
-    make = lambda: torch.tensor(values, dtype=dtype).to(device)  # noqa: E731
+    while warming up, and steps with the same tensors and numbers copy nothing to the device. A new one
+    (a new lr) is copied from pinned memory without waiting: no host synchronisation."""
+    def make():
+        table = torch.tensor(values, dtype=dtype)
+        if device.type != "cuda":
+            return table.to(device)
+        return table.pin_memory().to(device, non_blocking=True)
+
     return _tables.get((tuple(values), str(device), dtype), make)
 
 
