@@ -4,6 +4,11 @@ The kernels are the ones a GPU runs, generated from the same traced graph as the
 interpreter executes them with numpy, so CI checks every traceable optimizer without a GPU. Shapes are
 small and odd (1 element, a partial last chunk, several chunks) so the masks and the chunk table are
 exercised.
+
+CUDA mode: with TRITON_INTERPRET=0 (benchmarks/gpu_check.sh) the same tests compile the kernels and run
+them on CUDA tensors, against the rule as written on the same CUDA tensors; they are skipped only where
+there is no CUDA device. Gradients are computed on the CPU (the shared test loss is a CPU function) and
+copied to the GPU; Sophia's curvature refresh, a CPU closure, is left out there on both sides.
 """
 
 from __future__ import annotations
@@ -14,12 +19,32 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import cases
 import optimlab
-from cases import TEST_VALUES, train
+from cases import TEST_VALUES, backward, make_params
 from optimlab.engine import cgen, graph, paths, tritongen
 from optimlab.engine.rule import rule
 
 pytest.importorskip("triton", reason="the test extra installs triton")  # a core install has no triton
+
+DEVICE = torch.device("cpu" if tritongen.interpreted() else "cuda")
+pytestmark = pytest.mark.skipif(DEVICE.type == "cuda" and not torch.cuda.is_available(),
+                                reason="TRITON_INTERPRET=0 compiles the kernels for a CUDA device: none here")
+
+
+def train(make, steps: int, dtype: torch.dtype, shapes: list):
+    """cases.train, on DEVICE."""
+    if DEVICE.type == "cpu":
+        return cases.train(make, steps=steps, dtype=dtype, shapes=shapes)
+    params = [p.detach().to(DEVICE).requires_grad_() for p in make_params(dtype, 0, shapes)]
+    opt = make(params)
+    for step in range(steps):
+        host = [p.detach().cpu().requires_grad_() for p in params]
+        backward(host, step)
+        for p, h in zip(params, host):
+            p.grad = h.grad.to(DEVICE)
+        opt.step()
+    return params, opt
 
 SHAPES = [(1,), (3, 5), (2 * tritongen.BLOCK + 7,), (2, 3, 2, 2)]
 TRACEABLE = [n for n in optimlab.available() if optimlab.spec(n).rule.traceable]
@@ -69,7 +94,7 @@ def test_reductions_are_deterministic_and_a_changing_lr_builds_nothing():
     first, _ = run("lamb", "triton", weight_decay=0.1)
     again, _ = run("lamb", "triton", weight_decay=0.1)
     assert all(torch.equal(p, q) for p, q in zip(first, again))
-    params = [torch.randn(s).requires_grad_() for s in SHAPES]
+    params = [torch.randn(s, device=DEVICE).requires_grad_() for s in SHAPES]
     opt = optimlab.LAMB(params, path="triton")
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 / (1 + step))
     for p in params:
@@ -93,7 +118,7 @@ def test_every_op_of_the_graph_has_an_entry_in_every_backend():
 def test_the_triton_path_says_where_it_runs(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET")
     with pytest.raises(ValueError, match="the triton path runs on CUDA tensors"):
-        run("adamw", "triton", steps=1)
+        cases.train(lambda ps: optimlab.AdamW(ps, path="triton"), steps=1, dtype=torch.float32)
 
     @rule(traceable=False)
     def by_row(h, θ, g):  # not elementwise: each row moves by its mean gradient
@@ -149,11 +174,11 @@ def test_capturable_counts_on_the_device_and_equals_the_host_count(name):
 
 
 def scaled_steps(make, steps=5, inf_at=2):
-    """A GradScaler run on CPU tensors, overflowing at step `inf_at`: params, grads, optimizer, scaler."""
-    params = [torch.randn(s, generator=torch.Generator().manual_seed(i)).requires_grad_()
+    """A GradScaler run on DEVICE, overflowing at step `inf_at`: params, grads, optimizer, scaler."""
+    params = [torch.randn(s, generator=torch.Generator().manual_seed(i)).to(DEVICE).requires_grad_()
               for i, s in enumerate(SHAPES)]
     opt = make(params)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    scaler = torch.amp.GradScaler(DEVICE.type, init_scale=2.0**12)
     for i in range(steps):
         loss = sum(((p - 1) ** 2 * (1 + k)).sum() for k, p in enumerate(params))
         opt.zero_grad()
@@ -179,7 +204,7 @@ def test_grad_scaler_scale_and_found_inf_are_read_by_the_kernel():
 
 @pytest.mark.parametrize("name", ["adamw", "lamb"])
 def test_a_found_inf_changes_nothing(name):
-    params = [torch.randn(s).requires_grad_() for s in SHAPES]
+    params = [torch.randn(s, device=DEVICE).requires_grad_() for s in SHAPES]
     opt = optimlab.create(name, params, capturable=True)
     for p in params:
         p.grad = torch.randn_like(p)
@@ -188,7 +213,7 @@ def test_a_found_inf_changes_nothing(name):
                                                     for p in params]
     for p in params:
         p.grad = torch.full_like(p, float("nan"))
-    opt.grad_scale, opt.found_inf = torch.tensor(8.0), torch.tensor(1.0)  # what GradScaler.step sets
+    opt.grad_scale, opt.found_inf = torch.tensor(8.0, device=DEVICE), torch.tensor(1.0, device=DEVICE)
     opt.step()
     for p, old, state in zip(params, *before):
         assert torch.equal(p, old)
@@ -227,7 +252,7 @@ def test_low_precision_parameters_with_fp32_state(name, low):
 
     def make(seed):
         g = torch.Generator().manual_seed(seed)
-        params = [torch.randn(s, generator=g).to(low) for s in shapes]
+        params = [torch.randn(s, generator=g).to(DEVICE, low) for s in shapes]
         states = {sym: [s.create(p.float(), h) if opt.rule.keeps(s, p, h) else None for p in params]
                   for sym, s in kept.items()}
         states = {sym: [x if x is None or i % 3 else x.to(low) for i, x in enumerate(xs)]  # some in low
@@ -237,7 +262,8 @@ def test_low_precision_parameters_with_fp32_state(name, low):
     (ref, ref_states), (params, states) = make(0), make(0)
     for step in range(1, 5):
         hs = SimpleNamespace(**vars(h), **opt.rule.step_scalars(h, step, {}))
-        grads = [torch.randn(p.shape, generator=torch.Generator().manual_seed(step)).to(low) for p in params]
+        grads = [torch.randn(p.shape, generator=torch.Generator().manual_seed(step)).to(DEVICE, low)
+                 for p in params]
         live = {sym: xs for sym, xs in states.items() if any(x is not None for x in xs)}
         paths.run("tensor", opt.rule, hs, ref, grads, {k: ref_states[k] for k in live})
         paths.run("triton", opt.rule, hs, params, grads, live)
@@ -250,3 +276,33 @@ def test_low_precision_parameters_with_fp32_state(name, low):
             if x is not None:
                 assert x.dtype == y.dtype
                 torch.testing.assert_close(x.float(), y.float(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA graphs need a CUDA device (TRITON_INTERPRET=0)")
+def test_capturable_steps_replay_under_a_cuda_graph():
+    """capturable=True, captured once in a CUDA graph and replayed, steps as eager steps do, bit for bit."""
+    params = [torch.randn(s, device=DEVICE).requires_grad_() for s in SHAPES]
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    for p, q in zip(params, twins):
+        p.grad = torch.randn_like(p)
+        q.grad = p.grad.clone()
+    captured, eager = optimlab.AdamW(params, capturable=True), optimlab.AdamW(twins, capturable=True)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up (state, kernels, device tables) off the default stream
+        for _ in range(3):
+            captured.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured.step()
+    for _ in range(3):
+        eager.step()
+    for _ in range(5):
+        graph.replay()
+        eager.step()
+    torch.cuda.synchronize()
+    for p, q in zip(params, twins):
+        assert torch.equal(p, q)
+        assert all(torch.equal(v, eager.state[q][k]) for k, v in captured.state[p].items())
+        assert float(captured.state[p]["step"]) == 8
