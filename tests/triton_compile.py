@@ -31,9 +31,11 @@ H100 = GPUTarget("cuda", 90, 32)
 # sums (float64), GradScaler's tensors (float32).
 TYPES = {"sc": "*fp64", "pt": "*fp64", "part": "*fp64", "lpart": "*fp64", "ptrs": "*i64", "geo": "*i64",
          "steps": "*i64", "scale": "*fp32", "found_inf": "*fp32", "chunk_t": "*i64", "chunk_lo": "*i64",
-         "numel": "*i64", "tiles": "*i64", "first": "*i64", "L": "i64", "lines": "*fp32"}
+         "numel": "*i64", "tiles": "*i64", "first": "*i64", "tail": "*i64", "L": "i64", "C0": "i64",
+         "lines": "*fp32"}
 SIZES = {"NA": 4, "NPT": 4, "NR": 4, "AMP": True, "BLOCK": tritongen.BLOCK, "BR": tritongen.BR,
-         "BC": tritongen.BC, "LB": tritongen.LB}
+         "BC": tritongen.BC, "LB": tritongen.LB, "ALIGNED": True}
+VARIANTS = [{"FULL": True}, {"FULL": False}]  # an elementwise pass: its whole chunks and its tails
 
 
 def compile_all(kernel: tritongen.Kernel) -> int:
@@ -42,10 +44,12 @@ def compile_all(kernel: tritongen.Kernel) -> int:
         if not isinstance(fn, triton.runtime.jit.JITFunction) or name in ("unscale", "power"):
             continue  # helpers: compiled inside the kernels that call them
         params = list(inspect.signature(fn.fn).parameters)
-        signature = {p: "constexpr" if p in SIZES else TYPES[p] for p in params}
-        constants = {(params.index(p),): SIZES[p] for p in params if p in SIZES}
-        triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constants), target=H100)
-        count += 1
+        for variant in VARIANTS if "FULL" in params else [{}]:
+            sizes = {**SIZES, **variant}
+            signature = {p: "constexpr" if p in sizes else TYPES[p] for p in params}
+            constants = {(params.index(p),): sizes[p] for p in params if p in sizes}
+            triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constants), target=H100)
+            count += 1
     return count
 
 

@@ -214,13 +214,17 @@ def _element_values(em: Emitter, nodes: list, loads: dict, mask: str, where: str
     return lines
 
 
-def _prologue(em: Emitter, nodes, loads, stores) -> list[str]:
+def _prologue(em: Emitter, nodes, loads, stores, aligned: bool = False) -> list[str]:
     graph = em.graph
     touched = sorted(set(loads.values()) | set(stores), key=graph.arrays.index)
     # GradScaler found an inf: store nothing (a where: the interpreter cannot `&` a scalar and a block)
     lines = ["    mask = tl.where(tl.load(found_inf) == 0, mask, False)"]
     lines += _scalar_lines(em)
-    lines += [f"    p{graph.arrays.index(name)} = {em.pointer(name)}  # {name}" for name in touched]
+    for name in touched:
+        a = graph.arrays.index(name)
+        lines.append(f"    p{a} = {em.pointer(name)}  # {name}")
+        if aligned:  # every tensor of the launch starts at a multiple of 16 bytes (checked on the host)
+            lines += ["    if ALIGNED:", f"        p{a} = tl.multiple_of(p{a}, 16)"]
     return lines
 
 
@@ -229,13 +233,18 @@ def _element_pass(em: Emitter, k: int) -> list[str]:
     graph, p = em.graph, em.plan
     nodes, loads = cgen._pass_nodes(graph, p.stage, p.write_pass, k)
     stores = [name for name, w in p.write_pass.items() if w == k]
-    lines = ["@triton.jit", f"def pass_{k}({ARGS}, chunk_t, chunk_lo, numel, {CONSTS}, BLOCK: tl.constexpr):",
-             "    c = tl.program_id(0)",
+    lines = ["@triton.jit",
+             f"def pass_{k}({ARGS}, chunk_t, chunk_lo, numel, C0, {CONSTS}, BLOCK: tl.constexpr, "
+             "FULL: tl.constexpr, ALIGNED: tl.constexpr):",
+             "    c = C0 + tl.program_id(0)",
              "    t = tl.load(chunk_t + c)",
              "    n = tl.load(numel + t)",
-             "    offs = tl.load(chunk_lo + c) + tl.arange(0, BLOCK)",
-             "    mask = offs < n"]
-    lines += _prologue(em, nodes, loads, stores)
+             "    offs = tl.multiple_of(tl.load(chunk_lo + c), BLOCK) + tl.arange(0, BLOCK)",
+             "    if FULL:  # a whole chunk: no lane masked off, so that loads and stores are vectorised",
+             "        mask = tl.full((BLOCK,), 1, tl.int1)",
+             "    else:",
+             "        mask = offs < n"]
+    lines += _prologue(em, nodes, loads, stores, aligned=True)
     lines += _per_tensor_lines(em, k)
     lines += _element_values(em, nodes, loads, "mask", "offs")
     for r in graph.reductions:
@@ -250,13 +259,16 @@ def _element_pass(em: Emitter, k: int) -> list[str]:
 
 
 def _combine(em: Emitter) -> list[str]:
-    """One program per tensor adds its chunks' partial sums in chunk order (deterministic)."""
-    lines = ["@triton.jit", "def combine(first, part, pt, NR: tl.constexpr, NPT: tl.constexpr):",
-             "    t = tl.program_id(0)", "    lo = tl.load(first + t)", "    hi = tl.load(first + t + 1)"]
+    """One program per tensor adds its chunks' partial sums in chunk order (deterministic): its whole
+    chunks, then its last, partial one (`tail`: its number, or -1)."""
+    lines = ["@triton.jit", "def combine(first, tail, part, pt, NR: tl.constexpr, NPT: tl.constexpr):",
+             "    t = tl.program_id(0)", "    lo = tl.load(first + t)", "    hi = tl.load(first + t + 1)",
+             "    e = tl.load(tail + t)"]
     for j, r in enumerate(em.graph.reductions):
         lines += [f"    acc{j} = tl.zeros((), tl.float64)",
                   "    for c in range(lo, hi):",
                   f"        acc{j} += tl.load(part + c * NR + {j})",
+                  f"    acc{j} += tl.load(part + e * NR + {j}, mask=e >= 0, other=0.0)",
                   f"    tl.store(pt + t * NPT + {em.slot[id(r)]}, acc{j})"]
     if not em.graph.reductions:
         lines.append("    pass")
@@ -514,7 +526,7 @@ class Kernel:
         common = dict(NA=na, NPT=npt, NR=nr, AMP=amp is not None)
         if self.graph.matrix:
             return self._matrix(ptrs, sc, stp, scale, found_inf, tuple(shapes), device, common)
-        chunk_t, chunk_lo, first, numel = _chunks(sizes, device)
+        chunk_t, chunk_lo, first, tail, numel, full = _chunks(sizes, device)
         nc = chunk_t.numel()
         if nc == 0:
             return
@@ -523,10 +535,14 @@ class Kernel:
         unused = pt  # the matrix graphs' arguments (geo, lines, lpart, L)
         args = (ptrs, unused, pt, part, unused, unused, 0, sc, stp, scale, found_inf, chunk_t, chunk_lo,
                 numel)
+        aligned = all(x.data_ptr() % 16 == 0 for xs in arrays for x in xs)
         for k in range(self.plan.passes):
-            getattr(self.module, f"pass_{k}")[(nc,)](*args, **common, BLOCK=BLOCK)
+            kernel = getattr(self.module, f"pass_{k}")
+            for c0, count, whole in ((0, full, True), (full, nc - full, False)):  # whole chunks, then tails
+                if count:
+                    kernel[(count,)](*args, c0, **common, BLOCK=BLOCK, FULL=whole, ALIGNED=aligned)
             if any(self.plan.stage[id(r.args[0])] == k for r in self.graph.reductions):
-                self.module.combine[(nt,)](first, part, pt, NR=nr, NPT=npt)
+                self.module.combine[(nt,)](first, tail, part, pt, NR=nr, NPT=npt)
 
     def _matrix(self, ptrs, sc, stp, scale, found_inf, shapes, device, common) -> None:
         geo, tiles, sizes = _tiles(shapes, device, len(_line_sums_of(self.graph)[0]),
@@ -587,18 +603,22 @@ def _zero(device) -> torch.Tensor:
 _chunk_tables = BoundedCache(64)
 
 
-def _chunks(sizes: tuple, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """The chunk table of a layout (tensor, first element), each tensor's first chunk and each tensor's
-    size, on the device."""
+def _chunks(sizes: tuple, device: torch.device) -> tuple:
+    """The chunk table of a layout (tensor, first element): every whole chunk, in tensor order, then each
+    tensor's last, partial chunk; each tensor's first whole chunk, its partial chunk's number (-1: none)
+    and its size, on the device; and the number of whole chunks."""
     def make():
-        chunk_t, chunk_lo, first = [], [], []
-        for t, size in enumerate(sizes):
-            first.append(len(chunk_t))
-            for lo in range(0, size, BLOCK):
-                chunk_t.append(t)
-                chunk_lo.append(lo)
-        first.append(len(chunk_t))
-        return tuple(torch.tensor(x, dtype=torch.int64).to(device) for x in (chunk_t, chunk_lo, first, sizes))
+        whole = [(t, lo) for t, size in enumerate(sizes) for lo in range(0, size - size % BLOCK, BLOCK)]
+        first = [0]
+        for size in sizes:
+            first.append(first[-1] + size // BLOCK)
+        tails = [(t, size - size % BLOCK) for t, size in enumerate(sizes) if size % BLOCK]
+        tail = [-1] * len(sizes)
+        for j, (t, _) in enumerate(tails):
+            tail[t] = len(whole) + j
+        table = whole + tails
+        columns = ([t for t, _ in table], [lo for _, lo in table], first, tail, sizes)
+        return (*(torch.tensor(x, dtype=torch.int64).to(device) for x in columns), len(whole))
 
     return _chunk_tables.get((sizes, str(device)), make)
 
