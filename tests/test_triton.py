@@ -53,8 +53,10 @@ def train(make, steps: int, dtype: torch.dtype, shapes: list):
 SHAPES = [(1,), (3, 5), (2 * tritongen.BLOCK + 7,), (2, 3, 2, 2)]
 TRACEABLE = [n for n in optimlab.available() if optimlab.spec(n).rule.traceable]
 # Adafactor's matrix views: one element, a single row or column, several tiles each way with partial
-# ones (tritongen.BR × BC tiles), a conv weight (factored flattened), and vectors (its unfactored V).
-MATRICES = [(1, 1), (1, 7), (9, 1), (2 * tritongen.BR + 1, tritongen.BC + 6), (2, 3, 2, 2), (5,), (1,)]
+# ones (tritongen.BR × BC tiles), more rows and more columns than one loop of the between-pass kernels
+# takes (tritongen.LB), a conv weight (factored flattened), and vectors (its unfactored V).
+MATRICES = [(1, 1), (1, 7), (9, 1), (2 * tritongen.BR + 1, tritongen.BC + 6), (tritongen.LB + 3, 2),
+            (3, tritongen.LB + 9), (2, 3, 2, 2), (5,), (1,)]
 
 
 def run(name: str, path: str, dtype=torch.float32, steps: int = 6, **hyper):
