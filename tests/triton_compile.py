@@ -24,7 +24,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 import optimlab  # noqa: E402
-from optimlab.engine import paths, tritongen  # noqa: E402
+from optimlab.engine import paths, tritongen, tritonrun  # noqa: E402
 
 H100 = GPUTarget("cuda", 90, 32)
 # Each kernel argument's Triton type: tables of pointers and sizes (int64), per-step numbers and partial
@@ -38,7 +38,7 @@ SIZES = {"NA": 4, "NPT": 4, "NR": 4, "AMP": True, "BLOCK": tritongen.BLOCK, "BR"
 VARIANTS = [{"FULL": True}, {"FULL": False}]  # an elementwise pass: its whole chunks and its tails
 
 
-def compile_all(kernel: tritongen.Kernel) -> int:
+def compile_all(kernel: tritonrun.Kernel) -> int:
     count = 0
     for name, fn in vars(kernel.module).items():
         if not isinstance(fn, triton.runtime.jit.JITFunction) or name in ("unscale", "power"):
@@ -53,18 +53,18 @@ def compile_all(kernel: tritongen.Kernel) -> int:
     return count
 
 
-def kernel(name: str, dtype: torch.dtype, capturable: bool) -> tritongen.Kernel:
+def kernel(name: str, dtype: torch.dtype, capturable: bool) -> tritonrun.Kernel:
     """The kernels a weight matrix of `dtype` gets (fp32 state), as paths.run_triton makes them."""
     opt = optimlab.spec(name).cls([torch.zeros(2, 2)])
     h, rule = opt.hyper(opt.param_groups[0]), opt.rule
     kept = tuple(sym for sym, s in rule.kept(h).items() if rule.keeps(s, torch.zeros(3, 3), h))
     if capturable:
-        rule, h = tritongen.counting_on_device(rule), SimpleNamespace(**vars(h), step=1.0)
+        rule, h = tritonrun.counting_on_device(rule), SimpleNamespace(**vars(h), step=1.0)
     else:
         h = SimpleNamespace(**vars(h), **rule.step_scalars(h, 3, dict(rule.scalar_state)))
     graph = paths.graph_of(rule, h, kept=kept)
     storage = {a: dtype if a in ("θ", "g") else torch.float32 for a in graph.arrays}
-    return tritongen.Kernel(graph, storage, name, pathlib.Path(tempfile.mkdtemp()), capturable)
+    return tritonrun.Kernel(graph, storage, name, pathlib.Path(tempfile.mkdtemp()), capturable)
 
 
 def main() -> int:

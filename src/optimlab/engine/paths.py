@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import torch
 
-from . import cgen, foreach, matrix, native, tritongen
+from . import cgen, foreach, matrix, native, tritongen, tritonrun
 from .caches import BoundedCache
 from .graph import Graph, TraceError, static_key, trace
 from .rule import Rule
@@ -245,7 +245,7 @@ def run_triton(rule: Rule, h, params, grads, states, steps=None, amp=None) -> No
     owner = rule.name
     try:
         if steps is not None:  # the per-step scalars traced too, computed in the kernels from h.step
-            rule, h = tritongen.counting_on_device(rule), SimpleNamespace(**vars(h), step=1.0)
+            rule, h = tritonrun.counting_on_device(rule), SimpleNamespace(**vars(h), step=1.0)
         static, kept = static_key(h), tuple(states)
         graph = graph_of(rule, h, static, kept)
     except TraceError as err:
@@ -255,13 +255,13 @@ def run_triton(rule: Rule, h, params, grads, states, steps=None, amp=None) -> No
                          f"device ({err}); use capturable=False") from err
     title = f"{rule.name}({', '.join(f'{k}={v}' for k, v in static if isinstance(v, bool))})"
 
-    def kernel_of(dtypes: tuple) -> tritongen.Kernel:  # per storage dtypes: bf16 θ may keep fp32 state
+    def kernel_of(dtypes: tuple) -> tritonrun.Kernel:  # per storage dtypes: bf16 θ may keep fp32 state
         def build():
             folder = native.usable_cache_dir(native.cache_dir())
-            return tritongen.Kernel(graph, dict(zip(graph.arrays, dtypes)), title, folder, steps is not None)
+            return tritonrun.Kernel(graph, dict(zip(graph.arrays, dtypes)), title, folder, steps is not None)
 
         return _kernels.get(("triton", _rule_key(rule), static, dtypes, kept, tritongen.interpreted()), build)
 
     arrays = {"θ": params, "g": [g.contiguous() for g in grads], **states}
     shapes = matrix_shapes(rule, h, params) if graph.matrix else None
-    tritongen.launch(kernel_of, [arrays[name] for name in graph.arrays], h, shapes, steps, amp)
+    tritonrun.launch(kernel_of, [arrays[name] for name in graph.arrays], h, shapes, steps, amp)
