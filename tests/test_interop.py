@@ -66,8 +66,13 @@ def test_torch_implementation_keywords_map_onto_path(name):
         cls(make_params(), foreach=True, fused=True)
     with pytest.raises(ValueError, match="differentiable=True is not supported: .*in place"):
         cls(make_params(), differentiable=True)
-    with pytest.raises(ValueError, match="capturable=True is not supported: .*CUDA graph"):
-        cls(make_params(), capturable=True)
+    if elementwise:  # step counts on the device, the per-step scalars computed by the Triton kernels
+        assert cls(make_params(), capturable=True).path == "triton"
+        with pytest.raises(ValueError, match="capturable=True runs on the triton path"):
+            cls(make_params(), capturable=True, foreach=True)
+    else:
+        with pytest.raises(ValueError, match="capturable=True is not supported: .*not elementwise"):
+            cls(make_params(), capturable=True)
     with pytest.raises(ValueError, match="contradicts"):
         cls(make_params(), foreach=False, path="fused")
 

@@ -34,7 +34,6 @@ OURS = {"adafactor": {"matrix_view": "last_two"}}  # torch factors the last two 
 UNSUPPORTED = {
     "differentiable": "optimlab updates parameters in place under no_grad: "
                       "autograd cannot run through step()",
-    "capturable": "step counts and per-step scalars are Python numbers on the host: no CUDA graph capture",
 }
 STEPS = 10
 INFOS = [info for info in optim_db if info.optim_cls.__name__ in NAMES]

@@ -2,6 +2,7 @@
 
 Everything here is a translation at a boundary, so that the engine inside keeps one representation:
 * torch's `foreach=`/`fused=`/`capturable=`/`differentiable=` become optimlab's `path` (or a clear error);
+  `capturable=True` also keeps step counts on the device (RuleOptimizer);
 * every numeric hyperparameter (Python, numpy scalar, 0-d tensor) becomes a plain Python number, so
   compiled paths see a dynamic value and never a new static one;
 * scalar state (`step`, NAdam's `mu_product`) is a Python float inside optimlab (counting 200
@@ -45,16 +46,20 @@ def path_for(name: str, path: str, traceable: bool, foreach, fused, capturable, 
     if differentiable:
         raise ValueError(f"{name}: differentiable=True is not supported: optimlab updates parameters in "
                          "place under torch.no_grad(), so autograd cannot run through step()")
-    if capturable:
-        raise ValueError(f"{name}: capturable=True is not supported: the step count and the per-step scalars "
-                         "(bias corrections) are Python numbers computed on the host, which a CUDA graph "
-                         "cannot capture; capturable=False is what optimlab does")
+    if capturable and not traceable:
+        raise ValueError(f"{name}: capturable=True is not supported: this rule is not elementwise and runs "
+                         "on the per-tensor path, whose step count and per-step scalars live on the host")
+    if capturable and (foreach or fused):
+        raise ValueError(f"{name}: capturable=True runs on the triton path (step counts on the device, "
+                         "for CUDA graphs), not with foreach=True or fused=True")
     if foreach and fused:
         raise RuntimeError(f"{name}: `fused` and `foreach` cannot be `True` together (as torch.optim)")
     if fused and not traceable:
         raise RuntimeError(f"{name}: fused=True is not supported: this rule is not elementwise and has no "
                            "fused kernel; it runs on the per-tensor path")
-    if fused:
+    if capturable:
+        wanted = "triton"
+    elif fused:
         wanted = "fused"
     elif foreach:  # torch's multi-tensor loop: optimlab's, where the rule is elementwise (same results)
         wanted = "foreach" if traceable else "tensor"
@@ -98,6 +103,7 @@ def accepting_torch_keywords(init):
             if foreach and type(self).foreach_refuses_tensors:
                 check_tensor_hyperparameters(name, bound.arguments)
         init(self, params, *args, **kwargs)
+        self.capturable = bool(capturable)
         if fused:
             devices = {p.device.type for g in self.param_groups for p in g["params"]}
             if devices - {"cpu"}:

@@ -61,6 +61,15 @@ class RuleOptimizer(torch.optim.Optimizer):
     sparse_gradients: str | None = None
     # torch.optim.Adam(W) refuses tensor lr/betas with foreach=True (capturable=False): do as torch there.
     foreach_refuses_tensors: bool = False
+    # torch's capturable=True (set by interop's keyword wrapper): step counts live on the device, and the
+    # Triton kernels compute the per-step scalars from them (see _step_on_device).
+    capturable: bool = False
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        """GradScaler hands its scale and found_inf to step() instead of unscaling and checking on the host,
+        as it does for torch's fused optimizers: with capturable=True the kernels read them on the device."""
+        return self.capturable
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -91,7 +100,8 @@ class RuleOptimizer(torch.optim.Optimizer):
         return dict(_signature_defaults(cls))
 
     def __getstate__(self):
-        return {**super().__getstate__(), "path": self.path}  # torch's keeps defaults, state and groups only
+        # torch's keeps defaults, state and groups only
+        return {**super().__getstate__(), "path": self.path, "capturable": self.capturable}
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -150,6 +160,8 @@ class RuleOptimizer(torch.optim.Optimizer):
                        lambda i: self._describe(dense[i][0]))
         if self._creates_state_only(group, params, prepared):
             return
+        if self.capturable:
+            return self._step_on_device(h, kept, list(zip(params, prepared)))
         for p, state in zip(params, prepared):
             key = (float(state["step"]), *(float(state[k]) for k in carried))
             buckets.setdefault(key, []).append((p, state))
@@ -178,6 +190,29 @@ class RuleOptimizer(torch.optim.Optimizer):
         if float(group.get("lr", 1.0)) != 0 or any(state["step"] != 0 for state in prepared):
             return False
         return not sharded.any_nonzero([p.grad for p in params if not p.grad.is_sparse])
+
+    def _step_on_device(self, h: SimpleNamespace, kept: dict, members: list) -> None:
+        """capturable=True: each step count is a 0-d float32 tensor on its parameter's device (as torch's
+        fused and capturable optimizers keep it), counted there; the kernels compute the per-step scalars
+        from it, divide the gradient by GradScaler's scale and store nothing when it found an inf, whose
+        step is uncounted again on the device. No number crosses to the host."""
+        if any(p.grad.is_sparse for p, _ in members):
+            raise RuntimeError(f"{type(self).__name__}: capturable=True does not take sparse gradients")
+        steps = [state["step"] for _, state in members]
+        torch._foreach_add_(steps, 1.0)
+        scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
+        amp = None
+        if scale is not None or found_inf is not None:
+            device = members[0][0].device
+            one = torch.ones((), dtype=torch.float32, device=device)
+            amp = tuple(one if x is None else x.to(device, torch.float32, non_blocking=True)
+                        for x in (scale, found_inf))
+        view = _as_real if self.complex_as_real and any(p.is_complex() for p, _ in members) else _same
+        states = {sym: [view(state.get(s.key)) for _, state in members] for sym, s in kept.items()}
+        paths.run(self.path, self.rule, h, [view(p) for p, _ in members], [view(p.grad) for p, _ in members],
+                  states, steps=steps, amp=amp)
+        if found_inf is not None:
+            torch._foreach_sub_(steps, [amp[1]] * len(steps))
 
     def _step_dense(self, h: SimpleNamespace, kept: dict, members: list) -> None:
         """Parameters with dense gradients, on the chosen path; complex ones as real views."""
@@ -211,6 +246,8 @@ class RuleOptimizer(torch.optim.Optimizer):
             self._check_parameter(p)
             state["step"] = 0.0  # a Python float: see interop.py (a checkpoint keeps it as a tensor)
             state.update(self.rule.scalar_state)
+        if self.capturable and not isinstance(state["step"], torch.Tensor):  # new, or from a checkpoint
+            state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32, device=p.device)
         whole = None  # a sharded parameter's whole value, gathered once to make its states
         for s in kept.values():
             if s.key not in state and self.rule.keeps(s, p, h):  # also one a flag switched on mid-run

@@ -17,9 +17,9 @@ from types import SimpleNamespace
 
 import torch
 
-from . import cgen, foreach, matrix, native, sharded, tritongen
+from . import cgen, foreach, matrix, native, sharded, tritongen, tritonrun
 from .caches import BoundedCache
-from .graph import Graph, static_key, trace
+from .graph import Graph, TraceError, static_key, trace
 from .rule import Rule
 
 PATHS = ("auto", "tensor", "foreach", "fused", "triton")
@@ -69,8 +69,12 @@ def validate(path: str, rule: Rule, owner: str = "") -> None:
                          f"not {path!r}")
 
 
-def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[str, list]) -> None:
+def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[str, list], steps=None,
+        amp=None) -> None:
     """Apply one step of `rule` to `params` in place (and to their `states`, symbol -> tensors).
+
+    `steps` (capturable=True): each parameter's step count as a tensor on its device, already counted;
+    the Triton kernels compute the per-step scalars from it. `amp`: GradScaler's (scale, found_inf).
 
     Gradients and states have passed `boundary.admit`: they match their parameters. Only plain dense
     tensors reach the fused kernel; a tensor subclass runs its local data (DTensor shards, for rules
@@ -88,17 +92,16 @@ def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[s
     for (device, _, dense, has, plain), idx in groups.items():
         pick = [params[i] for i in idx], [grads[i] for i in idx], {k: [states[k][i] for i in idx]
                                                                    for k in has}
+        chosen = choose(path, rule, device, dense) if plain else "tensor"
+        if not dense and rule.matrix and any(rule.state[sym].per != "element" for sym in has):
+            chosen = "tensor"  # row and column values on the fast paths: one dense matrix per tensor
+        if steps is not None and chosen != "triton":
+            raise ValueError(f"capturable=True: a {type(params[idx[0]]).__name__} parameter (a subclass, a "
+                             f"strided tensor or a batch of matrices) takes path {chosen!r}, whose per-step "
+                             "numbers come from the host; capturable=True runs on the triton path only")
         if not plain:
             _run_subclass(path, rule, h, *pick)
             continue
-        chosen = choose(path, rule, device, dense)
-        if not dense and rule.matrix and any(rule.state[sym].per != "element" for sym in has):
-            chosen = "tensor"  # row and column values on the fast paths: one dense matrix per tensor
-        if chosen == "triton" and rule.matrix:
-            if path == "triton":
-                raise ValueError(f"{rule.name} keeps row and column statistics, which the Triton backend "
-                                 "does not generate yet: use path='foreach' (or 'auto') on the GPU")
-            chosen = "foreach"
         if chosen == "fused":
             try:
                 run_fused(rule, h, *pick)
@@ -108,7 +111,10 @@ def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[s
                     raise
                 _warn_once(f"optimlab: fused path unavailable, using foreach ({err})")
                 chosen = "foreach"
-        {"foreach": run_foreach, "tensor": run_tensor, "triton": run_triton}[chosen](rule, h, *pick)
+        if chosen == "triton":
+            run_triton(rule, h, *pick, steps=None if steps is None else [steps[i] for i in idx], amp=amp)
+            continue
+        {"foreach": run_foreach, "tensor": run_tensor}[chosen](rule, h, *pick)
 
 
 PLAIN = (torch.Tensor, torch.nn.Parameter, torch.nn.Buffer)
@@ -218,14 +224,27 @@ def run_fused(rule: Rule, h, params, grads, states) -> None:
 # --- triton: the traced graph as Triton kernels (CUDA; CPU tensors under TRITON_INTERPRET=1) ---------
 
 
-def run_triton(rule: Rule, h, params, grads, states) -> None:
-    static, kept, dtype = static_key(h), tuple(states), params[0].dtype
+def run_triton(rule: Rule, h, params, grads, states, steps=None, amp=None) -> None:
+    owner = rule.name
+    try:
+        if steps is not None:  # the per-step scalars traced too, computed in the kernels from h.step
+            rule, h = tritonrun.counting_on_device(rule), SimpleNamespace(**vars(h), step=1.0)
+        static, kept = static_key(h), tuple(states)
+        graph = graph_of(rule, h, static, kept)
+    except TraceError as err:
+        if steps is None:
+            raise
+        raise ValueError(f"capturable=True: the per-step scalars of {owner} cannot be computed on the "
+                         f"device ({err}); use capturable=False") from err
+    title = f"{rule.name}({', '.join(f'{k}={v}' for k, v in static if isinstance(v, bool))})"
 
-    def build():
-        flags = ", ".join(f"{k}={v}" for k, v in static if isinstance(v, bool))
-        folder = native.usable_cache_dir(native.cache_dir())
-        return tritongen.Kernel(graph_of(rule, h, static, kept), dtype, f"{rule.name}({flags})", folder)
+    def kernel_of(dtypes: tuple) -> tritonrun.Kernel:  # per storage dtypes: bf16 θ may keep fp32 state
+        def build():
+            folder = native.usable_cache_dir(native.cache_dir())
+            return tritonrun.Kernel(graph, dict(zip(graph.arrays, dtypes)), title, folder, steps is not None)
 
-    kernel = _kernels.get(("triton", _rule_key(rule), static, dtype, kept, tritongen.interpreted()), build)
+        return _kernels.get(("triton", _rule_key(rule), static, dtypes, kept, tritongen.interpreted()), build)
+
     arrays = {"θ": params, "g": [g.contiguous() for g in grads], **states}
-    kernel([arrays[name] for name in kernel.graph.arrays], h)
+    shapes = matrix_shapes(rule, h, params) if graph.matrix else None
+    tritonrun.launch(kernel_of, [arrays[name] for name in graph.arrays], h, shapes, steps, amp)

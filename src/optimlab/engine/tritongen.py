@@ -1,42 +1,50 @@
 """Lower a traced rule to Triton kernels: the fused path on GPUs.
 
 The same graph and the same pass plan as the C kernel (`cgen.plan`): one kernel per pass over memory,
-launched once over a table of every tensor of a dtype group (multi-tensor apply). Each program takes
-one chunk of BLOCK elements of one tensor, found in a chunk table; pointers come from a table of
-`data_ptr()`s, cast in the kernel to the storage type.
+launched once over a table of every tensor of a dtype group (multi-tensor apply). Pointers come from a
+table of `data_ptr()`s, cast in the kernel to each array's storage type.
 
+* Elementwise rules: each program takes one chunk of BLOCK elements of one tensor, from a chunk table.
+* Rules with row and column values (Adafactor): each program takes one BR×BC tile of one tensor's
+  matrix view; row and column values live in a buffer of the compute type, one slot per row or column
+  node, and are computed between passes by one program per tensor (`lines_k`), in graph order.
 * Dynamic scalars (lr, bias corrections, …) are kernel arguments: a changing lr never recompiles.
-  Scalar nodes are evaluated once per call in double precision, as the eager path computes them.
-* Per-tensor reductions (LAMB's norms) are deterministic and two-stage: each program writes its
-  chunk's partial sum, then one program per tensor adds its chunks' partials in chunk order, in
-  float64. No atomics, so the result does not depend on scheduling.
+  Scalar nodes are evaluated once per call in double precision, as the eager path computes them; with
+  a step count on the device (`capturable=True`) the kernels compute them from it, per tensor.
+* Reductions are deterministic and two-stage: each program writes its chunk's (tile's) partial sums,
+  then they are added in chunk order, in float64, per tensor, row or column. No atomics, so the
+  result does not depend on scheduling.
 * Per-tensor values derived from reductions (a trust ratio) are computed by each program from the
   per-tensor table, in float64.
-* bf16/fp16 parameters compute in float32 and round once when storing, like the other paths.
+* bf16/fp16 arrays are computed in float32 and rounded once when stored, like the other paths; each
+  array has its own storage type (bf16 parameters may keep fp32 state, as torch's fused kernels allow).
+* GradScaler (`capturable=True`): the gradient is divided by the scale and nothing is stored when
+  `found_inf` is set, read on the device by every program: no host synchronisation.
 
-Kernels are written to a file in the kernel cache and imported (Triton reads a kernel's source),
-keyed by the generated source. Under `TRITON_INTERPRET=1` they run on CPU tensors, which is how the
-tests check them on machines without a GPU.
+This module writes the kernels' source; `tritonrun` imports and launches them. Under
+`TRITON_INTERPRET=1` they run on CPU tensors, which is how the tests check them without a GPU.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import os
 
 import torch
 
 from . import cgen
-from .caches import BoundedCache
-from .graph import ELEMENT, PER_TENSOR, REDUCTIONS, SCALAR, Graph, Sym, scalar_value
+from .graph import COL, ELEMENT, PER_TENSOR, REDUCTIONS, ROW, SCALAR, Graph, Sym
 
-BLOCK = 1024  # elements per program: one chunk
-
+BLOCK = 1024  # elements per program of an elementwise pass: one chunk
+BR, BC = 16, 64  # a tile of a matrix pass: rows × columns (a column tile spans 64 contiguous elements)
+LB = 256  # rows or columns per iteration of a between-passes loop
 
 STORAGE = {torch.float32: "tl.float32", torch.float64: "tl.float64", torch.bfloat16: "tl.bfloat16",
            torch.float16: "tl.float16"}
+PREFIX = {SCALAR: "s", PER_TENSOR: "q", ROW: "y", COL: "z", ELEMENT: "x"}  # of a node's name in the kernels
+# Columns of the per-tensor geometry table of a matrix graph.
+GEO = ("rows", "cols", "loff", "nti", "ntj", "lpb", "first")
 
 # Each op once: its Triton expression over operand expressions (the C and numpy backends have theirs;
 # tests/test_triton.py checks that every op of the graph has an entry in every backend).
@@ -45,7 +53,7 @@ OPS = {
     "sqrt": "{sqrt}({0})", "rsqrt": "{div}(1.0, {sqrt}({0}))",
     "sign": "(tl.where({0} > 0, 1.0, 0.0) - tl.where({0} < 0, 1.0, 0.0)).to({real})",
     "add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "{div}({0}, {1})",
-    "pow": "libdevice.pow({0}, {1})",
+    "pow": "power({0}, {1})",
     "maximum": "tl.maximum({0}, {1}, propagate_nan=tl.PropagateNan.ALL)",
     "minimum": "tl.minimum({0}, {1}, propagate_nan=tl.PropagateNan.ALL)",
     "gt": "({0} > {1})", "ge": "({0} >= {1})", "lt": "({0} < {1})", "le": "({0} <= {1})",
@@ -69,14 +77,18 @@ class Emitter:
 
     graph: Graph
     plan: cgen.Plan
+    storage: dict  # array -> its Triton storage type
     real: str  # compute type: tl.float32 or tl.float64
     index: dict  # id(node) -> its number in graph.nodes
     slot: dict  # id(per-tensor node) -> its column in the per-tensor table
-    scalars: list  # the non-constant scalar nodes: kernel arguments, in order
+    scalars: list  # scalar nodes read from the `sc` argument, in order
+    device_step: bool  # scalars are computed in the kernel from each tensor's step count
+    line: dict  # id(row or column node) -> its slot in the line buffer (matrix graphs)
 
     def expr(self, op: str, args: list[str], real: str) -> str:
         exact = real == "tl.float32"  # IEEE-rounded sqrt and division, as torch's kernels
-        # float64 division and sqrt are IEEE-rounded already; float32 ones are approximate unless asked
+        if op == "pow" and args[1] == "0.5":  # x ** 0.5 (an RMS's √n) is √x, correctly rounded as pow's
+            op = "sqrt"
         if not exact and op in ("div", "rsqrt"):  # float64: `/` is IEEE-rounded already
             return f"({args[0]} / {args[1]})" if op == "div" else f"(1.0 / tl.sqrt({args[0]}))"
         return OPS[op].format(*args, real=real, sqrt="tl.sqrt_rn" if exact else "tl.sqrt", div="tl.div_rn")
@@ -84,175 +96,334 @@ class Emitter:
     def ref(self, n: Sym) -> str:
         if n.op == "const":
             return str(int(n.value)) if n.is_bool else repr(float(n.value))
-        return {SCALAR: "s", PER_TENSOR: "q", ELEMENT: "x"}[n.kind] + str(self.index[id(n)])
+        return PREFIX[n.kind] + str(self.index[id(n)])
+
+    def real_ref(self, n: Sym) -> str:
+        """A node's value in the compute type (booleans as they are)."""
+        if n.op == "const" or n.is_bool or n.kind in (ROW, COL, ELEMENT):
+            return self.ref(n)
+        return f"{self.ref(n)}.to({self.real})"
+
+    def pointer(self, name: str) -> str:
+        a = self.graph.arrays.index(name)
+        return f"tl.load(ptrs + t * NA + {a}).to(tl.pointer_type({self.storage[name]}))"
+
+    def store(self, name: str, value: str, where: str, mask: str) -> list[str]:
+        """Store `value` (compute type) into array `name` at `where`: bf16 rounds to nearest even in
+        integer ops, as torch does (the interpreter's cast truncates); a NaN stays a NaN."""
+        a = self.graph.arrays.index(name)
+        lines = [f"    v{a} = {value}"]
+        if self.storage[name] == "tl.bfloat16":
+            lines += [f"    u{a} = v{a}.to(tl.float32).to(tl.uint32, bitcast=True)",
+                      f"    u{a} = ((u{a} + 0x7FFF + ((u{a} >> 16) & 1)) >> 16).to(tl.uint16)",
+                      f"    u{a} = tl.where(v{a} != v{a}, 0x7FC0, u{a}).to(tl.uint16)",
+                      f"    tl.store(p{a} + {where}, u{a}.to(tl.bfloat16, bitcast=True), mask={mask})"]
+        else:
+            lines.append(f"    tl.store(p{a} + {where}, v{a}.to({self.storage[name]}), mask={mask})")
+        return lines
 
 
-def generate(graph: Graph, dtype: torch.dtype, title: str = "") -> str:
-    """Python source of a module with `pass_0 … pass_{k-1}` and `combine` Triton kernels."""
+def generate(graph: Graph, storage: dict, compute: torch.dtype, title: str = "",
+             device_step: bool = False) -> str:
+    """Python source of a module with `pass_k` kernels, and `combine` (elementwise) or `lines_k` (matrix)."""
     p = cgen.plan(graph)
     per_tensor = [n for n in graph.nodes if n.kind == PER_TENSOR]
-    em = Emitter(graph=graph, plan=p, real="tl.float64" if dtype == torch.float64 else "tl.float32",
+    scalars = [n for n in graph.nodes if n.kind == SCALAR and n.op != "const"]
+    if device_step:
+        scalars = [n for n in scalars if n.op == "scalar" and n.name != "step"]
+    em = Emitter(graph=graph, plan=p, storage={name: STORAGE[dtype] for name, dtype in storage.items()},
+                 real="tl.float64" if compute == torch.float64 else "tl.float32",
                  index={id(n): i for i, n in enumerate(graph.nodes)},
-                 slot={id(n): j for j, n in enumerate(per_tensor)},
-                 scalars=[n for n in graph.nodes if n.kind == SCALAR and n.op != "const"])
-    out = [f'"""optimlab Triton kernels: {title} ({dtype})"""', "import triton",
-           "import triton.language as tl", "from triton.language.extra import libdevice", ""]
+                 slot={id(n): j for j, n in enumerate(per_tensor)}, scalars=scalars, device_step=device_step,
+                 line={id(n): j for j, n in enumerate(n for n in graph.nodes if n.kind in (ROW, COL))})
+    out = [f'"""optimlab Triton kernels: {title} ({", ".join(map(str, storage.values()))})"""',
+           "import triton", "import triton.language as tl", "from triton.language.extra import libdevice", "",
+           *UNSCALE, *POWER[interpreted()]]
     for k in range(p.passes):
-        out += _element_pass(em, k, STORAGE[dtype], len(per_tensor))
-    out += _combine(em, len(per_tensor))
+        out += _matrix_pass(em, k) if graph.matrix else _element_pass(em, k)
+    if graph.matrix:
+        for k in range(p.passes + 1):
+            out += _lines(em, k)
+    else:
+        out += _combine(em)
     return "\n".join(out) + "\n"
 
 
-def _signature(em: Emitter) -> str:
-    return "ptrs, chunk_t, chunk_lo, numel, pt, part, sc, NA: tl.constexpr, NPT: tl.constexpr"
+ARGS = "ptrs, geo, pt, part, lines, lpart, L, sc, steps, scale, found_inf"
+CONSTS = "NA: tl.constexpr, NPT: tl.constexpr, NR: tl.constexpr, AMP: tl.constexpr"
 
 
-def _per_tensor_lines(em: Emitter, k: int) -> list[str]:
-    """Per-tensor values ready before pass k, computed by each program from the table, in float64."""
+def _scalar_lines(em: Emitter) -> list[str]:
+    """The scalar nodes a program uses: read from `sc`, or (device step) computed here in float64."""
+    lines = []
+    for j, n in enumerate(em.scalars):
+        lines.append(f"    {em.ref(n)} = tl.load(sc + {j})" + (" != 0" if n.is_bool else ""))
+    if not em.device_step:
+        return lines
+    for n in em.graph.nodes:
+        if n.kind != SCALAR or n.op == "const" or n in em.scalars:
+            continue
+        if n.op == "scalar":  # the step count, incremented on the device before the launch
+            value = "tl.load(tl.load(steps + t).to(tl.pointer_type(tl.float32))).to(tl.float64)"
+        elif n.op == "eps":
+            value = repr(torch.finfo(torch.float64 if em.real == "tl.float64" else torch.float32).eps)
+        else:
+            value = em.expr(n.op, [em.ref(a) for a in n.args], "tl.float64")
+        lines.append(f"    {em.ref(n)} = {value}")
+    return lines
+
+
+def _per_tensor_lines(em: Emitter, k: int, upto: bool = True) -> list[str]:
+    """Per-tensor values ready before pass k (up to stage k; or before stage k, where the program
+    computes stage k itself), computed by each program from the per-tensor table, in float64."""
     lines = []
     for n in em.graph.nodes:
-        if n.kind != PER_TENSOR or em.plan.stage[id(n)] > k:
+        stage = em.plan.stage[id(n)]
+        if n.kind != PER_TENSOR or stage > k or (not upto and stage == k):
             continue
         name = em.ref(n)
         if n.op in REDUCTIONS:
             lines.append(f"    {name} = tl.load(pt + t * NPT + {em.slot[id(n)]})")
-        elif n.op == "numel":
-            lines.append(f"    {name} = n.to(tl.float64)")
+        elif n.op in ("numel", "nrows", "ncols"):
+            lines.append(f"    {name} = {dict(numel='n', nrows='rows', ncols='cols')[n.op]}.to(tl.float64)")
         else:
             lines.append(f"    {name} = {em.expr(n.op, [em.ref(a) for a in n.args], 'tl.float64')}")
     return lines
 
 
-def _element_pass(em: Emitter, k: int, storage: str, npt: int) -> list[str]:
-    graph, p, real = em.graph, em.plan, em.real
-    nodes, loads = cgen._pass_nodes(graph, p.stage, p.write_pass, k)
-    stores = [name for name, w in p.write_pass.items() if w == k]
-    reduce_here = [r for r in graph.reductions if p.stage[id(r.args[0])] == k]
-    lines = ["@triton.jit", f"def pass_{k}({_signature(em)}, NR: tl.constexpr, BLOCK: tl.constexpr):",
-             "    c = tl.program_id(0)",
-             "    t = tl.load(chunk_t + c)",
-             "    n = tl.load(numel + t)",
-             "    offs = tl.load(chunk_lo + c) + tl.arange(0, BLOCK)",
-             "    mask = offs < n"]
-    lines += [f"    s{em.index[id(n)]} = tl.load(sc + {j})" for j, n in enumerate(em.scalars)]
-    lines += _per_tensor_lines(em, k)
-    touched = sorted(set(loads.values()) | set(stores), key=graph.arrays.index)
-    for name in touched:
-        a = graph.arrays.index(name)
-        lines.append(f"    a{a} = tl.load(ptrs + t * NA + {a}).to(tl.pointer_type({storage}))  # {name}")
-
-    def ref(n: Sym) -> str:
-        if n.kind == SCALAR and n.op != "const":
-            return f"(s{em.index[id(n)]} != 0)" if n.is_bool else f"s{em.index[id(n)]}.to({real})"
-        if n.kind == PER_TENSOR and not n.is_bool:
-            return f"{em.ref(n)}.to({real})"
-        return em.ref(n)
-
+def _element_values(em: Emitter, nodes: list, loads: dict, mask: str, where: str) -> list[str]:
+    """The ELEMENT nodes of a pass, in the compute type; a loaded gradient is unscaled (GradScaler)."""
+    lines = []
     for n in nodes:
         if id(n) in loads:
-            value = f"tl.load(a{graph.arrays.index(loads[id(n)])} + offs, mask=mask, other=0).to({real})"
+            name = loads[id(n)]
+            value = f"tl.load(p{em.graph.arrays.index(name)} + {where}, mask={mask}, other=0).to({em.real})"
+            if name == "g" and n.op == "input":
+                value = f"unscale({value}, scale, AMP)"
         elif n.op == "div" and n.args[0].kind == SCALAR and n.args[1].kind == ELEMENT:
             # a number over a tensor: torch computes tensor.reciprocal() * number
-            value = f"({em.expr('div', ['1.0', ref(n.args[1])], real)} * {ref(n.args[0])})"
+            value = f"({em.expr('div', ['1.0', em.real_ref(n.args[1])], em.real)} * {em.real_ref(n.args[0])})"
         else:
-            value = em.expr(n.op, [ref(a) for a in n.args], real)
+            value = em.expr(n.op, [em.real_ref(a) for a in n.args], em.real)
         lines.append(f"    {em.ref(n)} = {value}")
-    for r in reduce_here:
-        x = ref(r.args[0])
-        term = f"{x} * {x}" if r.op == "sumsq" else x
-        lines.append(f"    tl.store(part + c * NR + {graph.reductions.index(r)}, "
-                     f"tl.sum(tl.where(mask, {term}, 0.0), axis=0).to(tl.float64))")
-    for name in stores:
+    return lines
+
+
+def _prologue(em: Emitter, nodes, loads, stores, aligned: bool = False) -> list[str]:
+    graph = em.graph
+    touched = sorted(set(loads.values()) | set(stores), key=graph.arrays.index)
+    # GradScaler found an inf: store nothing (a where: the interpreter cannot `&` a scalar and a block)
+    lines = ["    mask = tl.where(tl.load(found_inf) == 0, mask, False)"]
+    lines += _scalar_lines(em)
+    for name in touched:
         a = graph.arrays.index(name)
-        value = ref(graph.outputs[name])
-        if storage == "tl.bfloat16":  # round to nearest even in integer ops, as torch does (the
-            # interpreter's cast truncates); a NaN stays a NaN
-            lines += [f"    u{a} = {value}.to(tl.uint32, bitcast=True)",
-                      f"    r{a} = ((u{a} + 0x7FFF + ((u{a} >> 16) & 1)) >> 16).to(tl.uint16)",
-                      f"    r{a} = tl.where({value} != {value}, 0x7FC0, r{a}).to(tl.uint16)"]
-            value = f"r{a}.to(tl.bfloat16, bitcast=True)"
-        else:
-            value = f"{value}.to({storage})"
-        lines.append(f"    tl.store(a{a} + offs, {value}, mask=mask)")
+        lines.append(f"    p{a} = {em.pointer(name)}  # {name}")
+        if aligned:  # every tensor of the launch starts at a multiple of 16 bytes (checked on the host)
+            lines += ["    if ALIGNED:", f"        p{a} = tl.multiple_of(p{a}, 16)"]
+    return lines
+
+
+def _element_pass(em: Emitter, k: int) -> list[str]:
+    """An elementwise pass: one chunk of BLOCK elements per program."""
+    graph, p = em.graph, em.plan
+    nodes, loads = cgen._pass_nodes(graph, p.stage, p.write_pass, k)
+    stores = [name for name, w in p.write_pass.items() if w == k]
+    lines = ["@triton.jit",
+             f"def pass_{k}({ARGS}, chunk_t, chunk_lo, numel, C0, {CONSTS}, BLOCK: tl.constexpr, "
+             "FULL: tl.constexpr, ALIGNED: tl.constexpr):",
+             "    c = C0 + tl.program_id(0)",
+             "    t = tl.load(chunk_t + c)",
+             "    n = tl.load(numel + t)",
+             "    offs = tl.multiple_of(tl.load(chunk_lo + c), BLOCK) + tl.arange(0, BLOCK)",
+             "    if FULL:  # a whole chunk: no lane masked off, so that loads and stores are vectorised",
+             "        mask = tl.full((BLOCK,), 1, tl.int1)",
+             "    else:",
+             "        mask = offs < n"]
+    lines += _prologue(em, nodes, loads, stores, aligned=True)
+    lines += _per_tensor_lines(em, k)
+    lines += _element_values(em, nodes, loads, "mask", "offs")
+    for r in graph.reductions:
+        if p.stage[id(r.args[0])] == k:
+            x = em.ref(r.args[0])
+            term = f"{x} * {x}" if r.op == "sumsq" else x
+            lines.append(f"    tl.store(part + c * NR + {graph.reductions.index(r)}, "
+                         f"tl.sum(tl.where(mask, {term}, 0.0), axis=0).to(tl.float64))")
+    for name in stores:
+        lines += em.store(name, em.real_ref(graph.outputs[name]), "offs", "mask")
     return lines + [""]
 
 
-def _combine(em: Emitter, npt: int) -> list[str]:
-    """One program per tensor adds its chunks' partial sums in chunk order (deterministic)."""
-    lines = ["@triton.jit", "def combine(first, part, pt, NR: tl.constexpr, NPT: tl.constexpr):",
-             "    t = tl.program_id(0)", "    lo = tl.load(first + t)", "    hi = tl.load(first + t + 1)"]
+def _combine(em: Emitter) -> list[str]:
+    """One program per tensor adds its chunks' partial sums in chunk order (deterministic): its whole
+    chunks, then its last, partial one (`tail`: its number, or -1)."""
+    lines = ["@triton.jit", "def combine(first, tail, part, pt, NR: tl.constexpr, NPT: tl.constexpr):",
+             "    t = tl.program_id(0)", "    lo = tl.load(first + t)", "    hi = tl.load(first + t + 1)",
+             "    e = tl.load(tail + t)"]
     for j, r in enumerate(em.graph.reductions):
         lines += [f"    acc{j} = tl.zeros((), tl.float64)",
                   "    for c in range(lo, hi):",
                   f"        acc{j} += tl.load(part + c * NR + {j})",
+                  f"    acc{j} += tl.load(part + e * NR + {j}, mask=e >= 0, other=0.0)",
                   f"    tl.store(pt + t * NPT + {em.slot[id(r)]}, acc{j})"]
     if not em.graph.reductions:
         lines.append("    pass")
     return lines + [""]
 
 
-class Kernel:
-    """The Triton kernels of one traced rule and storage dtype, and how to launch them on a call."""
-
-    def __init__(self, graph: Graph, dtype: torch.dtype, title: str, folder):
-        self.graph, self.plan = graph, cgen.plan(graph)
-        self.compute = torch.float64 if dtype == torch.float64 else torch.float32
-        self.source = generate(graph, dtype, title)
-        digest = hashlib.sha256(self.source.encode()).hexdigest()[:24]
-        path = folder / f"triton-{digest}.py"
-        if not path.exists() or path.read_text() != self.source:
-            path.write_text(self.source)
-        spec = importlib.util.spec_from_file_location(f"optimlab_triton_{digest}", path)
-        self.module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(self.module)
-        self.scalars = [n for n in graph.nodes if n.kind == SCALAR and n.op != "const"]
-        self.per_tensor = sum(n.kind == PER_TENSOR for n in graph.nodes)
-
-    def __call__(self, arrays: list[list[torch.Tensor]], h) -> None:
-        device = arrays[0][0].device
-        sizes = tuple(x.numel() for x in arrays[0])
-        chunk_t, chunk_lo, first = _chunks(sizes, device)
-        nt, na, nc = len(sizes), len(arrays), chunk_t.numel()
-        if nc == 0:
-            return
-        ptrs = torch.tensor([x.data_ptr() for row in zip(*arrays) for x in row], dtype=torch.int64).to(device)
-        numel = torch.tensor(sizes, dtype=torch.int64).to(device)
-        npt, nr = max(self.per_tensor, 1), max(len(self.graph.reductions), 1)
-        pt = torch.zeros(nt * npt, dtype=torch.float64, device=device)
-        part = torch.empty(nc * nr, dtype=torch.float64, device=device)
-        values = _scalar_values(self.graph, h, self.compute)
-        # Per-step numbers in a small device array: arguments that never recompile a kernel.
-        numbers = [float(values[id(n)]) for n in self.scalars] or [0.0]
-        sc = torch.tensor(numbers, dtype=torch.float64).to(device)
-        for k in range(self.plan.passes):
-            getattr(self.module, f"pass_{k}")[(nc,)](ptrs, chunk_t, chunk_lo, numel, pt, part, sc,
-                                                     NA=na, NPT=npt, NR=nr, BLOCK=BLOCK)
-            if any(self.plan.stage[id(r.args[0])] == k for r in self.graph.reductions):
-                self.module.combine[(nt,)](first, part, pt, NR=nr, NPT=npt)
+# x ** y (per tensor or per step, in float64): libdevice's pow on the GPU; Triton's interpreter has no
+# libdevice, so there it is exp(y·log x), for the positive bases that rules raise to a power (within a
+# few ulps of float64: far below float32's resolution).
+POWER = {False: ["@triton.jit", "def power(x, y):", "    return libdevice.pow(x, y)", ""],
+         True: ["@triton.jit", "def power(x, y):", "    return tl.exp(y * tl.log(x))", ""]}
 
 
-def _scalar_values(graph: Graph, h, compute: torch.dtype) -> dict:
-    """Every scalar node's value for this call, in double (booleans as 0/1)."""
-    values = {}
+# The gradient as the rule sees it: divided by GradScaler's scale where the kernel is told to (as torch's
+# fused kernels do); found_inf is read once per program by the mask.
+UNSCALE = ["@triton.jit", "def unscale(g, scale, AMP: tl.constexpr):", "    if AMP:",
+           "        g = tl.div_rn(g, tl.load(scale).to(g.dtype))", "    return g", ""]
+
+
+# --- matrix graphs: tiles of the matrix view, row and column values between passes --------------------
+
+
+def _geometry(em: Emitter) -> list[str]:
+    return [f"    {name} = tl.load(geo + t * {len(GEO)} + {j})" for j, name in enumerate(GEO)]
+
+
+def _line_base(em: Emitter, n: Sym) -> str:
+    """The first of tensor t's values of row or column node n in the line buffer."""
+    return f"lines + {em.line[id(n)]} * L + loff" + (" + rows" if n.kind == COL else "")
+
+
+def line_sums(graph: Graph) -> tuple[list[Sym], list[Sym]]:
+    """The row sums and the column sums of elements, each with its partial sums in the kernels."""
+    element = cgen.element_reductions(graph)
+    return [r for r in element if r.op == "row_sum"], [r for r in element if r.op == "col_sum"]
+
+
+def _matrix_pass(em: Emitter, k: int) -> list[str]:
+    """A pass over tiles: row values broadcast along a tile's columns, column values along its rows."""
+    graph, p = em.graph, em.plan
+    nodes, loads = cgen._pass_nodes(graph, p.stage, p.write_pass, k)
+    stores = [name for name, w in p.write_pass.items() if w == k]
+    lines = ["@triton.jit", f"def pass_{k}({ARGS}, tiles, {CONSTS}, BR: tl.constexpr, BC: tl.constexpr):",
+             "    c = tl.program_id(0)",
+             "    t = tl.load(tiles + 3 * c)",
+             *_geometry(em),
+             "    n = rows * cols",
+             "    i = tl.load(tiles + 3 * c + 1)",
+             "    j = tl.load(tiles + 3 * c + 2)",
+             "    r = i * BR + tl.arange(0, BR)",
+             "    q = j * BC + tl.arange(0, BC)",
+             "    mask = (r < rows)[:, None] & (q < cols)[None, :]",
+             "    offs = r[:, None] * cols + q[None, :]"]
+    lines += _prologue(em, nodes, loads, stores)
+    lines += _per_tensor_lines(em, k)
+    used = {id(a) for n in nodes if id(n) not in loads for a in n.args}
+    used |= {id(graph.outputs[s]) for s in stores}
+    for n in graph.nodes:  # row and column values of this tile, as a column and a row of it
+        if id(n) in used and n.kind in (ROW, COL):
+            at, shape = ("r", "[:, None]") if n.kind == ROW else ("q", "[None, :]")
+            count = "rows" if n.kind == ROW else "cols"
+            lines.append(f"    {em.ref(n)} = tl.load({_line_base(em, n)} + {at}, mask={at} < {count}, "
+                         f"other=1){shape}")  # 1 off the matrix: no 1/0 in the lanes masked out
+    lines += _element_values(em, nodes, loads, "mask", "offs")
+    row_sums, col_sums = line_sums(em.graph)
+    for red in graph.reductions:
+        if red.args[0].kind != ELEMENT or p.stage[id(red.args[0])] != k:
+            continue
+        x = em.ref(red.args[0])
+        term = f"tl.where(mask, {x} * {x}, 0.0)" if red.op == "sumsq" else f"tl.where(mask, {x}, 0.0)"
+        if red.op in ("sum", "sumsq"):
+            lines.append(f"    tl.store(part + c * NR + {graph.reductions.index(red)}, "
+                         f"tl.sum(tl.sum({term}, axis=1), axis=0).to(tl.float64))")
+        elif red.op == "row_sum":  # partial sums of this tile's rows: [row, column tile] of the tensor
+            base = f"lpart + lpb + {row_sums.index(red)} * rows * ntj"
+            lines.append(f"    tl.store({base} + r * ntj + j, tl.sum({term}, axis=1).to(tl.float64), "
+                         "mask=r < rows)")
+        else:  # columns: [column, row tile]
+            base = f"lpart + lpb + {len(row_sums)} * rows * ntj + {col_sums.index(red)} * cols * nti"
+            lines.append(f"    tl.store({base} + q * nti + i, tl.sum({term}, axis=0).to(tl.float64), "
+                         "mask=q < cols)")
+    for name in stores:
+        lines += em.store(name, em.real_ref(graph.outputs[name]), "offs", "mask")
+    return lines + [""]
+
+
+def _lines(em: Emitter, k: int) -> list[str]:
+    """Before pass k (after the last pass for k = passes), one program per tensor: the per-tensor, row
+    and column values of stage k in graph order, each row or column node one loop over its lines in
+    blocks of LB; after the last pass, the row and column states are stored."""
+    graph, p = em.graph, em.plan
+    row_sums, col_sums = line_sums(em.graph)
+    lines = ["@triton.jit", f"def lines_{k}({ARGS}, {CONSTS}, LB: tl.constexpr):", "    t = tl.program_id(0)",
+             *_geometry(em), "    n = rows * cols", "    b = tl.arange(0, LB)"]
+    lines += _scalar_lines(em)
+    lines += _per_tensor_lines(em, k, upto=False)
+    inputs = sorted({n.name for n in graph.nodes if n.op == "input" and n.kind in (ROW, COL)
+                     and p.stage[id(n)] == k}, key=graph.arrays.index)
+    stored = [name for name in graph.outputs if graph.kinds[name] != ELEMENT] if k == p.passes else []
+    lines += [f"    p{graph.arrays.index(name)} = {em.pointer(name)}  # {name}" for name in inputs + stored]
+    if stored:
+        lines.append("    ok = tl.load(found_inf) == 0  # GradScaler found an inf: store nothing")
     for n in graph.nodes:
-        if n.kind == SCALAR:
-            values[id(n)] = float(scalar_value(n, [values[id(a)] for a in n.args], h, compute))
-    return values
+        if p.stage[id(n)] != k or n.kind not in (PER_TENSOR, ROW, COL):
+            continue
+        if n.kind == PER_TENSOR and n.op in REDUCTIONS and n.args[0].kind == ELEMENT:
+            lines += [f"    {em.ref(n)} = tl.zeros((), tl.float64)",  # tiles' partials in tile order
+                      "    for c in range(first, first + nti * ntj):",
+                      f"        {em.ref(n)} += tl.load(part + c * NR + {graph.reductions.index(n)})",
+                      f"    tl.store(pt + t * NPT + {em.slot[id(n)]}, {em.ref(n)})"]
+        elif n.kind == PER_TENSOR and n.op in REDUCTIONS:  # over a row or column node, in order
+            x, count = n.args[0], "rows" if n.args[0].kind == ROW else "cols"
+            term = "v * v" if n.op == "sumsq" else "v"
+            lines += [f"    {em.ref(n)} = tl.zeros((), tl.float64)",
+                      f"    for lo in range(0, {count}, LB):",
+                      f"        v = tl.load({_line_base(em, x)} + lo + b, mask=lo + b < {count}, other=0)"
+                      ".to(tl.float64)",
+                      f"        {em.ref(n)} += tl.sum({term}, axis=0)",
+                      f"    tl.store(pt + t * NPT + {em.slot[id(n)]}, {em.ref(n)})"]
+        elif n.kind == PER_TENSOR:
+            sizes = {"numel": "n", "nrows": "rows", "ncols": "cols"}
+            value = f"{sizes[n.op]}.to(tl.float64)" if n.op in sizes else \
+                em.expr(n.op, [em.ref(a) for a in n.args], "tl.float64")
+            lines.append(f"    {em.ref(n)} = {value}")
+        else:
+            lines += _line_loop(em, n, row_sums, col_sums)
+    for name in stored:
+        o, count = graph.outputs[name], "rows" if graph.kinds[name] == ROW else "cols"
+        lines += [f"    for lo in range(0, {count}, LB):",
+                  f"        m = tl.where(ok, lo + b < {count}, False)",
+                  f"        {em.ref(o)} = tl.load({_line_base(em, o)} + lo + b, mask=m, other=0)",
+                  *["    " + s for s in em.store(name, em.ref(o), "lo + b", "m")]]
+    return lines + ["    pass", ""]
 
 
-_chunk_tables = BoundedCache(64)
-
-
-def _chunks(sizes: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The chunk table of a layout (tensor, first element) and each tensor's first chunk, on the device."""
-    def make():
-        chunk_t, chunk_lo, first = [], [], []
-        for t, size in enumerate(sizes):
-            first.append(len(chunk_t))
-            for lo in range(0, size, BLOCK):
-                chunk_t.append(t)
-                chunk_lo.append(lo)
-        first.append(len(chunk_t))
-        return tuple(torch.tensor(x, dtype=torch.int64).to(device) for x in (chunk_t, chunk_lo, first))
-
-    return _chunk_tables.get((sizes, str(device)), make)
+def _line_loop(em: Emitter, n: Sym, row_sums: list, col_sums: list) -> list[str]:
+    """One row or column node over all of tensor t's rows or columns, into its slot of the line buffer."""
+    count, real = ("rows", em.real) if n.kind == ROW else ("cols", em.real)
+    lines = [f"    for lo in range(0, {count}, LB):", f"        m = lo + b < {count}"]
+    if n.op == "input":
+        value = f"tl.load(p{em.graph.arrays.index(n.name)} + lo + b, mask=m, other=0).to({real})"
+    elif n.op == "row_sum":  # the column tiles' partial sums of each row, in tile order
+        base = f"lpart + lpb + {row_sums.index(n)} * rows * ntj + (lo + b) * ntj"
+        lines += ["        acc = tl.zeros((LB,), tl.float64)", "        for jj in range(0, ntj):",
+                  f"            acc += tl.load({base} + jj, mask=m, other=0)"]
+        value = f"acc.to({real})"
+    elif n.op == "col_sum":
+        base = (f"lpart + lpb + {len(row_sums)} * rows * ntj + {col_sums.index(n)} * cols * nti"
+                " + (lo + b) * nti")
+        lines += ["        acc = tl.zeros((LB,), tl.float64)", "        for ii in range(0, nti):",
+                  f"            acc += tl.load({base} + ii, mask=m, other=0)"]
+        value = f"acc.to({real})"
+    else:
+        args = []
+        for a in n.args:
+            if a.kind in (ROW, COL):
+                lines.append(f"        {em.ref(a)} = tl.load({_line_base(em, a)} + lo + b, mask=m, other=1)")
+            args.append(em.real_ref(a))
+        value = em.expr(n.op, args, real)
+    lines += [f"        {em.ref(n)} = {value}",
+              f"        tl.store({_line_base(em, n)} + lo + b, {em.ref(n)}, mask=m)",
+              "    tl.debug_barrier()  # the next loop may read what another thread of the program wrote"]
+    return lines
