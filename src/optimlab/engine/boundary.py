@@ -83,9 +83,9 @@ def check_coded(p: torch.Tensor, state: dict, key: str, describe: Callable) -> N
             raise ParameterMismatch(f"{describe()}: state {name!r} is {type(value).__name__}, not a tensor "
                                     f"({tuple(shape)} {str(dtype).removeprefix('torch.')})")
         if value.shape != shape or value.dtype is not dtype:
-            raise ParameterMismatch(f"{describe()}: state {name!r} is {_what(value)} but this parameter needs "
-                                    f"{tuple(shape)} {str(dtype).removeprefix('torch.')} (a checkpoint of a "
-                                    "different model, or a corrupt one?)")
+            raise ParameterMismatch(f"{describe()}: state {name!r} is {_what(value)} but this parameter "
+                                    f"needs {tuple(shape)} {str(dtype).removeprefix('torch.')} (a checkpoint "
+                                    "of a different model, or a corrupt one?)")
         if value.device != p.device:
             state[name] = value = value.to(p.device)
         if not value.is_contiguous():
@@ -94,8 +94,8 @@ def check_coded(p: torch.Tensor, state: dict, key: str, describe: Callable) -> N
     seen = _finite_seen.get(id(absmax))
     if seen is None or seen() is not absmax:
         if not bool(torch.isfinite(absmax).all()) or bool((absmax < 0).any()):
-            raise ParameterMismatch(f"{describe()}: state {absmax_key!r} holds NaN, infinite or negative block "
-                                    "scales (a corrupt checkpoint?)")
+            raise ParameterMismatch(f"{describe()}: state {absmax_key!r} holds NaN, infinite or negative "
+                                    "block scales (a corrupt checkpoint?)")
         _finite_seen[id(absmax)] = weakref.ref(absmax)
         if len(_finite_seen) > 65536:
             _finite_seen.clear()

@@ -26,6 +26,7 @@ class AdamW8bit(AdamW):
     """
 
     codecs = {"m": codec.SIGNED, "v": codec.UNSIGNED}
+    complex_as_real = False  # the codec stores real states; bitsandbytes refuses complex parameters too
     checks = {**AdamW.checks, "min_8bit_size": _min_size}
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
