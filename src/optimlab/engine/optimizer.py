@@ -186,12 +186,14 @@ class RuleOptimizer(torch.optim.Optimizer):
             return codec.Coded(self._codec_declared(sym), state[codes_key], state[absmax_key])
         return view(state.get(key))
 
-    def _codec_declared(self, sym: str):
-        return self.codecs.get(sym) or self.rule.state[sym].codec
+    @classmethod
+    def _codec_declared(cls, sym: str):
+        return cls.codecs.get(sym) or cls.rule.state[sym].codec
 
-    def codec_of(self, sym: str, p: torch.Tensor, h: SimpleNamespace):
+    @classmethod
+    def codec_of(cls, sym: str, p: torch.Tensor, h: SimpleNamespace):
         """The codec that stores state `sym` of parameter p, or None (kept as a tensor like p)."""
-        chosen = self._codec_declared(sym)
+        chosen = cls._codec_declared(sym)
         if chosen is None or type(p) not in paths.PLAIN or p.is_complex() or not p.is_floating_point():
             return None
         return chosen if p.numel() >= getattr(h, "min_8bit_size", 0) else None
