@@ -58,7 +58,7 @@ class Blockwise8bit:
 
     @property
     def name(self) -> str:
-        return f"blockwise 8-bit ({'signed' if self.signed else 'unsigned'} dynamic map, {BLOCK} per block)"
+        return f"{'signed' if self.signed else 'unsigned'} dynamic map"
 
     @functools.cached_property
     def table(self) -> np.ndarray:
