@@ -89,7 +89,10 @@ def test_each_code_is_the_nearest_value_of_the_map(coder):
     for i in range(0, x.numel(), 3):
         n = float(absmax[i // codec.BLOCK])
         scaled = float(np.float32(x[i]) * np.float32(1 / n if n > 0 else 0.0))
-        assert int(codes[i]) in nearest_code(scaled, table), i
+        best = nearest_code(scaled, table)
+        if int(codes[i]) not in best:  # only a float32 rounding tie may pick the neighbour
+            excess = abs(scaled - table[int(codes[i])]) - abs(scaled - table[min(best)])
+            assert excess <= 2**-23, (i, scaled, int(codes[i]), best)
 
 
 @pytest.mark.parametrize("coder", CODECS)

@@ -34,6 +34,7 @@ PRELUDE = r"""
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 static inline float bf16_load(uint16_t x) {
     union { uint32_t u; float f; } v; v.u = (uint32_t)x << 16; return v.f;
@@ -486,7 +487,8 @@ def _element_pass(e: Emit, k: int) -> list[str]:
         a = arrays.index(name)
         if name in e.coded:  # kept in float for the block's encoding, its magnitude into the block's max
             body += [f"const float y{a} = (float){ref(graph.outputs[name])}; w{a}[i - b0] = y{a};",
-                     f"const float u{a} = fabsf(y{a}); p{a} = (u{a} > p{a} || u{a} != u{a}) ? u{a} : p{a};"]
+                     f"const float u{a} = fabsf(y{a}); p{a} = u{a} > p{a} ? u{a} : p{a};",
+                     f"nan{a} |= u{a} != u{a};"]
         else:
             body.append(f"a{a}[i] = {e.store.format(ref(graph.outputs[name]))};")
     accumulators = [f"{partial}{e.rslot[id(r)]}" for r in sums] + [f"racc{j}" for j in range(len(row_sums))]
@@ -582,37 +584,29 @@ def _table(codec) -> str:
 
 
 def _codec_tables(codecs: set) -> list[str]:
-    """Per map: its 256 values (exact, as hexadecimal floats), the midpoints between neighbours, and a
-    table from the upper 16 bits of a float (sign, exponent, 7 bits of mantissa) to the code of the
-    smallest float with those bits. No two midpoints share such bits (codec.py checks), so a value's
-    nearest code is that code or the next: one comparison with a midpoint, and ties go down, as
-    torch.searchsorted's. The tables are built once, when the library is loaded."""
+    """Per map: its 256 values (exact, as hexadecimal floats) to decode, and the encoder of
+    codec.nearest_codes with its constants: the same float32 operations in the same order, as
+    comparisons and selects that vectorise (no table search)."""
     lines = []
     for codec in sorted(codecs, key=lambda c: c.signed):
-        x = "S" if codec.signed else "U"
+        x, c = ("S" if codec.signed else "U"), codec.decades
         values = ", ".join(float(v).hex() for v in codec.table)
-        lines += [
-            f"static const float QMAP_{x}[256] = {{{values}}};",
-            f"static float MID_{x}[256];",
-            f"static uint8_t LUT_{x}[65536];",
-            f"__attribute__((constructor)) static void build_{x}(void) {{",
-            f"  for (int c = 0; c < 255; c++) MID_{x}[c] = (QMAP_{x}[c] + QMAP_{x}[c + 1]) / 2.0f;",
-            f"  MID_{x}[255] = INFINITY;",
-            "  for (uint32_t b = 0; b < 65536; b++) {",
-            "    union { uint32_t u; float f; } v; v.u = (b & 0x8000u) ? (b << 16) | 0xffffu : b << 16;",
-            "    int lo = 0, hi = 255;  /* codes below: midpoints < the bucket's smallest value */",
-            "    while (lo < hi) {",
-            f"      const int m = (lo + hi) / 2; if (MID_{x}[m] < v.f) lo = m + 1; else hi = m;",
-            "    }",
-            f"    LUT_{x}[b] = (uint8_t)lo;",
-            "  }",
-            "}",
-            f"static inline uint8_t encode_{x}(float q) {{",
-            "  union { float f; uint32_t u; } v; v.f = q;",
-            f"  const uint8_t c = LUT_{x}[v.u >> 16];",
-            f"  return (uint8_t)(c + (q > MID_{x}[c]));",
-            "}",
-        ]
+        hexf = [f"{float(v).hex()}f" for v in c.bounds]
+        lines += [f"static const float QMAP_{x}[256] = {{{values}}};",
+                  f"static inline int encode_{x}(float q) {{",
+                  "  const float a = fabsf(q);",
+                  "  const int d = " + " + ".join(f"(a > {b})" for b in hexf) + " - 1;",
+                  f"  float scale = {float(c.scale[0]).hex()}f, slope = {float(c.slope[0]).hex()}f;",
+                  f"  int first = {c.first[0]}, last = {c.last[0]};"]
+        for d in range(1, 7):
+            lines.append(f"  if (d >= {d}) {{ scale = {float(c.scale[d]).hex()}f; "
+                         f"slope = {float(c.slope[d]).hex()}f; first = {c.first[d]}; last = {c.last[d]}; }}")
+        lines += ["  int j = (int)((a * scale - 0.1f) * slope);",
+                  "  j = j < 0 ? 0 : (j > last ? last : j);",
+                  "  int rank = d == 7 ? 255 : first + j;"]
+        if codec.signed:
+            lines.append("  if (q < 0) rank = 254 - rank < 0 ? 0 : 254 - rank;")
+        lines += [f"  return d < 0 ? {c.zero} : rank;", "}"]
     return lines
 
 
@@ -628,14 +622,21 @@ def _coded_pass(e: Emit, body: list[str], touched: list[str], stores: list[str])
     lines = [f"    for (int64_t b0 = lo; b0 < hi; b0 += {QBLOCK}) {{",
              f"      const int64_t b1 = b0 + {QBLOCK} < hi ? b0 + {QBLOCK} : hi;"]
     lines += [f"      const float m{a} = n{a}[b0 / {QBLOCK}];" for a in coded_in]
-    lines += [f"      float w{a}[{QBLOCK}], p{a} = 0;" for a in coded_out]
+    lines += [f"      float w{a}[{QBLOCK}], p{a} = 0; int nan{a} = 0;" for a in coded_out]
+    # the block's max as a vector reduction; a NaN (which a max reduction may drop) is tracked apart
+    reductions = ([f"reduction(max:{','.join(f'p{a}' for a in coded_out)})",
+                   f"reduction(|:{','.join(f'nan{a}' for a in coded_out)})"] if coded_out else [])
+    lines.append(f"      #pragma omp simd {' '.join(reductions)}")
     lines.append("      for (int64_t i = b0; i < b1; i++) {")
     lines += [f"        {b}" for b in body]
     lines.append("      }")
     for a in coded_out:
         x = "S" if e.coded[arrays[a]].signed else "U"
-        lines += [f"      n{a}[b0 / {QBLOCK}] = p{a};",
+        lines += [f"      if (nan{a}) p{a} = NAN;",
+                  f"      n{a}[b0 / {QBLOCK}] = p{a};",
                   f"      const float v{a} = p{a} > 0 ? 1.0f / p{a} : 0.0f;",
-                  f"      for (int64_t i = b0; i < b1; i++) a{a}[i] = encode_{x}(w{a}[i - b0] * v{a});"]
+                  "      #pragma omp simd",
+                  "      for (int64_t i = b0; i < b1; i++)",
+                  f"        a{a}[i] = (uint8_t)encode_{x}(w{a}[i - b0] * v{a});"]
     lines.append("    }")
     return lines

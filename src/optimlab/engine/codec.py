@@ -68,12 +68,21 @@ class Blockwise8bit:
     def midpoints(self) -> np.ndarray:
         """Decision boundaries between neighbouring codes, in float32 (as the kernel computes them)."""
         q = self.table
-        mids = ((q[:-1] + q[1:]) / np.float32(2)).astype(np.float32)
-        # The fused kernel finds a code from a float's upper 16 bits and one comparison (cgen.py): that
-        # needs every midpoint in a bucket of its own.
-        if len(np.unique(mids.view(np.uint32) >> 16)) != len(mids):
-            raise AssertionError("two midpoints of the dynamic map share their upper 16 bits")
-        return mids
+        return ((q[:-1] + q[1:]) / np.float32(2)).astype(np.float32)
+
+    @functools.cached_property
+    def decades(self) -> Decades:
+        """The constants of `nearest_codes`, from the map itself."""
+        n = [2 ** (d + (0 if self.signed else 1)) for d in range(8)]  # codes per decade; 7: the code of 1.0
+        offset = 128 if self.signed else 0  # rank of the first positive code, less one for the zero code
+        first = [offset + n[d] - 1 for d in range(8)]  # rank of each decade's smallest code
+        mids = self.midpoints
+        bounds = [mids[first[0] - 1]] + [mids[first[d] - 1] for d in range(1, 8)]
+        return Decades(bounds=np.array(bounds, dtype=np.float32),
+                       scale=np.array([10.0 ** (6 - d) for d in range(7)], dtype=np.float32),
+                       slope=np.array([n[d] / 0.9 for d in range(7)], dtype=np.float32),
+                       first=first, last=[n[d] - 1 for d in range(7)],
+                       zero=offset - (1 if self.signed else 0))
 
     def tensors(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         return (torch.as_tensor(self.table, device=device), torch.as_tensor(self.midpoints, device=device))
@@ -92,10 +101,31 @@ class Blockwise8bit:
         peak = padded.abs().amax(dim=1)  # N_b (NaN propagates: a NaN state stays NaN, as it would in fp32)
         inverse = torch.where(peak > 0, peak.reciprocal(), torch.zeros_like(peak))  # 0 for an all-zero block
         scaled = padded * inverse[:, None]  # in [-1, 1]
-        _, midpoints = self.tensors(x.device)
-        nearest = torch.searchsorted(midpoints, scaled.reshape(-1))  # ties go to the lower code
-        codes.view(-1).copy_(nearest[:n])
+        codes.view(-1).copy_(self.nearest_codes(scaled.reshape(-1)[:n]))
         absmax.copy_(peak)
+
+    def nearest_codes(self, q: torch.Tensor) -> torch.Tensor:
+        """The code of the map's value nearest to each q in [-1, 1] (float32), without a search.
+
+        Which decade of the map |q| falls in is where it lies among the seven midpoints between decades
+        (and the ones next to 0 and 1); within decade d the codes are the midpoints of equal buckets, so
+        the nearest is the bucket |q| falls in: ⌊(|q|·10^(6−d) − 0.1) · n_d / 0.9⌋. Exact but for values
+        within float32 rounding of a boundary inside a decade (a tie, either code is as near). The fused
+        kernel does the same float32 operations in the same order (cgen.py), so both give the same codes."""
+        c = self.decades
+        a = q.abs()
+        d = torch.full(a.shape, -1, dtype=torch.int64, device=q.device)
+        for bound in c.bounds.tolist():
+            d += a > bound  # -1: the zero code; 0 … 6: a decade; 7: the code of 1
+        inside = d.clamp(0, 6)
+        scale, slope, first, last = (torch.as_tensor(t, device=q.device)[inside]
+                                     for t in (c.scale, c.slope, np.array(c.first[:7]), np.array(c.last)))
+        j = ((a * scale - torch.tensor(0.1, dtype=torch.float32)) * slope).to(torch.int32)
+        rank = first + torch.minimum(j.clamp_min(0), last)
+        rank = torch.where(d == 7, 255, rank)
+        if self.signed:  # the negative codes mirror the positive ones below zero (1 has no mirror)
+            rank = torch.where(q < 0, (254 - rank).clamp_min(0), rank)
+        return torch.where(d < 0, c.zero, rank)
 
     def decode(self, codes: torch.Tensor, absmax: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """map[code] · N_b, in float32 (then `dtype`), with the codes' shape."""
@@ -110,6 +140,19 @@ class Blockwise8bit:
         zero = int(np.searchsorted(self.midpoints, 0.0))  # the code of 0
         codes = torch.full(θ.shape, zero, dtype=torch.uint8, device=θ.device)
         return codes, torch.zeros(self.blocks(θ.numel()), dtype=torch.float32, device=θ.device)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decades:
+    """A map's decades, for the encoder: the midpoints at their edges (and next to 0 and 1), 10^(6−d),
+    n_d / 0.9, the rank of each decade's first code and the last bucket of each decade."""
+
+    bounds: np.ndarray
+    scale: np.ndarray
+    slope: np.ndarray
+    first: list
+    last: list
+    zero: int
 
 
 SIGNED = Blockwise8bit(signed=True)
