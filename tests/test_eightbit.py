@@ -342,3 +342,33 @@ def test_matches_bitsandbytes_adamw8bit_step_by_step():
             assert step[large].max() <= 1, (t, ours)
             differing.append(float((step > 0).float().mean()))
     assert max(differing) < 0.05 and np.mean(differing) < 0.005
+
+
+# --- the codec on other rules ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("base,codecs", [("lion", {"m": codec.SIGNED}),
+                                         ("lamb", {"m": codec.SIGNED, "v": codec.UNSIGNED})])
+def test_any_rule_can_store_its_state_with_the_codec(base, codecs):
+    """Lion (one pass: the kernel reads the codes) and LAMB (two passes: states decoded around the kernel)
+    with coded states, declared by a subclass: every path steps them, and they agree."""
+    cls = type(f"{base}_8bit", (optimlab.spec(base).cls,), {"codecs": codecs})
+    results = {}
+    for path in PATHS:
+        g = torch.Generator().manual_seed(0)
+        params = [torch.randn(s, generator=g).requires_grad_() for s in ((64, 80), (300,))]
+        opt = cls(params, lr=1e-3, path=path)
+        for _ in range(10):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+        results[path] = (params, opt)
+    ref_params, ref_opt = results["tensor"]
+    key = optimlab.spec(base).rule.state["m"].key
+    assert ref_opt.state[ref_params[0]][key + "_codes"].dtype == torch.uint8
+    for path in ("foreach", "fused"):
+        params, opt = results[path]
+        for p, q in zip(params, ref_params):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+            step = (opt.state[p][key + "_codes"].int() - ref_opt.state[q][key + "_codes"].int()).abs()
+            assert step.max() <= 1
