@@ -10,7 +10,7 @@ import importlib
 
 from .lr_find import lr_find
 from .optimizers import SGD, Adafactor, Adagrad, Adam, AdamW, LAMB, Lion, NAdam, RAdam, RMSprop
-from .optimizers import ADOPT, LARS, ScheduleFreeAdamW, ScheduleFreeSGD, Sophia
+from .optimizers import ADOPT, LARS, AdamW8bit, ScheduleFreeAdamW, ScheduleFreeSGD, Sophia
 from .registry import Spec, available, create, presets, register, resolve, spec
 
 # Subpackages load on first use, so `import optimlab` stays light (no plotting, no scikit-learn).
@@ -24,5 +24,5 @@ def __getattr__(name: str):
 
 __all__ = ["available", "create", "spec", "resolve", "presets", "register", "Spec", "lr_find",
            "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Lion", "LAMB", "Adafactor"]
-__all__ += ["ADOPT", "LARS", "Sophia", "ScheduleFreeAdamW", "ScheduleFreeSGD"]
+__all__ += ["AdamW8bit", "ADOPT", "LARS", "Sophia", "ScheduleFreeAdamW", "ScheduleFreeSGD"]
 __version__ = "0.1.0"

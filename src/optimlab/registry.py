@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import torch
 
+from .engine import codec
 from .engine.interop import TORCH_KEYWORDS
 from .engine.optimizer import RuleOptimizer
 from .settings import parse
@@ -74,8 +75,19 @@ class Spec:
         """
         θ = torch.empty(shape, dtype=dtype, device="meta")
         h = self.hyper(**hyper)
-        kept = {s.key: s.create(θ, h) for s in self.rule.kept(h).values() if self.rule.keeps(s, θ, h)}
-        return {key: (tuple(t.shape), t.dtype) for key, t in kept.items()}
+        out = {}
+        for sym, s in self.rule.kept(h).items():
+            if not self.rule.keeps(s, θ, h):
+                continue
+            coder = self.cls.codec_of(sym, θ, h)
+            if coder is None:
+                t = s.create(θ, h)
+                out[s.key] = (tuple(t.shape), t.dtype)
+            else:  # 8-bit codes and a float32 absmax per block (engine/codec.py)
+                codes, absmax = codec.keys(s.key)
+                out[codes] = (tuple(θ.shape), torch.uint8)
+                out[absmax] = ((coder.blocks(θ.numel()),), torch.float32)
+        return out
 
     def state_bytes(self, shape, dtype=torch.float32, **hyper) -> int:
         """Bytes of state tensors for one parameter (the step counter, a Python float, not included)."""

@@ -16,6 +16,7 @@ import textwrap
 
 import torch
 
+from .engine import codec
 from .registry import Spec, resolve
 
 INDENT = "    "
@@ -73,6 +74,26 @@ def rule_source(found: Spec, hyper: dict) -> list[str]:
     flags = {**vars(h), **{name: True for name in rule.guards}}  # guarded terms shown as written
     for fn in parts:
         out += specialize(fn, flags) + [""]
+    return out + storage_lines(found, h)
+
+
+def storage_lines(found: Spec, h) -> list[str]:
+    """How a coded optimizer stores its states (engine/codec.py), as comments after its rule: the rule is
+    the same, the storage is the difference (`diff adamw adamw8bit`). Nothing for uncoded optimizers."""
+    cls = found.cls
+    coded = {sym: cls._codec_declared(sym) for sym in found.rule.kept(h)}
+    if not any(coded.values()):
+        return []
+    least = getattr(h, "min_8bit_size", 0)
+    out = ["# state storage (the rule above sees decoded values):"]
+    for sym, coder in coded.items():
+        key = found.rule.state[sym].key
+        if coder is None:
+            out.append(f"# {sym} ({key}): a tensor like θ")
+            continue
+        codes, absmax = codec.keys(key)
+        out += [f"# {sym} ({key}): {codes} (uint8) + {absmax} (float32, one per {codec.BLOCK}),",
+                f"#     {coder.name}; a tensor of < {least} elements keeps a tensor like θ"]
     return out
 
 

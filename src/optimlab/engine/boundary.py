@@ -11,7 +11,9 @@ wrong elements. Everything a user can hand the engine passes through `admit` fir
 * a state tensor of another floating dtype or device follows its parameter (after `model.to(dtype)` or
   `model.to(device)`), as torch's `load_state_dict` casts state, with one warning: the rule never reads
   fp32 state as bf16 bits;
-* state the fused kernel reads as a dense array is made contiguous.
+* state the fused kernel reads as a dense array is made contiguous;
+* a coded state (engine/codec.py) is uint8 codes of the parameter's shape and one float32 absmax per
+  block; an absmax that is NaN, negative or infinite when first seen (a corrupt checkpoint) is refused.
 
 Tensor subclasses (DTensor and others) never reach the C kernel: `paths.run` routes them (see there).
 """
@@ -24,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from . import codec
 from .rule import State
 
 
@@ -45,6 +48,8 @@ def admit(h, kept: dict[str, State], params: list, states: list[dict], describe:
         for s in kept.values():
             value = state.get(s.key)
             if value is None:
+                if codec.keys(s.key)[0] in state:
+                    check_coded(p, state, s.key, lambda: describe(i))
                 continue
             if not isinstance(value, torch.Tensor):
                 kind = type(value).__name__
@@ -65,6 +70,46 @@ def admit(h, kept: dict[str, State], params: list, states: list[dict], describe:
                 value = state[s.key] = value.to(device=device, dtype=want_dtype)
             if not value.is_contiguous():
                 state[s.key] = value.contiguous()
+
+
+def check_coded(p: torch.Tensor, state: dict, key: str, describe: Callable) -> None:
+    """The codes and block scales of coded state `key` fit parameter p; a new absmax tensor is finite."""
+    codes_key, absmax_key = codec.keys(key)
+    codes, absmax = state.get(codes_key), state.get(absmax_key)
+    blocks = (codec.Blockwise8bit.blocks(p.numel()),)
+    for name, value, shape, dtype in ((codes_key, codes, p.shape, torch.uint8),
+                                      (absmax_key, absmax, blocks, torch.float32)):
+        if not isinstance(value, torch.Tensor):
+            raise ParameterMismatch(f"{describe()}: state {name!r} is {type(value).__name__}, not a tensor "
+                                    f"({tuple(shape)} {str(dtype).removeprefix('torch.')})")
+        if value.shape != shape or value.dtype is not dtype:
+            raise ParameterMismatch(f"{describe()}: state {name!r} is {_what(value)} but this parameter "
+                                    f"needs {tuple(shape)} {str(dtype).removeprefix('torch.')} (a checkpoint "
+                                    "of a different model, or a corrupt one?)")
+        if value.device != p.device:
+            state[name] = value = value.to(p.device)
+        if not value.is_contiguous():
+            state[name] = value.contiguous()
+    absmax = state[absmax_key]
+    seen = _finite_seen.get(id(absmax))
+    if seen is None or seen() is not absmax:
+        if not bool(torch.isfinite(absmax).all()) or bool((absmax < 0).any()):
+            raise ParameterMismatch(f"{describe()}: state {absmax_key!r} holds NaN, infinite or negative "
+                                    "block scales (a corrupt checkpoint?)")
+        _finite_seen[id(absmax)] = weakref.ref(absmax)
+        if len(_finite_seen) > 65536:
+            _finite_seen.clear()
+
+
+_finite_seen: dict = {}
+
+
+def check_coded_load(optimizer) -> None:
+    """After load_state_dict: every coded state of every parameter passes `check_coded`."""
+    for p, state in optimizer.state.items():
+        for s in optimizer.rule.state.values():
+            if codec.keys(s.key)[0] in state or codec.keys(s.key)[1] in state:
+                check_coded(p, state, s.key, lambda: optimizer._describe(p))
 
 
 def expected(s: State, p: torch.Tensor, value: torch.Tensor, h) -> tuple[torch.Size, torch.dtype]:

@@ -34,6 +34,7 @@ PRELUDE = r"""
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 static inline float bf16_load(uint16_t x) {
     union { uint32_t u; float f; } v; v.u = (uint32_t)x << 16; return v.f;
@@ -191,6 +192,8 @@ class Emit:
     rslot: dict[int, int]  # id(per-tensor reduction of elements) -> its column in part
     nr: int
     matrix: bool  # tensors are walked as matrices, with row and column values
+    coded: dict = dataclasses.field(default_factory=dict)  # array -> codec: stored as 8-bit codes
+    stride: int = 0  # arrays per tensor in the kernel's pointer table (the graph's, then block scales)
 
     def scalar_ref(self, n: Sym) -> str:
         if n.op == "const":
@@ -213,11 +216,12 @@ class Emit:
         return f"(({self.real})s{self.index[id(n)]})"
 
 
-def generate(graph: Graph, dtype: torch.dtype, title: str = "") -> str:
+def generate(graph: Graph, dtype: torch.dtype, title: str = "", coded: dict | None = None) -> str:
     """C source of the kernel `int step(nt, ptr, numel, sc, nthreads)` for parameters of `dtype`.
 
     A graph with row or column values reads each tensor's matrix view from numel[nt + t] (rows) and
-    numel[2·nt + t] (columns)."""
+    numel[2·nt + t] (columns). `coded` (state -> codec) names states stored as 8-bit codes: the kernel
+    decodes them as it loads them and encodes them per block as it stores them (see _coded_pass)."""
     storage, real, load, store = STORAGE[dtype]
     p = plan(graph)
     per_tensor = [n for n in graph.nodes if n.kind == PER_TENSOR]
@@ -227,9 +231,12 @@ def generate(graph: Graph, dtype: torch.dtype, title: str = "") -> str:
              index={id(n): i for i, n in enumerate(graph.nodes)},
              slot={id(n): j for j, n in enumerate(per_tensor)},
              npt=max(len(per_tensor), 1), rslot={id(r): j for j, r in enumerate(sums)}, nr=max(len(sums), 1),
-             matrix=graph.matrix)
+             matrix=graph.matrix, coded=dict(coded or {}), stride=len(graph.arrays) + len(coded or {}))
+    if e.coded and not reads_codes(graph):
+        raise ValueError("coded states are read by single-pass elementwise kernels only (see reads_codes)")
     out = [f"/* optimlab fused kernel: {title} ({dtype}) */", PRELUDE, f"#define CHUNK {CHUNK}",
            f"#define BLOCK {BLOCK}", f"#define ROWS_IN_REAL {ROWS_IN_REAL}"]
+    out += _codec_tables(set(e.coded.values()))
     out.append("int step(int64_t nt, void **ptr, const int64_t *numel, const double *sc, int nthreads) {")
     # Scalars: computed once per call, in double, as the eager path computes them in Python.
     for n in graph.nodes:
@@ -349,7 +356,7 @@ def _between_passes(e: Emit, k: int) -> list[str]:
             count = "rows[t]" if n.kind == ROW else "cols[t]"
             if n.op == "input":
                 a = arrays.index(n.name)
-                value = e.load.format(f"(({e.storage} *)ptr[t * {len(arrays)} + {a}])[r]")
+                value = e.load.format(f"(({e.storage} *)ptr[t * {e.stride} + {a}])[r]")
             else:
                 value = _expr(n.op, [e.line_ref(a, "r") for a in n.args], e.real)
             lines.append(f"    for (int64_t r = 0; r < {count}; r++) {e.line_ref(n, 'r')} = {value};")
@@ -368,7 +375,7 @@ def _store_lines(e: Emit) -> list[str]:
         count = "rows[t]" if kind == ROW else "cols[t]"
         value = e.store.format(e.line_ref(o, "r"))
         lines += [f"  for (int64_t t = 0; t < nt; t++) {{  /* {name} */",
-                  f"    {e.storage} *a = ({e.storage} *)ptr[t * {len(arrays)} + {a}];",
+                  f"    {e.storage} *a = ({e.storage} *)ptr[t * {e.stride} + {a}];",
                   f"    for (int64_t r = 0; r < {count}; r++) a[r] = {value};",
                   "  }"]
     return lines
@@ -413,8 +420,12 @@ def _element_pass(e: Emit, k: int) -> list[str]:
     for name in touched:
         a = arrays.index(name)
         const = "const " if name not in stores else ""
-        pointer = f"({e.storage} *)ptr[t * {len(arrays)} + {a}]"
-        lines.append(f"    {const}{e.storage} *restrict a{a} = {pointer};  /* {name} */")
+        ctype = "uint8_t" if name in e.coded else e.storage
+        pointer = f"({ctype} *)ptr[t * {e.stride} + {a}]"
+        lines.append(f"    {const}{ctype} *restrict a{a} = {pointer};  /* {name} */")
+        if name in e.coded:
+            scales = f"(float *)ptr[t * {e.stride} + {len(arrays) + list(e.coded).index(name)}]"
+            lines.append(f"    float *restrict n{a} = {scales};  /* {name}: absmax per block */")
     for n in graph.nodes:
         if id(n) in used and n.kind == PER_TENSOR:
             ctype = "int" if n.is_bool else real
@@ -453,7 +464,10 @@ def _element_pass(e: Emit, k: int) -> list[str]:
             body.append(f"const {real} z{e.index[id(n)]} = zc{e.index[id(n)]}[j];")
     for n in nodes:
         ctype = "int" if n.is_bool else real
-        if id(n) in loads:
+        if id(n) in loads and loads[id(n)] in e.coded:  # map[code] · absmax of the block, in float
+            a = arrays.index(loads[id(n)])
+            value = f"({real})({_table(e.coded[loads[id(n)]])}[a{a}[i]] * m{a})"
+        elif id(n) in loads:
             value = e.load.format(f"a{arrays.index(loads[id(n)])}[i]")
         elif _by_a_number(n):
             value = f"({ref(n.args[0])} * r{e.index[id(n.args[1])]})"
@@ -470,7 +484,13 @@ def _element_pass(e: Emit, k: int) -> list[str]:
     for r in col_sums:
         body.append(f"cf{col_sums.index(r)}[j] += {ref(r.args[0])};")
     for name in stores:
-        body.append(f"a{arrays.index(name)}[i] = {e.store.format(ref(graph.outputs[name]))};")
+        a = arrays.index(name)
+        if name in e.coded:  # kept in float for the block's encoding, its magnitude into the block's max
+            body += [f"const float y{a} = (float){ref(graph.outputs[name])}; w{a}[i - b0] = y{a};",
+                     f"const float u{a} = fabsf(y{a}); p{a} = u{a} > p{a} ? u{a} : p{a};",
+                     f"nan{a} |= u{a} != u{a};"]
+        else:
+            body.append(f"a{a}[i] = {e.store.format(ref(graph.outputs[name]))};")
     accumulators = [f"{partial}{e.rslot[id(r)]}" for r in sums] + [f"racc{j}" for j in range(len(row_sums))]
     simd = f"    #pragma omp simd reduction(+:{','.join(accumulators)})" if accumulators else None
     if e.matrix:  # row by row: row values once per row, column values per element
@@ -495,6 +515,8 @@ def _element_pass(e: Emit, k: int) -> list[str]:
             flush = "".join(f" cp{j}[i] += (double)cf{j}[i]; cf{j}[i] = 0;" for j in range(len(col_sums)))
             lines.append(f"        for (int64_t i = 0; i < m; i++) {{{flush} }}")
         lines.append("    }")
+    elif e.coded:
+        lines += _coded_pass(e, body, touched, stores)
     else:
         if simd:  # vector partial sums in registers, in an order fixed by the chunk and the code
             lines.append(simd)
@@ -541,3 +563,80 @@ def _combine_reductions(e: Emit, k: int) -> list[str]:
             f"      cb{e.index[id(r)]}[coff[t] + i] = ({e.real})s; }}",
         ]
     return lines + ["  }"]
+
+
+# --- coded states: 8-bit codes with a float32 absmax per block (engine/codec.py) --------------------
+
+
+def reads_codes(graph: Graph) -> bool:
+    """Whether the kernel can read and write coded states itself: one elementwise pass (Adam, Lion, …).
+    A rule with reductions would reload states stored by an earlier pass; it runs on decoded copies."""
+    return not graph.matrix and not graph.reductions and plan(graph).passes == 1
+
+
+def absmax_array(sym: str) -> str:
+    """The name of a coded state's block scales among a kernel's arrays."""
+    return f"{sym}.absmax"
+
+
+def _table(codec) -> str:
+    return "QMAP_S" if codec.signed else "QMAP_U"
+
+
+def _codec_tables(codecs: set) -> list[str]:
+    """Per map: its 256 values (exact, as hexadecimal floats) to decode, and the encoder of
+    codec.nearest_codes with its constants: the same float32 operations in the same order, as
+    comparisons and selects that vectorise (no table search)."""
+    lines = []
+    for codec in sorted(codecs, key=lambda c: c.signed):
+        x, c = ("S" if codec.signed else "U"), codec.decades
+        values = ", ".join(float(v).hex() for v in codec.table)
+        hexf = [f"{float(v).hex()}f" for v in c.bounds]
+        lines += [f"static const float QMAP_{x}[256] = {{{values}}};",
+                  f"static inline int encode_{x}(float q) {{",
+                  "  const float a = fabsf(q);",
+                  "  const int d = " + " + ".join(f"(a > {b})" for b in hexf) + " - 1;",
+                  f"  float scale = {float(c.scale[0]).hex()}f, slope = {float(c.slope[0]).hex()}f;",
+                  f"  int first = {c.first[0]}, last = {c.last[0]};"]
+        for d in range(1, 7):
+            lines.append(f"  if (d >= {d}) {{ scale = {float(c.scale[d]).hex()}f; "
+                         f"slope = {float(c.slope[d]).hex()}f; first = {c.first[d]}; last = {c.last[d]}; }}")
+        lines += ["  int j = (int)((a * scale - 0.1f) * slope);",
+                  "  j = j < 0 ? 0 : (j > last ? last : j);",
+                  "  int rank = d == 7 ? 255 : first + j;"]
+        if codec.signed:
+            lines.append("  if (q < 0) rank = 254 - rank < 0 ? 0 : 254 - rank;")
+        lines += [f"  return d < 0 ? {c.zero} : rank;", "}"]
+    return lines
+
+
+def _coded_pass(e: Emit, body: list[str], touched: list[str], stores: list[str]) -> list[str]:
+    """The element loop of a kernel with coded states, one block of codec.BLOCK elements at a time:
+    decode with the block's old absmax, compute, keep each coded output in a float buffer while finding
+    its new absmax, then encode the buffer (two passes per block, the second over L1-resident floats)."""
+    from .codec import BLOCK as QBLOCK
+
+    arrays = e.graph.arrays
+    coded_in = [arrays.index(n) for n in touched if n in e.coded]
+    coded_out = [arrays.index(n) for n in stores if n in e.coded]
+    lines = [f"    for (int64_t b0 = lo; b0 < hi; b0 += {QBLOCK}) {{",
+             f"      const int64_t b1 = b0 + {QBLOCK} < hi ? b0 + {QBLOCK} : hi;"]
+    lines += [f"      const float m{a} = n{a}[b0 / {QBLOCK}];" for a in coded_in]
+    lines += [f"      float w{a}[{QBLOCK}], p{a} = 0; int nan{a} = 0;" for a in coded_out]
+    # the block's max as a vector reduction; a NaN (which a max reduction may drop) is tracked apart
+    reductions = ([f"reduction(max:{','.join(f'p{a}' for a in coded_out)})",
+                   f"reduction(|:{','.join(f'nan{a}' for a in coded_out)})"] if coded_out else [])
+    lines.append(f"      #pragma omp simd {' '.join(reductions)}")
+    lines.append("      for (int64_t i = b0; i < b1; i++) {")
+    lines += [f"        {b}" for b in body]
+    lines.append("      }")
+    for a in coded_out:
+        x = "S" if e.coded[arrays[a]].signed else "U"
+        lines += [f"      if (nan{a}) p{a} = NAN;",
+                  f"      n{a}[b0 / {QBLOCK}] = p{a};",
+                  f"      const float v{a} = p{a} > 0 ? 1.0f / p{a} : 0.0f;",
+                  "      #pragma omp simd",
+                  "      for (int64_t i = b0; i < b1; i++)",
+                  f"        a{a}[i] = (uint8_t)encode_{x}(w{a}[i - b0] * v{a});"]
+    lines.append("    }")
+    return lines

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from . import boundary, interop, paths, sharded
+from . import boundary, codec, interop, paths, sharded
 from .graph import ELEMENT, SCALAR
 from .rule import Rule
 
@@ -70,6 +70,10 @@ class RuleOptimizer(torch.optim.Optimizer):
         """GradScaler hands its scale and found_inf to step() instead of unscaling and checking on the host,
         as it does for torch's fused optimizers: with capturable=True the kernels read them on the device."""
         return self.capturable
+    # State storage codecs this optimizer chooses (rule symbol -> codec, engine/codec.py), beside any a
+    # rule's State declares. A coded state applies to plain real parameters of at least `min_8bit_size`
+    # elements (a hyperparameter where the class has it; smaller tensors keep their state as it is).
+    codecs: dict = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -217,9 +221,29 @@ class RuleOptimizer(torch.optim.Optimizer):
     def _step_dense(self, h: SimpleNamespace, kept: dict, members: list) -> None:
         """Parameters with dense gradients, on the chosen path; complex ones as real views."""
         view = _as_real if self.complex_as_real and any(p.is_complex() for p, _ in members) else _same
-        states = {sym: [view(state.get(s.key)) for _, state in members] for sym, s in kept.items()}
+        states = {sym: [self._stored(state, sym, view) for _, state in members] for sym in kept}
         paths.run(self.path, self.rule, h, [view(p) for p, _ in members], [view(p.grad) for p, _ in members],
                   states)
+
+    def _stored(self, state: dict, sym: str, view=_same):
+        """What a path receives for state `sym`: its tensor, a `codec.Coded` holder, or None."""
+        key = self.rule.state[sym].key
+        codes_key, absmax_key = codec.keys(key)
+        if codes_key in state:
+            return codec.Coded(self._codec_declared(sym), state[codes_key], state[absmax_key])
+        return view(state.get(key))
+
+    @classmethod
+    def _codec_declared(cls, sym: str):
+        return cls.codecs.get(sym) or cls.rule.state[sym].codec
+
+    @classmethod
+    def codec_of(cls, sym: str, p: torch.Tensor, h: SimpleNamespace):
+        """The codec that stores state `sym` of parameter p, or None (kept as a tensor like p)."""
+        chosen = cls._codec_declared(sym)
+        if chosen is None or type(p) not in paths.PLAIN or p.is_complex() or not p.is_floating_point():
+            return None
+        return chosen if p.numel() >= getattr(h, "min_8bit_size", 0) else None
 
     def _step_sparse(self, p: torch.Tensor, state: dict, h: SimpleNamespace, kept: dict) -> None:
         """One parameter with a sparse gradient, on the per-tensor path (see `sparse_gradients`)."""
@@ -249,8 +273,24 @@ class RuleOptimizer(torch.optim.Optimizer):
         if self.capturable and not isinstance(state["step"], torch.Tensor):  # new, or from a checkpoint
             state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32, device=p.device)
         whole = None  # a sharded parameter's whole value, gathered once to make its states
-        for s in kept.values():
-            if s.key not in state and self.rule.keeps(s, p, h):  # also one a flag switched on mid-run
+        for sym, s in kept.items():
+            if not self.rule.keeps(s, p, h):
+                continue
+            coder, (codes_key, absmax_key) = self.codec_of(sym, p, h), codec.keys(s.key)
+            if coder is not None:
+                if codes_key not in state:  # new, or a full-precision state (another optimizer's checkpoint)
+                    state[codes_key], state[absmax_key] = coder.empty(p)
+                    if s.key in state:
+                        coder.encode(state.pop(s.key), state[codes_key], state[absmax_key])
+                continue
+            if s.key not in state and codes_key in state:  # coded in a checkpoint, kept as a tensor here
+                stored = self._codec_declared(sym)
+                if stored is None:
+                    raise ValueError(f"{type(self).__name__}: {self._describe(p)} has state {s.key!r} stored "
+                                     f"8-bit ({codes_key!r}, {absmax_key!r}), which this optimizer does not "
+                                     "decode; load the checkpoint into the optimizer that wrote it")
+                state[s.key] = stored.decode(state.pop(codes_key), state.pop(absmax_key), p.dtype)
+            if s.key not in state:  # also one a flag switched on mid-run
                 if sharded.is_sharded(p):
                     whole = p.detach().full_tensor() if whole is None else whole
                     state[s.key] = sharded.create_state(s, p, h, whole)
@@ -320,9 +360,20 @@ class RuleOptimizer(torch.optim.Optimizer):
         """Loads optimlab's and torch.optim's checkpoints (tensor steps and scalar state read as floats)."""
         carried = tuple(self.rule.scalar_state)
         keys = [s.key for s in self.rule.state.values()]
-        state_dict = {**state_dict, "state": {i: interop.state_from_torch(s, carried, keys)
+        coded_keys = [k for key in keys for k in codec.keys(key)]
+        state_dict = {**state_dict, "state": {i: interop.state_from_torch(s, carried, keys + coded_keys)
                                               for i, s in state_dict["state"].items()}}
+        # torch casts every state tensor to its parameter's dtype: 8-bit codes and float32 scales must keep
+        # theirs (a bf16 absmax would not round-trip), so they bypass that cast and are restored as saved.
+        coded = {i: {k: s.pop(k) for k in coded_keys if k in s} for i, s in state_dict["state"].items()}
         super().load_state_dict(state_dict)
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(ids, params):
+            for key, value in coded.get(i, {}).items():
+                self.state[p][key] = value.to(device=p.device, copy=True) if isinstance(value, torch.Tensor) \
+                    else value
+        boundary.check_coded_load(self)
         for group in self.param_groups:  # a torch.optim checkpoint lacks optimlab-only hyperparameters
             for key, _ in _signature_defaults(type(self)):
                 group.setdefault(key, self.defaults[key])

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import torch
 
-from . import cgen, foreach, matrix, native, sharded, tritongen, tritonrun
+from . import cgen, codec, foreach, matrix, native, sharded, tritongen, tritonrun
 from .caches import BoundedCache
 from .graph import Graph, TraceError, static_key, trace
 from .rule import Rule
@@ -47,17 +47,19 @@ def graph_of(rule: Rule, h: SimpleNamespace, static: tuple | None = None, kept: 
 
 
 def kernel_of(rule: Rule, h: SimpleNamespace, dtype: torch.dtype, static: tuple | None = None,
-              kept: tuple | None = None) -> native.Kernel:
+              kept: tuple | None = None, coded: dict | None = None) -> native.Kernel:
+    """The fused kernel; `coded`: states stored by a codec (symbol -> codec), read and written as codes."""
     static = static_key(h) if static is None else static
     kept = tuple(rule.kept(h)) if kept is None else kept
+    coded = coded or {}
 
     def build():
         graph = graph_of(rule, h, static, kept)
         flags = ", ".join(f"{k}={v}" for k, v in static if isinstance(v, bool))
-        source = cgen.generate(graph, dtype, title=f"{rule.name}({flags})")
-        return native.Kernel(source, len(graph.arrays), graph.scalars)
+        source = cgen.generate(graph, dtype, title=f"{rule.name}({flags})", coded=coded)
+        return native.Kernel(source, len(kernel_arrays(graph, coded)), graph.scalars)
 
-    return _kernels.get((_rule_key(rule), static, dtype, kept), build)
+    return _kernels.get((_rule_key(rule), static, dtype, kept, tuple(coded.items())), build)
 
 
 def validate(path: str, rule: Rule, owner: str = "") -> None:
@@ -86,10 +88,11 @@ def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[s
         if p.numel() == 0:  # nothing to update (and an empty matrix's row means would be 0/0)
             continue
         has = tuple(sym for sym, xs in states.items() if xs[i] is not None)  # per-parameter states
+        coded = tuple(sym for sym in has if isinstance(states[sym][i], codec.Coded))  # engine/codec.py
         plain = type(p) in PLAIN
         dense = plain and p.is_contiguous() and one_matrix(rule, h, p, has)
-        groups[(p.device, p.dtype, dense, has, plain)].append(i)
-    for (device, _, dense, has, plain), idx in groups.items():
+        groups[(p.device, p.dtype, dense, has, plain, coded)].append(i)
+    for (device, _, dense, has, plain, coded), idx in groups.items():
         pick = [params[i] for i in idx], [grads[i] for i in idx], {k: [states[k][i] for i in idx]
                                                                    for k in has}
         chosen = choose(path, rule, device, dense) if plain else "tensor"
@@ -100,17 +103,29 @@ def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[s
                              f"strided tensor or a batch of matrices) takes path {chosen!r}, whose per-step "
                              "numbers come from the host; capturable=True runs on the triton path only")
         if not plain:
+            if coded:
+                raise ValueError(f"{rule.name}: 8-bit states of {type(params[idx[0]]).__name__} parameters "
+                                 "(sharded ones) are not supported; use the full-precision optimizer")
             _run_subclass(path, rule, h, *pick)
             continue
         if chosen == "fused":
             try:
-                run_fused(rule, h, *pick)
+                if coded and not cgen.reads_codes(graph_of(rule, h, kept=has)):
+                    codec.decoded(run_fused, rule, h, *pick)  # a kernel of several passes: decode around it
+                else:
+                    run_fused(rule, h, *pick)
                 continue
             except native.CompilerUnavailable as err:
                 if path == "fused":
                     raise
                 _warn_once(f"optimlab: fused path unavailable, using foreach ({err})")
                 chosen = "foreach"
+        if coded:  # the states decoded for the step and encoded again after it, in torch ops
+            if steps is not None:
+                raise ValueError("capturable=True does not take 8-bit states (decoded by host-driven ops)")
+            codec.decoded({"foreach": run_foreach, "tensor": run_tensor, "triton": run_triton}[chosen],
+                          rule, h, *pick)
+            continue
         if chosen == "triton":
             run_triton(rule, h, *pick, steps=None if steps is None else [steps[i] for i in idx], amp=amp)
             continue
@@ -214,11 +229,20 @@ def run_foreach(rule: Rule, h, params, grads, states) -> None:
 
 def run_fused(rule: Rule, h, params, grads, states) -> None:
     static, kept = static_key(h), tuple(states)
-    kernel = kernel_of(rule, h, params[0].dtype, static, kept)
+    coded = {sym: xs[0].codec for sym, xs in states.items() if isinstance(xs[0], codec.Coded)}
+    kernel = kernel_of(rule, h, params[0].dtype, static, kept, coded)
     graph = graph_of(rule, h, static, kept)
-    arrays = {"θ": params, "g": [g.contiguous() for g in grads], **states}
+    # A coded state passes its codes where the state would be, and its block scales after all arrays.
+    arrays = {"θ": params, "g": [g.contiguous() for g in grads],
+              **{sym: [x.codes if sym in coded else x for x in xs] for sym, xs in states.items()},
+              **{cgen.absmax_array(sym): [x.absmax for x in states[sym]] for sym in coded}}
     extents = [x for xs in zip(*matrix_shapes(rule, h, params)) for x in xs] if graph.matrix else None
-    kernel([arrays[name] for name in graph.arrays], h, extents)
+    kernel([arrays[name] for name in kernel_arrays(graph, coded)], h, extents)
+
+
+def kernel_arrays(graph: Graph, coded: dict) -> list[str]:
+    """The arrays a fused kernel takes, in order: the graph's, then the block scales of coded states."""
+    return [*graph.arrays, *(cgen.absmax_array(sym) for sym in coded)]
 
 
 # --- triton: the traced graph as Triton kernels (CUDA; CPU tensors under TRITON_INTERPRET=1) ---------

@@ -37,6 +37,9 @@ class State:
     when: str | Callable[[torch.Tensor], bool] | None = None
     init: Callable[[torch.Tensor, SimpleNamespace], torch.Tensor] | None = None  # default: zeros like θ
     per: str = "element"  # one value per "element" of θ, or per "row" / "col" of the rule's matrix view
+    # A storage codec (engine/codec.py): the state is kept encoded (8-bit codes and a scale per block)
+    # and decoded only to compute. An optimizer may also choose one per state (`RuleOptimizer.codecs`).
+    codec: object | None = None
 
     def create(self, θ: torch.Tensor, h: SimpleNamespace) -> torch.Tensor:
         if self.init is None:

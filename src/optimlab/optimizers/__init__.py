@@ -4,6 +4,7 @@ from ..registry import Spec, preset, register
 from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .adam8bit import AdamW8bit
 from .adopt import ADOPT
 from .lamb import LAMB
 from .lars import LARS
@@ -45,6 +46,8 @@ register(Spec("shampoo", Shampoo, "precondition each matrix by L^-1/4 G R^-1/4, 
 register(Spec("soap", SOAP, "Adam in the eigenbasis of Shampoo's factors, refreshed every k steps by QR",
               "float64 transcription of the reference algorithm in tests/matrix_references.py", MATRIX))
 
+register(Spec("adamw8bit", AdamW8bit, "AdamW with m and v stored as 8-bit codes, one scale per 256 "
+              "elements", "bitsandbytes' AdamW8bit (test-only) and tests/eightbit_references.py", E))
 register(Spec("adopt", ADOPT, "Adam normalising g by the previous v, before g enters it", FRONTIER, E))
 register(Spec("lars", LARS, "momentum SGD, lr scaled per tensor by η‖w‖/(‖g‖ + β‖w‖)", FRONTIER, NORM))
 register(Spec("sophia", Sophia, "momentum over a diagonal Hessian estimate, clipped", FRONTIER, E))
@@ -59,5 +62,5 @@ preset("amsgrad", "adam", "Adam whose denominator never shrinks", amsgrad=True)
 preset("adam_no_bias_correction", "adam", "Adam without the 1 − βᵗ corrections", bias_correction=False)
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Lion", "LAMB", "Adafactor"]
-__all__ += ["ADOPT", "LARS", "Sophia", "ScheduleFreeAdamW", "ScheduleFreeSGD"]
+__all__ += ["AdamW8bit", "ADOPT", "LARS", "Sophia", "ScheduleFreeAdamW", "ScheduleFreeSGD"]
 __all__ += ["Muon", "Shampoo", "SOAP"]
