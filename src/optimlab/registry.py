@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import torch
 
 from .engine.interop import TORCH_KEYWORDS
+from .engine.lowprec import OPTIONS as ROUNDING_OPTIONS
 from .engine.optimizer import RuleOptimizer
 from .settings import parse
 
@@ -50,7 +51,7 @@ class Spec:
     def check_names(self, hyper: dict) -> None:
         valid = self.defaults
         for key in hyper:
-            if key not in valid and key not in ("path", *TORCH_KEYWORDS):
+            if key not in valid and key not in ("path", *TORCH_KEYWORDS, *ROUNDING_OPTIONS):
                 hint = difflib.get_close_matches(key, list(valid), n=1)
                 raise ValueError(
                     f"{self.name} has no hyperparameter {key!r}"

@@ -11,7 +11,9 @@ wrong elements. Everything a user can hand the engine passes through `admit` fir
 * a state tensor of another floating dtype or device follows its parameter (after `model.to(dtype)` or
   `model.to(device)`), as torch's `load_state_dict` casts state, with one warning: the rule never reads
   fp32 state as bf16 bits;
-* state the fused kernel reads as a dense array is made contiguous.
+* state the fused kernel reads as a dense array is made contiguous;
+* a bf16 parameter's Kahan buffer is checked as a state of the parameter's shape and dtype, and its
+  stochastic-rounding seed must be an integer in [0, 2³²) (engine/lowprec.py).
 
 Tensor subclasses (DTensor and others) never reach the C kernel: `paths.run` routes them (see there).
 """
@@ -24,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from . import lowprec
 from .rule import State
 
 
@@ -42,6 +45,8 @@ def admit(h, kept: dict[str, State], params: list, states: list[dict], describe:
             what = f"{g.layout} (this optimizer needs a dense gradient)" if g.is_sparse else _what(g)
             raise ParameterMismatch(f"{describe(i)}: the gradient is {what} but the parameter is {_what(p)}")
         state = states[i]
+        if lowprec.SEED_KEY in state:  # stochastic rounding's per-parameter seed (a hand-edited checkpoint?)
+            state[lowprec.SEED_KEY] = lowprec.checked_seed(state[lowprec.SEED_KEY], describe(i))
         for s in kept.values():
             value = state.get(s.key)
             if value is None:

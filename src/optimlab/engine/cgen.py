@@ -18,6 +18,7 @@ import dataclasses
 
 import torch
 
+from . import lowprec
 from .graph import COL, ELEMENT, PER_TENSOR, REDUCTIONS, ROW, SCALAR, Graph, Sym
 
 CHUNK = 4096
@@ -191,6 +192,9 @@ class Emit:
     rslot: dict[int, int]  # id(per-tensor reduction of elements) -> its column in part
     nr: int
     matrix: bool  # tensors are walked as matrices, with row and column values
+    # bf16 stores (engine/lowprec.py): per-element arrays rounded stochastically; θ with a Kahan buffer
+    stochastic: bool = False
+    kahan: bool = False
 
     def scalar_ref(self, n: Sym) -> str:
         if n.op == "const":
@@ -213,11 +217,13 @@ class Emit:
         return f"(({self.real})s{self.index[id(n)]})"
 
 
-def generate(graph: Graph, dtype: torch.dtype, title: str = "") -> str:
+def generate(graph: Graph, dtype: torch.dtype, title: str = "", rounding: tuple[bool, bool] = (False, False)
+             ) -> str:
     """C source of the kernel `int step(nt, ptr, numel, sc, nthreads)` for parameters of `dtype`.
 
     A graph with row or column values reads each tensor's matrix view from numel[nt + t] (rows) and
-    numel[2·nt + t] (columns)."""
+    numel[2·nt + t] (columns). `rounding` = (stochastic, kahan) for bf16 parameters (lowprec.py): the
+    keys of tensor t's arrays follow the sizes (one per array), its Kahan buffer is ptr[nt·arrays + t]."""
     storage, real, load, store = STORAGE[dtype]
     p = plan(graph)
     per_tensor = [n for n in graph.nodes if n.kind == PER_TENSOR]
@@ -227,8 +233,11 @@ def generate(graph: Graph, dtype: torch.dtype, title: str = "") -> str:
              index={id(n): i for i, n in enumerate(graph.nodes)},
              slot={id(n): j for j, n in enumerate(per_tensor)},
              npt=max(len(per_tensor), 1), rslot={id(r): j for j, r in enumerate(sums)}, nr=max(len(sums), 1),
-             matrix=graph.matrix)
-    out = [f"/* optimlab fused kernel: {title} ({dtype}) */", PRELUDE, f"#define CHUNK {CHUNK}",
+             matrix=graph.matrix, stochastic=rounding[0], kahan=rounding[1])
+    if e.stochastic and dtype != torch.bfloat16:
+        raise ValueError(f"stochastic_rounding supports bfloat16 parameters, not {dtype}")
+    out = [f"/* optimlab fused kernel: {title} ({dtype}) */", PRELUDE + (lowprec.C_PRELUDE if any(rounding)
+                                                                          else ""), f"#define CHUNK {CHUNK}",
            f"#define BLOCK {BLOCK}", f"#define ROWS_IN_REAL {ROWS_IN_REAL}"]
     out.append("int step(int64_t nt, void **ptr, const int64_t *numel, const double *sc, int nthreads) {")
     # Scalars: computed once per call, in double, as the eager path computes them in Python.
@@ -244,6 +253,8 @@ def generate(graph: Graph, dtype: torch.dtype, title: str = "") -> str:
             ctype = "int" if n.is_bool else "double"
             out.append(f"  const {ctype} s{i} = {_expr(n.op, [e.scalar_ref(a) for a in n.args], 'double')};")
     out += _matrix_tables(e) if e.matrix else _chunk_table(e)
+    if e.stochastic:
+        out.append(f"  const int64_t *keys = numel + nt * {3 if e.matrix else 1};  /* [t][array] */")
     for k in range(p.passes):
         out += _between_passes(e, k)
         out += _element_pass(e, k)
@@ -415,6 +426,8 @@ def _element_pass(e: Emit, k: int) -> list[str]:
         const = "const " if name not in stores else ""
         pointer = f"({e.storage} *)ptr[t * {len(arrays)} + {a}]"
         lines.append(f"    {const}{e.storage} *restrict a{a} = {pointer};  /* {name} */")
+        if e.kahan and name == "θ":
+            lines.append(f"    {const}{e.storage} *restrict ak = ({e.storage} *)ptr[nt * {len(arrays)} + t];")
     for n in graph.nodes:
         if id(n) in used and n.kind == PER_TENSOR:
             ctype = "int" if n.is_bool else real
@@ -455,6 +468,8 @@ def _element_pass(e: Emit, k: int) -> list[str]:
         ctype = "int" if n.is_bool else real
         if id(n) in loads:
             value = e.load.format(f"a{arrays.index(loads[id(n)])}[i]")
+            if e.kahan and loads[id(n)] == "θ":  # the rule sees θ + c
+                value = f"({value} + {e.load.format('ak[i]')})"
         elif _by_a_number(n):
             value = f"({ref(n.args[0])} * r{e.index[id(n.args[1])]})"
         else:
@@ -470,7 +485,7 @@ def _element_pass(e: Emit, k: int) -> list[str]:
     for r in col_sums:
         body.append(f"cf{col_sums.index(r)}[j] += {ref(r.args[0])};")
     for name in stores:
-        body.append(f"a{arrays.index(name)}[i] = {e.store.format(ref(graph.outputs[name]))};")
+        body += _store(e, name, ref(graph.outputs[name]))
     accumulators = [f"{partial}{e.rslot[id(r)]}" for r in sums] + [f"racc{j}" for j in range(len(row_sums))]
     simd = f"    #pragma omp simd reduction(+:{','.join(accumulators)})" if accumulators else None
     if e.matrix:  # row by row: row values once per row, column values per element
@@ -505,6 +520,22 @@ def _element_pass(e: Emit, k: int) -> list[str]:
         lines.append(f"    part[c * {e.nr} + {e.rslot[id(r)]}] = (double)acc{e.rslot[id(r)]};")
     lines.append("  }")
     lines.append("  }")
+    return lines
+
+
+def _store(e: Emit, name: str, value: str) -> list[str]:
+    """The store of one element output: rounded to nearest, or as lowprec.store does it."""
+    a = e.graph.arrays.index(name)
+    if not e.stochastic and not (e.kahan and name == "θ"):
+        return [f"a{a}[i] = {e.store.format(value)};"]
+    rounded = e.store.format(value)
+    if e.stochastic:
+        key = f"keys[t * {len(e.graph.arrays)} + {a}]"
+        rounded = f"bf16_store_stochastic({value}, element_bits({key}, i))"
+    lines = [f"const {e.storage} w{a} = {rounded};", f"a{a}[i] = w{a};"]
+    if e.kahan and name == "θ":
+        stored = e.load.format(f"w{a}")
+        lines.append(f"ak[i] = {e.store.format(f'kahan_lost({value}, {stored})')};")
     return lines
 
 
