@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import torch
 
 from .engine.interop import TORCH_KEYWORDS
-from .engine.lowprec import OPTIONS as ROUNDING_OPTIONS
+from .engine.lowprec import KAHAN_KEY, LOW as LOW_PRECISION, OPTIONS as ROUNDING_OPTIONS
 from .engine.optimizer import RuleOptimizer
 from .settings import parse
 
@@ -74,8 +74,12 @@ class Spec:
         Computed on the meta device from the rule's own declaration; nothing is allocated.
         """
         θ = torch.empty(shape, dtype=dtype, device="meta")
+        kahan = hyper.pop("kahan_summation", False) and dtype in LOW_PRECISION  # a bf16/fp16 weight's buffer
+        hyper = {k: v for k, v in hyper.items() if k not in ROUNDING_OPTIONS}  # the rule never sees these
         h = self.hyper(**hyper)
         kept = {s.key: s.create(θ, h) for s in self.rule.kept(h).values() if self.rule.keeps(s, θ, h)}
+        if kahan:
+            kept[KAHAN_KEY] = θ
         return {key: (tuple(t.shape), t.dtype) for key, t in kept.items()}
 
     def state_bytes(self, shape, dtype=torch.float32, **hyper) -> int:

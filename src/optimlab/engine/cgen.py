@@ -253,8 +253,8 @@ def generate(graph: Graph, dtype: torch.dtype, title: str = "", rounding: tuple[
             ctype = "int" if n.is_bool else "double"
             out.append(f"  const {ctype} s{i} = {_expr(n.op, [e.scalar_ref(a) for a in n.args], 'double')};")
     out += _matrix_tables(e) if e.matrix else _chunk_table(e)
-    if e.stochastic:
-        out.append(f"  const int64_t *keys = numel + nt * {3 if e.matrix else 1};  /* [t][array] */")
+    if e.stochastic or e.kahan:
+        out.append(f"  const int64_t *keys = numel + nt * {3 if e.matrix else 1};  /* [t][array, Kahan] */")
     for k in range(p.passes):
         out += _between_passes(e, k)
         out += _element_pass(e, k)
@@ -529,13 +529,16 @@ def _store(e: Emit, name: str, value: str) -> list[str]:
     if not e.stochastic and not (e.kahan and name == "θ"):
         return [f"a{a}[i] = {e.store.format(value)};"]
     rounded = e.store.format(value)
+    n = len(e.graph.arrays) + 1  # keys per tensor: one per array, then the Kahan buffer's
     if e.stochastic:
-        key = f"keys[t * {len(e.graph.arrays)} + {a}]"
-        rounded = f"bf16_store_stochastic({value}, element_bits({key}, i))"
+        rounded = f"bf16_store_stochastic({value}, element_bits(keys[t * {n} + {a}], i))"
     lines = [f"const {e.storage} w{a} = {rounded};", f"a{a}[i] = w{a};"]
     if e.kahan and name == "θ":
-        stored = e.load.format(f"w{a}")
-        lines.append(f"ak[i] = {e.store.format(f'kahan_lost({value}, {stored})')};")
+        lost = f"kahan_lost({value}, {e.load.format(f'w{a}')})"
+        if e.dtype == torch.bfloat16:  # c rounded stochastically too, its own stream (lowprec.py)
+            lines.append(f"ak[i] = bf16_store_stochastic({lost}, element_bits(keys[t * {n} + {n - 1}], i));")
+        else:
+            lines.append(f"ak[i] = {e.store.format(lost)};")
     return lines
 
 

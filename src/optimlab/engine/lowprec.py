@@ -13,7 +13,9 @@ training most of them. Two options, for every rule (docs/lowprecision.md):
 * `kahan_summation=True`: a buffer c in the parameter's dtype keeps what rounding θ lost; the rule
   sees θ + c and the new c is the float32 result minus the stored θ. c is at most half an ulp of θ, so
   its own 8 bits carry θ's precision to about 16 bits, at 2 bytes a parameter (an fp32 buffer would
-  cost as much as the master copy it replaces).
+  cost as much as the master copy it replaces). A bf16 c is itself stored with stochastic rounding
+  (its own stream): rounded to nearest, a steady small update loses the same fraction of itself in c
+  every step, and the sum drifts (measured: 1 000 steps of 1e-4 on 1.0 ended 2.8% of the sum off).
 
 On float32 and float64 parameters both are no-ops (their update is computed and stored in their own
 dtype: nothing is rounded to a coarser storage), so that a model that keeps its norms in float32 beside
@@ -94,9 +96,11 @@ def round_stochastic(x: torch.Tensor, bits: torch.Tensor, dtype: torch.dtype) ->
     return torch.where(torch.isnan(x), x.to(torch.bfloat16), u)
 
 
-def store(target: torch.Tensor, value: torch.Tensor, key: int | None, comp: torch.Tensor | None) -> None:
+def store(target: torch.Tensor, value: torch.Tensor, key: int | None, comp: torch.Tensor | None = None,
+          comp_key: int | None = None) -> None:
     """Write float32 `value` into low-precision `target`: rounded stochastically with `key`'s bits (or to
-    nearest if None); `comp` (Kahan) gets what the rounding lost, where that is finite."""
+    nearest if None); `comp` (Kahan) gets what the rounding lost, where that is finite (a bf16 one
+    rounded stochastically with `comp_key`'s bits)."""
     value = value.reshape(target.shape)
     if key is None:
         target.copy_(value)
@@ -104,7 +108,8 @@ def store(target: torch.Tensor, value: torch.Tensor, key: int | None, comp: torc
         target.copy_(round_stochastic(value, element_bits(key, value.numel(), value.device), target.dtype))
     if comp is not None:
         lost = value - target.to(value.dtype)
-        comp.copy_(torch.where(torch.isfinite(lost), lost, 0.0))
+        store(comp, torch.where(torch.isfinite(lost), lost, 0.0),
+              comp_key if comp.dtype == torch.bfloat16 else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +130,9 @@ class Rounding:
     def key(self, i: int, name: str) -> int | None:
         return stream_key(self.seeds[i], self.step, stream_of(name)) if self.stochastic else None
 
+    def comp_key(self, i: int) -> int | None:
+        return stream_key(self.seeds[i], self.step, stream_of(KAHAN_KEY)) if self.kahan else None
+
     @property
     def flags(self) -> tuple[bool, bool]:
         return self.stochastic, self.kahan
@@ -141,13 +149,13 @@ def via_float32(run, rule, h, params, grads, states: dict[str, list], rounding: 
     kept = {sym: [up(x) for x in xs] for sym, xs in states.items()}
     run(rule, h, θ, [g.float() for g in grads], kept)
     for i, p in enumerate(params):
-        store(p, θ[i], rounding.key(i, "θ"), rounding.comps[i] if rounding.kahan else None)
+        store(p, θ[i], rounding.key(i, "θ"), rounding.comps[i], rounding.comp_key(i))
         for sym, xs in states.items():
             s = rule.state[sym]
             if xs[i] is None:
                 continue
             element = s.per == "element" and xs[i].dtype in LOW
-            store(xs[i], kept[sym][i], rounding.key(i, s.key) if element else None, None)
+            store(xs[i], kept[sym][i], rounding.key(i, s.key) if element else None)
 
 
 # --- the options, as keywords of every optimizer ---------------------------------------------------
@@ -181,8 +189,9 @@ def accepting_options(init):
     @functools.wraps(init)
     def __init__(self, params, *args, stochastic_rounding=False, kahan_summation=False, rounding_seed=None,
                  **kwargs):
-        self._rounding_options = check_options(type(self).__name__, stochastic_rounding, kahan_summation,
-                                               rounding_seed)
+        if "_rounding_options" not in vars(self):  # the outermost __init__ has them (subclasses call bases)
+            self._rounding_options = check_options(type(self).__name__, stochastic_rounding, kahan_summation,
+                                                   rounding_seed)
         init(self, params, *args, **kwargs)
 
     extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=d) for k, d in OPTIONS.items()
@@ -198,7 +207,7 @@ def prepare(state: dict, p: torch.Tensor, group: dict, position) -> None:
     `position()`: p's place in the optimizer's order."""
     if p.dtype not in LOW:
         return
-    if group.get("stochastic_rounding") and SEED_KEY not in state:
+    if (group.get("stochastic_rounding") or group.get("kahan_summation")) and SEED_KEY not in state:
         if group.get("rounding_seed") is None:  # a group added without one, or an old checkpoint's
             group["rounding_seed"] = int(torch.randint(0, 2**31, ()).item())
         state[SEED_KEY] = parameter_seed(group["rounding_seed"], position())

@@ -253,9 +253,10 @@ def run_fused(rule: Rule, h, params, grads, states, rounding: lowprec.Rounding |
     arrays = {"θ": params, "g": [g.contiguous() for g in grads], **states}
     extents = [x for xs in zip(*matrix_shapes(rule, h, params)) for x in xs] if graph.matrix else []
     extra = []
-    if rounding is not None and rounding.stochastic:  # one key per tensor and array (cgen reads [t][a])
+    if rounding is not None:  # keys per tensor: one per array, then the Kahan buffer's (cgen reads [t][k])
         names = [name if name in ("θ", "g") else rule.state[name].key for name in graph.arrays]
-        extents += [rounding.key(t, name) for t in range(len(params)) for name in names]
+        extents += [key or 0 for t in range(len(params))
+                    for key in [*(rounding.key(t, name) for name in names), rounding.comp_key(t)]]
     if rounding is not None and rounding.kahan:
         extra = list(rounding.comps)
     kernel([arrays[name] for name in graph.arrays], h, extents or None, extra)

@@ -1,0 +1,126 @@
+"""bf16 parameters without an fp32 master copy, measured on charlm (docs/lowprecision.md).
+
+Four ways to train the same bf16 model (forward and backward in bf16 in all four, so only the update's
+precision differs), AdamW with warmup + cosine, several seeds:
+
+    master      fp32 master weights + a bf16 copy for the forward pass (the usual mixed precision)
+    nearest     bf16 parameters, the update rounded to nearest (plain bf16 training)
+    stochastic  bf16 parameters, stochastic_rounding=True
+    kahan       bf16 parameters, kahan_summation=True
+
+Printed per mode: final validation loss (median and spread over seeds), its gap to the master run,
+and the fraction of element updates rounded away (θ unchanged after a step although the update is
+nonzero: m ≠ 0), averaged over the last 40% of steps, when the lr is small.
+
+    PYTHONPATH=src python benchmarks/bf16_training.py            # 3 seeds, 600 steps
+    PYTHONPATH=src python benchmarks/bf16_training.py --steps 100 --seeds 1   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+import torch
+
+import optimlab
+from optimlab.tasks import charlm, get
+
+MODES = ("master", "nearest", "stochastic", "kahan")
+OPTIONS = {"master": {}, "nearest": {}, "stochastic": {"stochastic_rounding": True},
+           "kahan": {"kahan_summation": True}}
+
+
+def lr_at(step: int, steps: int, peak: float) -> float:
+    """5% linear warmup, then cosine down to 10% of the peak."""
+    warm = max(1, steps // 20)
+    if step < warm:
+        return peak * (step + 1) / warm
+    progress = (step - warm) / max(1, steps - warm)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(mode: str, seed: int, steps: int, lr: float) -> dict:
+    torch.set_num_threads(1)
+    problem = get("charlm").build(seed=seed)
+    model = problem.model.to(torch.bfloat16)
+    params = [p for p in model.parameters()]
+    if mode == "master":
+        master = [p.detach().float().requires_grad_() for p in params]
+        opt = optimlab.create("adamw", master, lr=lr, weight_decay=0.01)
+    else:
+        opt = optimlab.create("adamw", params, lr=lr, weight_decay=0.01, rounding_seed=seed, **OPTIONS[mode])
+    stepped = opt.param_groups[0]["params"]
+    watched, moved = 0, 0  # element updates since the measuring window began, and those that moved θ
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr)
+        for p in params:
+            p.grad = None
+        problem.loss(step).backward()
+        if mode == "master":
+            for p, q in zip(params, master):
+                q.grad = p.grad.float()
+        measuring = step >= int(0.6 * steps)
+        before = [p.detach().clone() for p in stepped] if measuring else None
+        opt.step()
+        if mode == "master":
+            with torch.no_grad():
+                for p, q in zip(params, master):
+                    p.copy_(q)
+        if measuring:
+            for p, old in zip(stepped, before):
+                live = opt.state[p]["exp_avg"] != 0
+                watched += int(live.sum())
+                moved += int((live & (p.detach() != old)).sum())
+    return {"mode": mode, "seed": seed, "val_loss": validation_loss(model, seed),
+            "rounded_away": 1 - moved / max(watched, 1)}
+
+
+@torch.no_grad()
+def validation_loss(model, seed: int, windows: int = 512, context: int = 32) -> float:
+    """Cross-entropy on fixed held-out windows, from the bf16 logits taken to float32 (the task's own
+    evaluate() computes it in bf16, whose steps of 2⁻⁶ near 2.3 would hide the differences measured)."""
+    _, data = charlm.corpus()
+    val = data[int(len(data) * (1 - charlm.VALIDATION_FRACTION)):]
+    draw = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(val) - context - 1, (windows,), generator=draw)
+    chunk = val[starts[:, None] + torch.arange(context + 1)]
+    logits = model(chunk[:, :-1]).float()
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten()).item()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", help="write the runs here")
+    args = parser.parse_args(argv)
+    jobs = [(mode, seed, args.steps, args.lr) for seed in range(args.seeds) for mode in MODES]
+    with ProcessPoolExecutor(args.workers) as pool:
+        runs = list(pool.map(train, *zip(*jobs)))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "runs": runs}, f, indent=1)
+    print(f"charlm, AdamW lr {args.lr:g} (warmup + cosine), {args.steps} steps, {args.seeds} seeds; "
+          f"bf16 forward and backward in every mode")
+    base = statistics.median(r["val_loss"] for r in runs if r["mode"] == "master")
+    print(f"{'mode':<11} {'val loss (median)':>18} {'min..max':>15} {'vs master':>10} {'rounded away':>13}")
+    for mode in MODES:
+        mine = [r for r in runs if r["mode"] == mode]
+        losses = [r["val_loss"] for r in mine]
+        med = statistics.median(losses)
+        away = statistics.median(r["rounded_away"] for r in mine)
+        print(f"{mode:<11} {med:>18.4f} {min(losses):>7.4f}..{max(losses):<7.4f} "
+              f"{100 * (med / base - 1):>+9.2f}% {100 * away:>12.1f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
