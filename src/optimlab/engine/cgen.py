@@ -428,6 +428,11 @@ def _element_pass(e: Emit, k: int) -> list[str]:
         lines.append(f"    {const}{e.storage} *restrict a{a} = {pointer};  /* {name} */")
         if e.kahan and name == "θ":
             lines.append(f"    {const}{e.storage} *restrict ak = ({e.storage} *)ptr[nt * {len(arrays)} + t];")
+        if name in stores and (e.stochastic or (e.kahan and name == "θ")):  # this chunk's keys, loaded once
+            n = len(arrays) + 1
+            lines.append(f"    const uint32_t key{a} = (uint32_t)keys[t * {n} + {a}];")
+            if e.kahan and name == "θ":
+                lines.append(f"    const uint32_t keyk = (uint32_t)keys[t * {n} + {n - 1}];")
     for n in graph.nodes:
         if id(n) in used and n.kind == PER_TENSOR:
             ctype = "int" if n.is_bool else real
@@ -529,14 +534,13 @@ def _store(e: Emit, name: str, value: str) -> list[str]:
     if not e.stochastic and not (e.kahan and name == "θ"):
         return [f"a{a}[i] = {e.store.format(value)};"]
     rounded = e.store.format(value)
-    n = len(e.graph.arrays) + 1  # keys per tensor: one per array, then the Kahan buffer's
     if e.stochastic:
-        rounded = f"bf16_store_stochastic({value}, element_bits(keys[t * {n} + {a}], i))"
+        rounded = f"bf16_store_stochastic({value}, element_bits(key{a}, i))"
     lines = [f"const {e.storage} w{a} = {rounded};", f"a{a}[i] = w{a};"]
     if e.kahan and name == "θ":
         lost = f"kahan_lost({value}, {e.load.format(f'w{a}')})"
         if e.dtype == torch.bfloat16:  # c rounded stochastically too, its own stream (lowprec.py)
-            lines.append(f"ak[i] = bf16_store_stochastic({lost}, element_bits(keys[t * {n} + {n - 1}], i));")
+            lines.append(f"ak[i] = bf16_store_stochastic({lost}, element_bits(keyk, i));")
         else:
             lines.append(f"ak[i] = {e.store.format(lost)};")
     return lines

@@ -239,8 +239,8 @@ C_PRELUDE = rf"""
 static inline uint32_t mix32(uint32_t x) {{
     x ^= x >> 16; x *= {MUL1:#x}u; x ^= x >> 15; x *= {MUL2:#x}u; return x ^ (x >> 16);
 }}
-static inline uint32_t element_bits(int64_t key, int64_t i) {{  /* as lowprec.element_bits */
-    return mix32(mix32((uint32_t)key + (uint32_t)i) ^ (uint32_t)((uint64_t)i >> 32));
+static inline uint32_t element_bits(uint32_t key, int64_t i) {{  /* as lowprec.element_bits */
+    return mix32(mix32(key + (uint32_t)i) ^ (uint32_t)((uint64_t)i >> 32));
 }}
 static inline uint16_t bf16_store_stochastic(float f, uint32_t r) {{  /* as lowprec.round_stochastic */
     union {{ uint32_t u; float f; }} v; v.f = f;
