@@ -257,3 +257,15 @@ def test_the_memory_planner_counts_the_kahan_buffer():
     model = torch.nn.Linear(64, 32)
     for recipe in ("bf16", "bf16-kahan", "bf16-sr"):
         assert plan(model, "adamw", recipe).optimizer_state == measured_state_bytes(model, "adamw", recipe)
+
+
+def test_tensor_subclass_parameters_are_refused_with_the_options():
+    class Logged(torch.Tensor):
+        pass
+
+    p = torch.nn.Parameter(torch.zeros(4, dtype=BF16).as_subclass(Logged))
+    p.grad = torch.ones(4, dtype=BF16).as_subclass(Logged)
+    with pytest.raises(ValueError, match="do not support Logged parameters"):
+        optimlab.SGD([p], lr=0.1, stochastic_rounding=True).step()
+    optimlab.SGD([p], lr=0.1).step()  # without them, as before
+    assert torch.equal(p.detach().float(), torch.full((4,), -0.1).to(BF16).float())

@@ -91,6 +91,10 @@ def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[s
         pick = [params[i] for i in idx], [grads[i] for i in idx], {k: [states[k][i] for i in idx]
                                                                    for k in has}
         if not plain:
+            if rounding is not None and dtype in lowprec.LOW:  # shards would index their elements locally
+                kind = type(params[idx[0]]).__name__
+                raise ValueError(f"stochastic_rounding and kahan_summation do not support {kind} parameters "
+                                 "(FSDP2's DTensor, other tensor subclasses) yet: use plain tensors")
             _run_subclass(path, rule, h, *pick)
             continue
         chosen = choose(path, rule, device, dense)
