@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -28,70 +27,12 @@ from concurrent.futures import ProcessPoolExecutor
 import torch
 
 import optimlab
-from optimlab.tasks import charlm, get
-
-MODES = ("master", "nearest", "stochastic", "kahan")
-OPTIONS = {"master": {}, "nearest": {}, "stochastic": {"stochastic_rounding": True},
-           "kahan": {"kahan_summation": True}}
-
-
-def lr_at(step: int, steps: int, peak: float) -> float:
-    """5% linear warmup, then cosine down to 10% of the peak."""
-    warm = max(1, steps // 20)
-    if step < warm:
-        return peak * (step + 1) / warm
-    progress = (step - warm) / max(1, steps - warm)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+from optimlab.lab.claim_checks.lowprec import MODES, OPTIONS, run_mode
 
 
 def train(mode: str, seed: int, steps: int, lr: float) -> dict:
-    torch.set_num_threads(1)
-    problem = get("charlm").build(seed=seed)
-    model = problem.model.to(torch.bfloat16)
-    params = [p for p in model.parameters()]
-    if mode == "master":
-        master = [p.detach().float().requires_grad_() for p in params]
-        opt = optimlab.create("adamw", master, lr=lr, weight_decay=0.01)
-    else:
-        opt = optimlab.create("adamw", params, lr=lr, weight_decay=0.01, rounding_seed=seed, **OPTIONS[mode])
-    stepped = opt.param_groups[0]["params"]
-    watched, moved = 0, 0  # element updates since the measuring window began, and those that moved θ
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr)
-        for p in params:
-            p.grad = None
-        problem.loss(step).backward()
-        if mode == "master":
-            for p, q in zip(params, master):
-                q.grad = p.grad.float()
-        measuring = step >= int(0.6 * steps)
-        before = [p.detach().clone() for p in stepped] if measuring else None
-        opt.step()
-        if mode == "master":
-            with torch.no_grad():
-                for p, q in zip(params, master):
-                    p.copy_(q)
-        if measuring:
-            for p, old in zip(stepped, before):
-                live = opt.state[p]["exp_avg"] != 0
-                watched += int(live.sum())
-                moved += int((live & (p.detach() != old)).sum())
-    return {"mode": mode, "seed": seed, "val_loss": validation_loss(model, seed),
-            "rounded_away": 1 - moved / max(watched, 1)}
-
-
-@torch.no_grad()
-def validation_loss(model, seed: int, windows: int = 512, context: int = 32) -> float:
-    """Cross-entropy on fixed held-out windows, from the bf16 logits taken to float32 (the task's own
-    evaluate() computes it in bf16, whose steps of 2⁻⁶ near 2.3 would hide the differences measured)."""
-    _, data = charlm.corpus()
-    val = data[int(len(data) * (1 - charlm.VALIDATION_FRACTION)):]
-    draw = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, len(val) - context - 1, (windows,), generator=draw)
-    chunk = val[starts[:, None] + torch.arange(context + 1)]
-    logits = model(chunk[:, :-1]).float()
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten()).item()
+    torch.set_num_threads(1)  # tiny models: one thread each, two runs at a time
+    return run_mode(mode, seed, steps, lr)
 
 
 def step_times(numel: int = 1 << 22, repeats: int = 30) -> dict[str, float]:

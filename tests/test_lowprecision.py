@@ -269,3 +269,21 @@ def test_tensor_subclass_parameters_are_refused_with_the_options():
         optimlab.SGD([p], lr=0.1, stochastic_rounding=True).step()
     optimlab.SGD([p], lr=0.1).step()  # without them, as before
     assert torch.equal(p.detach().float(), torch.full((4,), -0.1).to(BF16).float())
+
+
+def test_the_master_copy_claim_follows_its_rule():
+    from optimlab.lab.claim_checks import claims
+    from optimlab.lab.claim_checks.lowprec import judge
+
+    base = {f"{m}_gap": 0.0 for m in ("nearest", "stochastic", "kahan")}
+    assert judge({**base, "nearest_gap": 0.005}).verdict == "refuted"
+    worse = {"nearest_gap": 0.03, "stochastic_gap": 0.02, "kahan_gap": 0.02}
+    assert judge({**base, **worse}).verdict == "confirmed"
+    found = judge({**base, "nearest_gap": 0.03, "stochastic_gap": 0.02, "kahan_gap": 0.001})
+    assert found.verdict == "depends" and "Kahan" in found.condition and "stochastic" not in found.condition
+    result = claims(["bf16-needs-fp32-master"], quick=True)[0]
+    n = result.numbers
+    for mode in ("nearest", "stochastic", "kahan"):
+        assert n[f"{mode}_gap"] == pytest.approx(n[f"{mode}_loss"] / n["master_loss"] - 1)
+    assert 0 < n["nearest_rounded_away"] < 1
+    assert result.verdict == judge(n).verdict
