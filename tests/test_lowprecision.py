@@ -287,3 +287,10 @@ def test_the_master_copy_claim_follows_its_rule():
         assert n[f"{mode}_gap"] == pytest.approx(n[f"{mode}_loss"] / n["master_loss"] - 1)
     assert 0 < n["nearest_rounded_away"] < 1
     assert result.verdict == judge(n).verdict
+
+
+def test_sparse_gradients_are_refused_with_the_options():
+    table = torch.nn.Embedding(10, 3, sparse=True).to(BF16)
+    table(torch.tensor([1, 4])).float().sum().backward()
+    with pytest.raises(RuntimeError, match="do not support sparse gradients"):
+        optimlab.SGD(table.parameters(), lr=0.1, kahan_summation=True).step()

@@ -148,7 +148,10 @@ class RuleOptimizer(torch.optim.Optimizer):
         rounding = group.get("stochastic_rounding") or group.get("kahan_summation")
         if rounding:
             for p, state in zip(params, prepared):
-                lowprec.prepare(state, p, group, lambda: self._position(p))
+                if p.grad.is_sparse and p.dtype in lowprec.LOW:
+                    raise RuntimeError(f"{type(self).__name__}: stochastic_rounding and kahan_summation do "
+                                       "not support sparse gradients (their rule runs on gathered entries)")
+                lowprec.prepare(state, p, group, functools.partial(self._position, p))
         # Every dense gradient and its state pass the boundary; sparse ones are checked in _check_sparse.
         dense = [(p, state) for p, state in zip(params, prepared)
                  if self.sparse_gradients is None or not p.grad.is_sparse]
