@@ -234,8 +234,6 @@ def generate(graph: Graph, dtype: torch.dtype, title: str = "", rounding: tuple[
              slot={id(n): j for j, n in enumerate(per_tensor)},
              npt=max(len(per_tensor), 1), rslot={id(r): j for j, r in enumerate(sums)}, nr=max(len(sums), 1),
              matrix=graph.matrix, stochastic=rounding[0], kahan=rounding[1])
-    if e.stochastic and dtype != torch.bfloat16:
-        raise ValueError(f"stochastic_rounding supports bfloat16 parameters, not {dtype}")
     out = [f"/* optimlab fused kernel: {title} ({dtype}) */", PRELUDE + (lowprec.C_PRELUDE if any(rounding)
                                                                           else ""), f"#define CHUNK {CHUNK}",
            f"#define BLOCK {BLOCK}", f"#define ROWS_IN_REAL {ROWS_IN_REAL}"]
@@ -534,15 +532,13 @@ def _store(e: Emit, name: str, value: str) -> list[str]:
     if not e.stochastic and not (e.kahan and name == "θ"):
         return [f"a{a}[i] = {e.store.format(value)};"]
     rounded = e.store.format(value)
+    stochastic = "bf16_store_stochastic" if e.dtype == torch.bfloat16 else "f16_store_stochastic"
     if e.stochastic:
-        rounded = f"bf16_store_stochastic({value}, element_bits(key{a}, i))"
+        rounded = f"{stochastic}({value}, element_bits(key{a}, i))"
     lines = [f"const {e.storage} w{a} = {rounded};", f"a{a}[i] = w{a};"]
     if e.kahan and name == "θ":
         lost = f"kahan_lost({value}, {e.load.format(f'w{a}')})"
-        if e.dtype == torch.bfloat16:  # c rounded stochastically too, its own stream (lowprec.py)
-            lines.append(f"ak[i] = bf16_store_stochastic({lost}, element_bits(keyk, i));")
-        else:
-            lines.append(f"ak[i] = {e.store.format(lost)};")
+        lines.append(f"ak[i] = {stochastic}({lost}, element_bits(keyk, i));")  # c: its own stream
     return lines
 
 

@@ -4,8 +4,8 @@ Every path computes a bf16 (or fp16) parameter's update in float32 and rounds on
 to nearest loses any update below half a unit in the last place of θ (2⁻⁹ relative for bf16): late in
 training most of them. Two options, for every rule (docs/lowprecision.md):
 
-* `stochastic_rounding=True`: store θ (and every per-element state kept in bf16) rounded up with
-  probability equal to its fractional position between the two neighbouring bf16 values, so the
+* `stochastic_rounding=True`: store θ (and every per-element state kept in bf16 or fp16) rounded up
+  with probability equal to its fractional position between the two neighbouring values, so the
   stored value is unbiased: E[θ′] = the float32 result. The random bits are a counter-based hash of
   (seed, step, stream, element index), computed the same way in torch integer ops (tensor and foreach
   paths) and in the generated C (fused path): the paths round alike bit for bit, and a resumed run
@@ -85,15 +85,31 @@ def element_bits(key: int, numel: int, device) -> torch.Tensor:
 
 
 def round_stochastic(x: torch.Tensor, bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """float32 x to bf16, up with probability (x − lower neighbour) / (upper − lower): add 16 random bits
-    below bf16's last bit and truncate. NaN stays NaN; ±inf stays; the largest floats may round to inf."""
-    if dtype != torch.bfloat16:
-        raise ValueError("stochastic_rounding supports bfloat16 parameters (float16 ones take "
-                         f"kahan_summation=True); got {dtype}")
+    """float32 x to bf16 (or fp16), up with probability (x − lower neighbour) / (upper − lower): add
+    random bits below the target's last bit and truncate. NaN stays NaN; ±inf stays; the largest
+    floats may round to inf."""
+    if dtype == torch.float16:
+        return _round_stochastic_fp16(x.contiguous(), bits.view(x.shape))
     u = x.contiguous().view(torch.int32).to(torch.int64).bitwise_and_(M32)
     u = (u + (bits.view(x.shape) >> 16)) >> 16 & 0xFFFF
     u = torch.where(u >= 0x8000, u - 0x10000, u).to(torch.int16).view(torch.bfloat16)
     return torch.where(torch.isnan(x), x.to(torch.bfloat16), u)
+
+
+def _round_stochastic_fp16(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """fp16 keeps 11 significant bits down to 2⁻¹⁴ and a fixed step of 2⁻²⁴ below: the bits dropped from
+    x's 24 grow by one per binade there. Below 2⁻²⁴ the neighbours are 0 and 2⁻²⁴: up with chance
+    |x|·2²⁴, compared exactly as 24 random bits < |x|·2⁴⁸."""
+    u = x.view(torch.int32).to(torch.int64).bitwise_and_(M32)
+    sign, mag = u & 0x80000000, u & 0x7FFFFFFF
+    e = (mag >> 23) - 127
+    drop = (13 + (-14 - e).clamp(min=0)).clamp(max=23)
+    mask = (torch.ones_like(drop) << drop) - 1
+    kept = (mag + (bits >> (32 - drop))) & ~mask
+    tiny = torch.where((bits >> 8).float() < x.abs() * 2.0**48, 0x33800000, 0)  # 2⁻²⁴ or 0
+    out = sign | torch.where(e <= -25, tiny, kept)
+    out = torch.where(out >= 2**31, out - 2**32, out).to(torch.int32).view(torch.float32).to(torch.float16)
+    return torch.where(torch.isnan(x), x.to(torch.float16), out)
 
 
 def store(target: torch.Tensor, value: torch.Tensor, key: int | None, comp: torch.Tensor | None = None,
@@ -108,8 +124,7 @@ def store(target: torch.Tensor, value: torch.Tensor, key: int | None, comp: torc
         target.copy_(round_stochastic(value, element_bits(key, value.numel(), value.device), target.dtype))
     if comp is not None:
         lost = value - target.to(value.dtype)
-        store(comp, torch.where(torch.isfinite(lost), lost, 0.0),
-              comp_key if comp.dtype == torch.bfloat16 else None)
+        store(comp, torch.where(torch.isfinite(lost), lost, 0.0), comp_key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,6 +261,20 @@ static inline uint16_t bf16_store_stochastic(float f, uint32_t r) {{  /* as lowp
     union {{ uint32_t u; float f; }} v; v.f = f;
     if ((v.u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
     return (uint16_t)((v.u + (r >> 16)) >> 16);
+}}
+static inline _Float16 f16_store_stochastic(float f, uint32_t r) {{  /* as lowprec._round_stochastic_fp16 */
+    union {{ uint32_t u; float f; }} v; v.f = f;
+    const uint32_t mag = v.u & 0x7fffffffu, sign = v.u & 0x80000000u;
+    if (mag > 0x7f800000u) return (_Float16)f;
+    const int e = (int)(mag >> 23) - 127;
+    uint32_t out;
+    if (e <= -25) {{
+        out = (float)(r >> 8) < fabsf(f) * 0x1p48f ? 0x33800000u : 0u;
+    }} else {{
+        const int drop = e >= -14 ? 13 : 13 + (-14 - e);
+        out = (mag + (r >> (32 - drop))) & ~((1u << drop) - 1u);
+    }}
+    v.u = sign | out; return (_Float16)v.f;
 }}
 static inline float kahan_lost(float v, float stored) {{  /* finite or nothing, as lowprec.store */
     const float d = v - stored; return d - d == 0 ? d : 0.0f;
