@@ -45,6 +45,6 @@ def run(args) -> int:
         settings = ",".join(f"{k}={v}" for k, v in r["preset"].items())
         kind = f"preset: {r['preset_of']}:{settings}" if r["preset_of"] else r["reference"]
         print(f"{r['name']:<{width}}  {size:>13}  {r['idea']}  [{kind}]")
-    print("bf16 weights: state B/param halves (state in the weights' dtype); stochastic_rounding=True adds "
-          "0 B/param, kahan_summation=True adds 2 (docs/lowprecision.md)")
+    print("bf16 weights keep state in their dtype (about half these bytes); stochastic_rounding=True adds "
+          "0 B/param, kahan_summation=True 2 (docs/lowprecision.md)")
     return 0
