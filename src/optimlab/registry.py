@@ -18,6 +18,7 @@ import torch
 
 from .engine import codec
 from .engine.interop import TORCH_KEYWORDS
+from .engine.lowprec import KAHAN_KEY, LOW as LOW_PRECISION, OPTIONS as ROUNDING_OPTIONS
 from .engine.optimizer import RuleOptimizer
 from .settings import parse
 
@@ -51,7 +52,7 @@ class Spec:
     def check_names(self, hyper: dict) -> None:
         valid = self.defaults
         for key in hyper:
-            if key not in valid and key not in ("path", *TORCH_KEYWORDS):
+            if key not in valid and key not in ("path", *TORCH_KEYWORDS, *ROUNDING_OPTIONS):
                 hint = difflib.get_close_matches(key, list(valid), n=1)
                 raise ValueError(
                     f"{self.name} has no hyperparameter {key!r}"
@@ -74,6 +75,8 @@ class Spec:
         Computed on the meta device from the rule's own declaration; nothing is allocated.
         """
         θ = torch.empty(shape, dtype=dtype, device="meta")
+        kahan = hyper.pop("kahan_summation", False) and dtype in LOW_PRECISION  # a bf16/fp16 weight's buffer
+        hyper = {k: v for k, v in hyper.items() if k not in ROUNDING_OPTIONS}  # the rule never sees these
         h = self.hyper(**hyper)
         out = {}
         for sym, s in self.rule.kept(h).items():
@@ -87,6 +90,8 @@ class Spec:
                 codes, absmax = codec.keys(s.key)
                 out[codes] = (tuple(θ.shape), torch.uint8)
                 out[absmax] = ((coder.blocks(θ.numel()),), torch.float32)
+        if kahan:
+            out[KAHAN_KEY] = (tuple(θ.shape), θ.dtype)
         return out
 
     def state_bytes(self, shape, dtype=torch.float32, **hyper) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 MATRIX = (4096, 4096)  # state bytes per parameter are quoted for a large fp32 weight matrix
 
 
@@ -22,7 +24,9 @@ def rows() -> list[dict]:
     out = []
     for spec in [*map(optimlab.spec, optimlab.available()), *optimlab.presets.values()]:
         per_param = spec.state_bytes(MATRIX) / (MATRIX[0] * MATRIX[1])
+        bf16 = spec.state_bytes(MATRIX, torch.bfloat16, kahan_summation=True) / (MATRIX[0] * MATRIX[1])
         out.append({"name": spec.name, "idea": spec.idea, "state_bytes_per_param": round(per_param, 3),
+                    "bf16_kahan_state_bytes_per_param": round(bf16, 3),
                     "capabilities": sorted(spec.capabilities), "reference": spec.reference,
                     "preset_of": spec.base or None, "preset": dict(spec.preset)})
     return out
@@ -41,4 +45,6 @@ def run(args) -> int:
         settings = ",".join(f"{k}={v}" for k, v in r["preset"].items())
         kind = f"preset: {r['preset_of']}:{settings}" if r["preset_of"] else r["reference"]
         print(f"{r['name']:<{width}}  {size:>13}  {r['idea']}  [{kind}]")
+    print("bf16 weights keep state in their dtype (about half these bytes); stochastic_rounding=True adds "
+          "0 B/param, kahan_summation=True 2 (docs/lowprecision.md)")
     return 0

@@ -14,6 +14,8 @@ wrong elements. Everything a user can hand the engine passes through `admit` fir
 * state the fused kernel reads as a dense array is made contiguous;
 * a coded state (engine/codec.py) is uint8 codes of the parameter's shape and one float32 absmax per
   block; an absmax that is NaN, negative or infinite when first seen (a corrupt checkpoint) is refused.
+* a bf16 parameter's Kahan buffer is checked as a state of the parameter's shape and dtype, and its
+  stochastic-rounding seed must be an integer in [0, 2³²) (engine/lowprec.py).
 
 Tensor subclasses (DTensor and others) never reach the C kernel: `paths.run` routes them (see there).
 """
@@ -26,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from . import codec
+from . import codec, lowprec
 from .rule import State
 
 
@@ -45,6 +47,8 @@ def admit(h, kept: dict[str, State], params: list, states: list[dict], describe:
             what = f"{g.layout} (this optimizer needs a dense gradient)" if g.is_sparse else _what(g)
             raise ParameterMismatch(f"{describe(i)}: the gradient is {what} but the parameter is {_what(p)}")
         state = states[i]
+        if lowprec.SEED_KEY in state:  # stochastic rounding's per-parameter seed (a hand-edited checkpoint?)
+            state[lowprec.SEED_KEY] = lowprec.checked_seed(state[lowprec.SEED_KEY], describe(i))
         for s in kept.values():
             value = state.get(s.key)
             if value is None:

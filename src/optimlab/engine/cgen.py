@@ -18,6 +18,7 @@ import dataclasses
 
 import torch
 
+from . import lowprec
 from .graph import COL, ELEMENT, PER_TENSOR, REDUCTIONS, ROW, SCALAR, Graph, Sym
 
 CHUNK = 4096
@@ -194,6 +195,9 @@ class Emit:
     matrix: bool  # tensors are walked as matrices, with row and column values
     coded: dict = dataclasses.field(default_factory=dict)  # array -> codec: stored as 8-bit codes
     stride: int = 0  # arrays per tensor in the kernel's pointer table (the graph's, then block scales)
+    # bf16 stores (engine/lowprec.py): per-element arrays rounded stochastically; θ with a Kahan buffer
+    stochastic: bool = False
+    kahan: bool = False
 
     def scalar_ref(self, n: Sym) -> str:
         if n.op == "const":
@@ -216,12 +220,15 @@ class Emit:
         return f"(({self.real})s{self.index[id(n)]})"
 
 
-def generate(graph: Graph, dtype: torch.dtype, title: str = "", coded: dict | None = None) -> str:
+def generate(graph: Graph, dtype: torch.dtype, title: str = "", coded: dict | None = None,
+             rounding: tuple[bool, bool] = (False, False)) -> str:
     """C source of the kernel `int step(nt, ptr, numel, sc, nthreads)` for parameters of `dtype`.
 
     A graph with row or column values reads each tensor's matrix view from numel[nt + t] (rows) and
     numel[2·nt + t] (columns). `coded` (state -> codec) names states stored as 8-bit codes: the kernel
-    decodes them as it loads them and encodes them per block as it stores them (see _coded_pass)."""
+    decodes them as it loads them and encodes them per block as it stores them (see _coded_pass).
+    `rounding` = (stochastic, kahan) for bf16 parameters (lowprec.py): the keys of tensor t's arrays
+    follow the sizes (one per array), its Kahan buffer is ptr[nt·arrays + t]. Not both (refused in paths)."""
     storage, real, load, store = STORAGE[dtype]
     p = plan(graph)
     per_tensor = [n for n in graph.nodes if n.kind == PER_TENSOR]
@@ -231,10 +238,14 @@ def generate(graph: Graph, dtype: torch.dtype, title: str = "", coded: dict | No
              index={id(n): i for i, n in enumerate(graph.nodes)},
              slot={id(n): j for j, n in enumerate(per_tensor)},
              npt=max(len(per_tensor), 1), rslot={id(r): j for j, r in enumerate(sums)}, nr=max(len(sums), 1),
-             matrix=graph.matrix, coded=dict(coded or {}), stride=len(graph.arrays) + len(coded or {}))
+             matrix=graph.matrix, coded=dict(coded or {}), stride=len(graph.arrays) + len(coded or {}),
+             stochastic=rounding[0], kahan=rounding[1])
     if e.coded and not reads_codes(graph):
         raise ValueError("coded states are read by single-pass elementwise kernels only (see reads_codes)")
-    out = [f"/* optimlab fused kernel: {title} ({dtype}) */", PRELUDE, f"#define CHUNK {CHUNK}",
+    if e.coded and any(rounding):
+        raise ValueError("a kernel either reads 8-bit states or rounds bf16 stochastically, not both")
+    out = [f"/* optimlab fused kernel: {title} ({dtype}) */", PRELUDE + (lowprec.C_PRELUDE if any(rounding)
+                                                                          else ""), f"#define CHUNK {CHUNK}",
            f"#define BLOCK {BLOCK}", f"#define ROWS_IN_REAL {ROWS_IN_REAL}"]
     out += _codec_tables(set(e.coded.values()))
     out.append("int step(int64_t nt, void **ptr, const int64_t *numel, const double *sc, int nthreads) {")
@@ -251,6 +262,8 @@ def generate(graph: Graph, dtype: torch.dtype, title: str = "", coded: dict | No
             ctype = "int" if n.is_bool else "double"
             out.append(f"  const {ctype} s{i} = {_expr(n.op, [e.scalar_ref(a) for a in n.args], 'double')};")
     out += _matrix_tables(e) if e.matrix else _chunk_table(e)
+    if e.stochastic or e.kahan:
+        out.append(f"  const int64_t *keys = numel + nt * {3 if e.matrix else 1};  /* [t][array, Kahan] */")
     for k in range(p.passes):
         out += _between_passes(e, k)
         out += _element_pass(e, k)
@@ -426,6 +439,13 @@ def _element_pass(e: Emit, k: int) -> list[str]:
         if name in e.coded:
             scales = f"(float *)ptr[t * {e.stride} + {len(arrays) + list(e.coded).index(name)}]"
             lines.append(f"    float *restrict n{a} = {scales};  /* {name}: absmax per block */")
+        if e.kahan and name == "θ":
+            lines.append(f"    {const}{e.storage} *restrict ak = ({e.storage} *)ptr[nt * {len(arrays)} + t];")
+        if name in stores and (e.stochastic or (e.kahan and name == "θ")):  # this chunk's keys, loaded once
+            n = len(arrays) + 1
+            lines.append(f"    const uint32_t key{a} = (uint32_t)keys[t * {n} + {a}];")
+            if e.kahan and name == "θ":
+                lines.append(f"    const uint32_t keyk = (uint32_t)keys[t * {n} + {n - 1}];")
     for n in graph.nodes:
         if id(n) in used and n.kind == PER_TENSOR:
             ctype = "int" if n.is_bool else real
@@ -469,6 +489,8 @@ def _element_pass(e: Emit, k: int) -> list[str]:
             value = f"({real})({_table(e.coded[loads[id(n)]])}[a{a}[i]] * m{a})"
         elif id(n) in loads:
             value = e.load.format(f"a{arrays.index(loads[id(n)])}[i]")
+            if e.kahan and loads[id(n)] == "θ":  # the rule sees θ + c
+                value = f"({value} + {e.load.format('ak[i]')})"
         elif _by_a_number(n):
             value = f"({ref(n.args[0])} * r{e.index[id(n.args[1])]})"
         else:
@@ -490,7 +512,7 @@ def _element_pass(e: Emit, k: int) -> list[str]:
                      f"const float u{a} = fabsf(y{a}); p{a} = u{a} > p{a} ? u{a} : p{a};",
                      f"nan{a} |= u{a} != u{a};"]
         else:
-            body.append(f"a{a}[i] = {e.store.format(ref(graph.outputs[name]))};")
+            body += _store(e, name, ref(graph.outputs[name]))
     accumulators = [f"{partial}{e.rslot[id(r)]}" for r in sums] + [f"racc{j}" for j in range(len(row_sums))]
     simd = f"    #pragma omp simd reduction(+:{','.join(accumulators)})" if accumulators else None
     if e.matrix:  # row by row: row values once per row, column values per element
@@ -527,6 +549,22 @@ def _element_pass(e: Emit, k: int) -> list[str]:
         lines.append(f"    part[c * {e.nr} + {e.rslot[id(r)]}] = (double)acc{e.rslot[id(r)]};")
     lines.append("  }")
     lines.append("  }")
+    return lines
+
+
+def _store(e: Emit, name: str, value: str) -> list[str]:
+    """The store of one element output: rounded to nearest, or as lowprec.store does it."""
+    a = e.graph.arrays.index(name)
+    if not e.stochastic and not (e.kahan and name == "θ"):
+        return [f"a{a}[i] = {e.store.format(value)};"]
+    rounded = e.store.format(value)
+    stochastic = "bf16_store_stochastic" if e.dtype == torch.bfloat16 else "f16_store_stochastic"
+    if e.stochastic:
+        rounded = f"{stochastic}({value}, element_bits(key{a}, i))"
+    lines = [f"const {e.storage} w{a} = {rounded};", f"a{a}[i] = w{a};"]
+    if e.kahan and name == "θ":
+        lost = f"kahan_lost({value}, {e.load.format(f'w{a}')})"
+        lines.append(f"ak[i] = {stochastic}({lost}, element_bits(keyk, i));")  # c: its own stream
     return lines
 
 

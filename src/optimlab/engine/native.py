@@ -228,12 +228,14 @@ class Kernel:
         self.scalar_names = scalar_names
         self.lib = load(source)
 
-    def __call__(self, arrays: list[list[torch.Tensor]], h, extents: list[int] | None = None) -> None:
+    def __call__(self, arrays: list[list[torch.Tensor]], h, extents: list[int] | None = None,
+                 extra: list[torch.Tensor] = ()) -> None:
         """arrays[a][t]: tensor t of array a (θ, g, states), all contiguous, on the CPU; `extents`: each
-        tensor's rows, then each one's columns, for kernels with row and column values."""
+        tensor's rows, then each one's columns, for kernels with row and column values, then any further
+        integers the kernel reads (bf16 rounding keys); `extra`: one more tensor per tensor (Kahan)."""
         nt = len(arrays[0])
-        pointers = (ctypes.c_void_p * (nt * self.n_arrays))()
-        pointers[:] = [x.data_ptr() for row in zip(*arrays) for x in row]
+        pointers = (ctypes.c_void_p * (nt * self.n_arrays + len(extra)))()
+        pointers[:] = [x.data_ptr() for row in zip(*arrays) for x in row] + [x.data_ptr() for x in extra]
         sizes = [x.numel() for x in arrays[0]]
         numel = (ctypes.c_int64 * (nt + len(extents or ())))(*sizes, *(extents or ()))
         scalars = (ctypes.c_double * max(len(self.scalar_names), 1))(

@@ -14,9 +14,9 @@ from typing import Callable
 
 import torch
 
-from . import boundary, codec, interop, paths, sharded
+from . import boundary, codec, interop, lowprec, paths, sharded
 from .graph import ELEMENT, SCALAR
-from .rule import Rule
+from .rule import Rule, State
 
 
 def hyperparameters(local_vars: dict) -> dict:
@@ -27,7 +27,8 @@ def hyperparameters(local_vars: dict) -> dict:
 @functools.cache
 def _signature_defaults(cls) -> tuple:
     return tuple((k, p.default) for k, p in inspect.signature(cls.__init__).parameters.items()
-                 if p.default is not inspect.Parameter.empty and k not in ("path", *interop.TORCH_KEYWORDS))
+                 if p.default is not inspect.Parameter.empty
+                 and k not in ("path", *interop.TORCH_KEYWORDS, *lowprec.OPTIONS))
 
 
 @functools.cache
@@ -79,10 +80,12 @@ class RuleOptimizer(torch.optim.Optimizer):
         super().__init_subclass__(**kwargs)
         if "__init__" in vars(cls):  # torch's foreach=, fused=, capturable=, differentiable= (see interop.py)
             cls.__init__ = interop.accepting_torch_keywords(cls.__init__)
+            cls.__init__ = lowprec.accepting_options(cls.__init__)  # stochastic_rounding=, kahan_summation=
 
     def __init__(self, params, path: str = "auto", **hyper):
         self._check(hyper)
-        hyper = {**self.fixed, **hyper}
+        # group keys, so a checkpoint records them (the rule never sees them: lowprec.py applies them)
+        hyper = {**self.fixed, **hyper, **getattr(self, "_rounding_options", lowprec.OPTIONS)}
         paths.validate(path, self.rule, type(self).__name__)
         self.path = path
         super().__init__(params, hyper)
@@ -157,14 +160,25 @@ class RuleOptimizer(torch.optim.Optimizer):
         # Parameters that share a step count (and scalar state) share per-step scalars: normally all.
         buckets: dict[tuple, list] = {}
         prepared = [self._prepare(p, h, kept) for p in params]
+        rounding = group.get("stochastic_rounding") or group.get("kahan_summation")
+        if rounding:
+            for p, state in zip(params, prepared):
+                if p.grad.is_sparse and p.dtype in lowprec.LOW:
+                    raise RuntimeError(f"{type(self).__name__}: stochastic_rounding and kahan_summation do "
+                                       "not support sparse gradients (their rule runs on gathered entries)")
+                lowprec.prepare(state, p, group, functools.partial(self._position, p))
         # Every dense gradient and its state pass the boundary; sparse ones are checked in _check_sparse.
         dense = [(p, state) for p, state in zip(params, prepared)
                  if self.sparse_gradients is None or not p.grad.is_sparse]
-        boundary.admit(h, kept, [p for p, _ in dense], [state for _, state in dense],
+        checked = {**kept, lowprec.KAHAN_KEY: State(lowprec.KAHAN_KEY)} if rounding else kept
+        boundary.admit(h, checked, [p for p, _ in dense], [state for _, state in dense],
                        lambda i: self._describe(dense[i][0]))
         if self._creates_state_only(group, params, prepared):
             return
         if self.capturable:
+            if rounding:
+                raise ValueError(f"{type(self).__name__}: capturable=True runs on the Triton path, which does "
+                                 "not take stochastic_rounding or kahan_summation")
             return self._step_on_device(h, kept, list(zip(params, prepared)))
         for p, state in zip(params, prepared):
             key = (float(state["step"]), *(float(state[k]) for k in carried))
@@ -180,7 +194,7 @@ class RuleOptimizer(torch.optim.Optimizer):
                     if p.grad.is_sparse:
                         self._step_sparse(p, state, hs, kept)
             if dense:
-                self._step_dense(hs, kept, dense)
+                self._step_dense(hs, kept, dense, lowprec.rounding_for(group, t, *zip(*dense)))
             for _, state in members:
                 state["step"] = float(t)  # a Python number: counting 200 tensors' steps costs nothing
                 for key in carried:
@@ -218,12 +232,16 @@ class RuleOptimizer(torch.optim.Optimizer):
         if found_inf is not None:
             torch._foreach_sub_(steps, [amp[1]] * len(steps))
 
-    def _step_dense(self, h: SimpleNamespace, kept: dict, members: list) -> None:
+    def _step_dense(self, h: SimpleNamespace, kept: dict, members: list, rounding=None) -> None:
         """Parameters with dense gradients, on the chosen path; complex ones as real views."""
         view = _as_real if self.complex_as_real and any(p.is_complex() for p, _ in members) else _same
         states = {sym: [self._stored(state, sym, view) for _, state in members] for sym in kept}
         paths.run(self.path, self.rule, h, [view(p) for p, _ in members], [view(p.grad) for p, _ in members],
-                  states)
+                  states, rounding=rounding)
+
+    def _position(self, p: torch.Tensor) -> int:
+        """p's place in the optimizer's order of parameters (its stream of random bits derives from it)."""
+        return next(k for k, q in enumerate(q for g in self.param_groups for q in g["params"]) if q is p)
 
     def _stored(self, state: dict, sym: str, view=_same):
         """What a path receives for state `sym`: its tensor, a `codec.Coded` holder, or None."""
@@ -375,8 +393,8 @@ class RuleOptimizer(torch.optim.Optimizer):
                     else value
         boundary.check_coded_load(self)
         for group in self.param_groups:  # a torch.optim checkpoint lacks optimlab-only hyperparameters
-            for key, _ in _signature_defaults(type(self)):
-                group.setdefault(key, self.defaults[key])
+            for key in [k for k, _ in _signature_defaults(type(self))] + list(lowprec.OPTIONS):
+                group.setdefault(key, self.defaults.get(key))
         for state in self.state.values():  # the fused kernel reads state as dense arrays
             for key, value in state.items():
                 if isinstance(value, torch.Tensor) and value.dim() and not value.is_contiguous():

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import torch
 
-from . import cgen, codec, foreach, matrix, native, sharded, tritongen, tritonrun
+from . import cgen, codec, foreach, lowprec, matrix, native, sharded, tritongen, tritonrun
 from .caches import BoundedCache
 from .graph import Graph, TraceError, static_key, trace
 from .rule import Rule
@@ -47,8 +47,10 @@ def graph_of(rule: Rule, h: SimpleNamespace, static: tuple | None = None, kept: 
 
 
 def kernel_of(rule: Rule, h: SimpleNamespace, dtype: torch.dtype, static: tuple | None = None,
-              kept: tuple | None = None, coded: dict | None = None) -> native.Kernel:
-    """The fused kernel; `coded`: states stored by a codec (symbol -> codec), read and written as codes."""
+              kept: tuple | None = None, coded: dict | None = None,
+              rounding: tuple[bool, bool] = (False, False)) -> native.Kernel:
+    """The fused kernel; `coded`: states stored by a codec (symbol -> codec), read and written as codes;
+    `rounding`: (stochastic, kahan) stores for bf16 parameters (engine/lowprec.py)."""
     static = static_key(h) if static is None else static
     kept = tuple(rule.kept(h)) if kept is None else kept
     coded = coded or {}
@@ -56,10 +58,10 @@ def kernel_of(rule: Rule, h: SimpleNamespace, dtype: torch.dtype, static: tuple 
     def build():
         graph = graph_of(rule, h, static, kept)
         flags = ", ".join(f"{k}={v}" for k, v in static if isinstance(v, bool))
-        source = cgen.generate(graph, dtype, title=f"{rule.name}({flags})", coded=coded)
+        source = cgen.generate(graph, dtype, title=f"{rule.name}({flags})", coded=coded, rounding=rounding)
         return native.Kernel(source, len(kernel_arrays(graph, coded)), graph.scalars)
 
-    return _kernels.get((_rule_key(rule), static, dtype, kept, tuple(coded.items())), build)
+    return _kernels.get((_rule_key(rule), static, dtype, kept, tuple(coded.items()), rounding), build)
 
 
 def validate(path: str, rule: Rule, owner: str = "") -> None:
@@ -72,7 +74,7 @@ def validate(path: str, rule: Rule, owner: str = "") -> None:
 
 
 def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[str, list], steps=None,
-        amp=None) -> None:
+        amp=None, rounding: lowprec.Rounding | None = None) -> None:
     """Apply one step of `rule` to `params` in place (and to their `states`, symbol -> tensors).
 
     `steps` (capturable=True): each parameter's step count as a tensor on its device, already counted;
@@ -80,7 +82,8 @@ def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[s
 
     Gradients and states have passed `boundary.admit`: they match their parameters. Only plain dense
     tensors reach the fused kernel; a tensor subclass runs its local data (DTensor shards, for rules
-    that are elementwise) or the rule as written, whose torch ops the subclass implements.
+    that are elementwise) or the rule as written, whose torch ops the subclass implements. `rounding`:
+    stochastic rounding and Kahan buffers for bf16/fp16 parameters (lowprec.py; a no-op on others).
     """
     validate(path, rule)
     groups: dict[tuple, list[int]] = defaultdict(list)
@@ -92,9 +95,10 @@ def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[s
         plain = type(p) in PLAIN
         dense = plain and p.is_contiguous() and one_matrix(rule, h, p, has)
         groups[(p.device, p.dtype, dense, has, plain, coded)].append(i)
-    for (device, _, dense, has, plain, coded), idx in groups.items():
+    for (device, dtype, dense, has, plain, coded), idx in groups.items():
         pick = [params[i] for i in idx], [grads[i] for i in idx], {k: [states[k][i] for i in idx]
                                                                    for k in has}
+        low = rounding.pick(idx) if rounding is not None and dtype in lowprec.LOW else None
         chosen = choose(path, rule, device, dense) if plain else "tensor"
         if not dense and rule.matrix and any(rule.state[sym].per != "element" for sym in has):
             chosen = "tensor"  # row and column values on the fast paths: one dense matrix per tensor
@@ -102,34 +106,59 @@ def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[s
             raise ValueError(f"capturable=True: a {type(params[idx[0]]).__name__} parameter (a subclass, a "
                              f"strided tensor or a batch of matrices) takes path {chosen!r}, whose per-step "
                              "numbers come from the host; capturable=True runs on the triton path only")
+        if coded and low is not None:
+            raise ValueError(f"{rule.name}: 8-bit states with stochastic_rounding or kahan_summation are not "
+                             "supported yet: use one or the other")
         if not plain:
             if coded:
                 raise ValueError(f"{rule.name}: 8-bit states of {type(params[idx[0]]).__name__} parameters "
                                  "(sharded ones) are not supported; use the full-precision optimizer")
+            if low is not None:  # shards would index their elements locally
+                kind = type(params[idx[0]]).__name__
+                raise ValueError(f"stochastic_rounding and kahan_summation do not support {kind} parameters "
+                                 "(FSDP2's DTensor, other tensor subclasses) yet: use plain tensors")
             _run_subclass(path, rule, h, *pick)
             continue
+        if low is not None:
+            chosen = _rounding_path(path, chosen)
+            if chosen != "fused":
+                lowprec.via_float32(RUNNERS[chosen], rule, h, *pick, low)
+                continue
         if chosen == "fused":
             try:
                 if coded and not cgen.reads_codes(graph_of(rule, h, kept=has)):
                     codec.decoded(run_fused, rule, h, *pick)  # a kernel of several passes: decode around it
                 else:
-                    run_fused(rule, h, *pick)
+                    run_fused(rule, h, *pick, rounding=low)
                 continue
             except native.CompilerUnavailable as err:
                 if path == "fused":
                     raise
                 _warn_once(f"optimlab: fused path unavailable, using foreach ({err})")
                 chosen = "foreach"
+        if low is not None:  # the C compiler was missing: the same rounding on the foreach path
+            lowprec.via_float32(run_foreach, rule, h, *pick, low)
+            continue
         if coded:  # the states decoded for the step and encoded again after it, in torch ops
             if steps is not None:
                 raise ValueError("capturable=True does not take 8-bit states (decoded by host-driven ops)")
-            codec.decoded({"foreach": run_foreach, "tensor": run_tensor, "triton": run_triton}[chosen],
-                          rule, h, *pick)
+            codec.decoded(RUNNERS[chosen], rule, h, *pick)
             continue
         if chosen == "triton":
             run_triton(rule, h, *pick, steps=None if steps is None else [steps[i] for i in idx], amp=amp)
             continue
-        {"foreach": run_foreach, "tensor": run_tensor}[chosen](rule, h, *pick)
+        RUNNERS[chosen](rule, h, *pick)
+
+
+def _rounding_path(path: str, chosen: str) -> str:
+    """The Triton backend does not generate stochastic rounding or Kahan buffers (yet): refused when
+    asked for by name, the foreach path under path='auto'."""
+    if chosen != "triton":
+        return chosen
+    if path == "triton":
+        raise ValueError("stochastic_rounding and kahan_summation are not generated by the Triton backend: "
+                         "use path='foreach' (or 'auto', which falls back to it) for these options")
+    return "foreach"
 
 
 PLAIN = (torch.Tensor, torch.nn.Parameter, torch.nn.Buffer)
@@ -227,17 +256,25 @@ def run_foreach(rule: Rule, h, params, grads, states) -> None:
 # --- fused: the traced graph as one C kernel -----------------------------------------------------
 
 
-def run_fused(rule: Rule, h, params, grads, states) -> None:
+def run_fused(rule: Rule, h, params, grads, states, rounding: lowprec.Rounding | None = None) -> None:
     static, kept = static_key(h), tuple(states)
     coded = {sym: xs[0].codec for sym, xs in states.items() if isinstance(xs[0], codec.Coded)}
-    kernel = kernel_of(rule, h, params[0].dtype, static, kept, coded)
+    flags = rounding.flags if rounding is not None else (False, False)
+    kernel = kernel_of(rule, h, params[0].dtype, static, kept, coded, flags)
     graph = graph_of(rule, h, static, kept)
     # A coded state passes its codes where the state would be, and its block scales after all arrays.
     arrays = {"θ": params, "g": [g.contiguous() for g in grads],
               **{sym: [x.codes if sym in coded else x for x in xs] for sym, xs in states.items()},
               **{cgen.absmax_array(sym): [x.absmax for x in states[sym]] for sym in coded}}
-    extents = [x for xs in zip(*matrix_shapes(rule, h, params)) for x in xs] if graph.matrix else None
-    kernel([arrays[name] for name in kernel_arrays(graph, coded)], h, extents)
+    extents = [x for xs in zip(*matrix_shapes(rule, h, params)) for x in xs] if graph.matrix else []
+    extra = []
+    if rounding is not None:  # keys per tensor: one per array, then the Kahan buffer's (cgen reads [t][k])
+        names = [name if name in ("θ", "g") else rule.state[name].key for name in graph.arrays]
+        extents += [key or 0 for t in range(len(params))
+                    for key in [*(rounding.key(t, name) for name in names), rounding.comp_key(t)]]
+    if rounding is not None and rounding.kahan:
+        extra = list(rounding.comps)
+    kernel([arrays[name] for name in kernel_arrays(graph, coded)], h, extents or None, extra)
 
 
 def kernel_arrays(graph: Graph, coded: dict) -> list[str]:
@@ -272,3 +309,6 @@ def run_triton(rule: Rule, h, params, grads, states, steps=None, amp=None) -> No
     arrays = {"θ": params, "g": [g.contiguous() for g in grads], **states}
     shapes = matrix_shapes(rule, h, params) if graph.matrix else None
     tritonrun.launch(kernel_of, [arrays[name] for name in graph.arrays], h, shapes, steps, amp)
+
+
+RUNNERS = {"foreach": run_foreach, "tensor": run_tensor, "triton": run_triton}

@@ -110,11 +110,15 @@ def plan(model, optimizer: str = "adamw", precision: str = "bf16-mixed", *, zero
     whole = {
         "parameters": count * recipe.params.itemsize,
         "gradients": trainable_count * recipe.grads.itemsize,
-        "optimizer_state": _state_bytes(spec, hyper, trainable, recipe.state, matrix),
+        "optimizer_state": _state_bytes(spec, {**hyper, **dict(recipe.options)}, trainable, recipe.state,
+                                        matrix),
         "master_weights": trainable_count * recipe.master.itemsize if recipe.master else 0,
         "activations": _activations(model, batch, seq, recompute, recipe.activation),
     }
     if fsdp2:
+        if recipe.options:  # the optimizers refuse these options on sharded (DTensor) parameters
+            raise ValueError(f"precision {precision!r} (stochastic rounding or Kahan summation) is not "
+                             "supported under FSDP2: its parameters are DTensors")
         per_rank = _fsdp2_per_rank(spec, hyper, recipe, shapes, ranks, whole["activations"])
     else:
         per_rank = {c: -(-b // ranks) if zero >= SHARDED_FROM.get(c, 4) else b for c, b in whole.items()}
@@ -129,6 +133,12 @@ def plan(model, optimizer: str = "adamw", precision: str = "bf16-mixed", *, zero
                      "as for one flat vector (an upper bound); give a model or a transformer shape")
     if zero and ranks == 1:
         notes.append(f"ZeRO-{zero} on one rank shards nothing: give the number of ranks")
+    options = {**hyper, **dict(recipe.options)}
+    if options.get("kahan_summation") and recipe.state in (torch.bfloat16, torch.float16):
+        notes.append("optimizer state includes the Kahan buffer (one weight-sized tensor in the weights' "
+                     "dtype, optimizer.state['kahan_compensation']) in place of an fp32 master copy")
+    if options.get("stochastic_rounding"):
+        notes.append("stochastic rounding costs no bytes: its random bits are a hash of (seed, step, index)")
     if batch is None:
         notes.append("activations not included (give batch and seq with a transformer shape)")
     else:
@@ -241,7 +251,7 @@ def measured_state_bytes(model: torch.nn.Module, optimizer: str = "adamw", preci
         p.grad = torch.full_like(p, 1e-3)
     spec, hyper = optimlab.resolve(optimizer)
     policy = matrix_policy(twin, spec, hyper) is not None  # Muon: its matrices apart, as in training
-    opt = optimlab.create(optimizer, _policy_groups(twin) if policy else params)
+    opt = spec.create(_policy_groups(twin) if policy else params, **{**hyper, **dict(recipe.options)})
     opt.step()
     tensors = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
     return sum(t.numel() * t.element_size() for t in tensors)

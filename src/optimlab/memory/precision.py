@@ -16,6 +16,9 @@ class Precision:
     master: torch.dtype | None  # a separate full-precision copy of the weights, or None
     activation: int  # bytes per stored activation element
     about: str
+    # optimizer options the recipe implies (engine/lowprec.py): stochastic rounding costs no bytes, the
+    # Kahan buffer one weight-sized tensor in the weights' dtype, kept in optimizer.state
+    options: tuple = ()
 
 
 PRECISIONS = {p.name: p for p in (
@@ -27,6 +30,12 @@ PRECISIONS = {p.name: p for p in (
               "fp16 weights and gradients; fp32 master weights and optimizer state (plus a loss scale)"),
     Precision("bf16", torch.bfloat16, torch.bfloat16, torch.bfloat16, None, 2,
               "pure bf16: weights, gradients and optimizer state in bf16, no master copy"),
+    Precision("bf16-sr", torch.bfloat16, torch.bfloat16, torch.bfloat16, None, 2,
+              "pure bf16 with stochastic rounding of each update: the bytes of pure bf16",
+              options=(("stochastic_rounding", True),)),
+    Precision("bf16-kahan", torch.bfloat16, torch.bfloat16, torch.bfloat16, None, 2,
+              "pure bf16 with a bf16 Kahan buffer per weight in the optimizer state, no master copy",
+              options=(("kahan_summation", True),)),
 )}
 
 

@@ -22,11 +22,12 @@ import sys
 from . import ablated, adam, canyon, lrs, matrix, state
 from . import frontier  # Sophia's 2×, schedule-free without a schedule
 from . import eightbit  # 8-bit AdamW's "half the optimizer state"
+from . import lowprec  # bf16 training without an fp32 master copy
 from .core import VERDICTS, Claim, Context, Result, Verdict, run_claim
 from .report import dumps, report_markdown, to_json
 
 CATALOGUE: dict[str, Claim] = {c.id: c for group in (adam, ablated, state, canyon, lrs, matrix, frontier,
-                                                                   eightbit)
+                                                                   eightbit, lowprec)
              for c in group.CLAIMS}
 
 __all__ = ["claims", "catalogue", "get", "ids", "report_markdown", "to_json", "dumps", "Claim", "Result",
