@@ -177,8 +177,8 @@ class RuleOptimizer(torch.optim.Optimizer):
             return
         if self.capturable:
             if rounding:
-                raise ValueError(f"{type(self).__name__}: capturable=True runs on the Triton path, which does "
-                                 "not take stochastic_rounding or kahan_summation")
+                raise ValueError(f"{type(self).__name__}: capturable=True runs on the Triton path, which "
+                                 "does not take stochastic_rounding or kahan_summation")
             return self._step_on_device(h, kept, list(zip(params, prepared)))
         for p, state in zip(params, prepared):
             key = (float(state["step"]), *(float(state[k]) for k in carried))
