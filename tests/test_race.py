@@ -321,3 +321,17 @@ def test_which_updates_are_elementwise():
     assert optimlab.create("adam", rows).elementwise() and optimlab.create("lion", rows).elementwise()
     for name in ("lamb", "lars", "adafactor", "muon", "shampoo", "soap"):  # norms, rows and columns, matrices
         assert not optimlab.create(name, rows).elementwise(), name
+
+
+def test_one_optimizer_of_a_race_alone_is_labelled_and_computed_as_in_the_whole_race():
+    from optimlab.lab.races import race_many
+
+    whole = race_many("canyon", "adam,sgd,adam", [None, (0.5, 0.5)], steps=30)
+    for k in range(3):
+        part = race_many("canyon", "adam,sgd,adam", [None, (0.5, 0.5)], steps=30, only=k)
+        for one, all_of_it in zip(part, whole):
+            assert len(one.runs) == 1 and one.runs[0].label == all_of_it.runs[k].label
+            np.testing.assert_array_equal(one.runs[0].positions, all_of_it.runs[k].positions)
+    assert [r.label for r in whole[0].runs] == ["adam", "sgd", "adam#2"]
+    with pytest.raises(ValueError, match="index of one of the 3 optimizers"):
+        race_many("canyon", "adam,sgd,adam", [None], only=3)

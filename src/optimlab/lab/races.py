@@ -210,14 +210,16 @@ def race(landscape, optimizers, steps: int | None = None, start=None, noise: flo
 
 
 def race_many(landscape, optimizers, starts, steps: int | None = None, noise: float | None = None,
-              seed: int | None = None, schedule="landscape",
-              dtype: torch.dtype = torch.float64) -> list[Race]:
+              seed: int | None = None, schedule="landscape", dtype: torch.dtype = torch.float64,
+              only: int | None = None) -> list[Race]:
     """`race` from each of several start points (None: the landscape's), one Race per start.
 
     An optimizer whose update is elementwise (`RuleOptimizer.elementwise`) steps every start at once, as
     the rows of one parameter: the same numbers as racing each start alone (tested bit for bit), for
     about the cost of one race, since a step on a few numbers costs its overhead, not its arithmetic.
     Any other optimizer (norms, matrices, torch.optim classes, factories) races each start alone.
+    only: race just the optimizer at this index of the list, labelled as in the whole race (the
+    playground spreads one race over its worker processes this way).
     """
     L = landscapes.get(landscape)
     if noise is not None or seed is not None:
@@ -235,9 +237,13 @@ def race_many(landscape, optimizers, starts, steps: int | None = None, noise: fl
         raise ValueError("no optimizers to race")
     seen: dict[str, int] = {}
     runs: list[list[Run]] = [[] for _ in starts]
-    for label, settings, make in built:
+    if only is not None and not (isinstance(only, int) and 0 <= only < len(built)):
+        raise ValueError(f"only must be the index of one of the {len(built)} optimizers, got {only!r}")
+    for index, (label, settings, make) in enumerate(built):
         seen[label] = seen.get(label, 0) + 1
         label = label if seen[label] == 1 else f"{label}#{seen[label]}"
+        if only is not None and index != only:
+            continue
         for each, (positions, stopped) in zip(runs, _trajectories(L, make, starts, steps, multiplier, dtype)):
             with torch.no_grad():
                 losses = L.loss(torch.from_numpy(positions)).numpy()
@@ -292,7 +298,11 @@ def _run(L, p, opt, steps, multiplier) -> list[tuple[np.ndarray, int | None]]:
             (loss if ξ is None else loss + (ξ * p).sum()).backward()
             return loss
 
-        opt.step(closure)
+        if isinstance(opt, RuleOptimizer):  # it reads the gradient once, as its step begins: computed
+            closure()  # first, it skips the cost of torch's grad-mode switches around a closure
+            opt.step()
+        else:  # torch.optim's and user optimizers may evaluate the loss several times (L-BFGS)
+            opt.step(closure)
         with torch.no_grad():
             L.project(p)
         if scheduler:

@@ -57,12 +57,13 @@ def race(request: dict) -> dict:
 
 
 def races(request: dict) -> list[dict]:
-    """Race requests that differ only in their start ("starts"), run together: one answer per start."""
+    """Race requests that differ only in their start ("starts"), run together: one answer per start
+    (with "only": k, just the k-th optimizer's runs, for a race spread over several workers)."""
     from optimlab.lab.races import race_many
 
     results = race_many(request["landscape"], request["optimizers"], request["starts"],
                         steps=request.get("steps"), noise=request.get("noise"), seed=request.get("seed"),
-                        schedule=request.get("schedule", "landscape"))
+                        schedule=request.get("schedule", "landscape"), only=request.get("only"))
     return [_race_answer(result) for result in results]
 
 

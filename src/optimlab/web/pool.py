@@ -9,8 +9,9 @@ one computation.
 
 Races that wait for a worker and differ only in their start point are run as one computation
 (`lab.races.race_many`): a race on a 2-D landscape costs its per-step overhead, not its arithmetic, so
-a class of learners clicking start points at once is answered at about the cost of one race each
-worker, with the same numbers as one by one.
+a class of learners clicking start points at once is answered at about the cost of one race, with the
+same numbers as one by one. A race waits GATHER seconds for such company before it starts, and its
+optimizers are raced in parallel, one per worker task, so one race uses every idle worker.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import collections
 import json
 import multiprocessing
 import threading
+import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -33,6 +35,7 @@ TIME_LIMITS = {"race": 20.0, "precondition": 20.0, "surface": 10.0, "breakit": 6
 
 
 MAX_STARTS = 16  # race requests run together at most: the batch still costs about one race
+GATHER = 0.01  # seconds a race waits for others to join it (clients answered together come back together)
 
 
 class Busy(Exception):
@@ -53,6 +56,9 @@ class _Job:
     def __init__(self, kind: str, group: str):
         self.kind, self.group = kind, group
         self.members: list[tuple[str, dict, Future]] = []  # (cache key, request, the answer to come)
+        self.created = time.monotonic()
+        self.parts: list = []  # a race's answers per optimizer (one worker task each), as they arrive
+        self.failed = None  # the first error of any part
 
 
 class Pool:
@@ -66,7 +72,8 @@ class Pool:
         self._running: dict[str, Future] = {}  # key -> the answer of a request waiting or under way
         self._waiting: collections.deque[_Job] = collections.deque()  # first come, first computed
         self._open: dict[str, _Job] = {}  # race group -> the waiting job that more starts may join
-        self._busy = 0  # computations on the workers
+        self._busy = 0  # worker tasks handed out and not finished
+        self._timer: threading.Timer | None = None  # a gathering race's start, pending
         self.computations = 0  # handed to the workers so far (a batch of races counts once)
         self._lock = threading.Lock()
         self.time_scale = time_scale
@@ -122,29 +129,52 @@ class Pool:
     def _dispatch(self) -> None:
         """Hand waiting jobs to free workers (under the lock)."""
         while self._busy < self.workers and self._waiting:
-            job = self._waiting.popleft()
+            job = self._waiting[0]
+            wait = job.created + GATHER - time.monotonic()
+            if job.kind == "race" and wait > 0:  # let the others of its group join it first
+                if self._timer is None:
+                    self._timer = threading.Timer(wait, self._gathered)
+                    self._timer.daemon = True
+                    self._timer.start()
+                return
+            self._waiting.popleft()
             if self._open.get(job.group) is job:
                 del self._open[job.group]
-            self._busy += 1
             self.computations += 1
             limit = TIME_LIMITS[job.kind] * self.time_scale * len(job.members)  # each start its share
             if job.kind == "race":
                 request = {**job.members[0][1], "starts": [r.get("start") for _, r, _ in job.members]}
                 request.pop("start", None)
-                task = ("races", request)
+                tasks = [("races", {**request, "only": k}) for k in range(_count(request["optimizers"]))]
             else:
-                task = (job.kind, job.members[0][1])
-            done = self._pool.schedule(compute.run, task, timeout=limit)
-            done.add_done_callback(lambda done, job=job: self._finished(job, done))
+                tasks = [(job.kind, job.members[0][1])]
+            job.parts = [None] * len(tasks)
+            self._busy += len(tasks)
+            for k, task in enumerate(tasks):
+                done = self._pool.schedule(compute.run, task, timeout=limit)
+                done.add_done_callback(lambda done, job=job, k=k: self._finished(job, k, done))
 
-    def _finished(self, job: _Job, done) -> None:
-        """In pebble's thread, once a computation ends: answer its requests, keep good answers, go on."""
+    def _gathered(self) -> None:
+        with self._lock:
+            self._timer = None
+            self._dispatch()
+
+    def _finished(self, job: _Job, k: int, done) -> None:
+        """In pebble's thread, once a worker task ends: when the job's last part is in, answer its requests
+        (a race's parts side by side, in the order of its optimizers) and keep good answers; go on."""
         error = done.exception() if not done.cancelled() else None
-        answers = None if done.cancelled() or error else done.result()
-        if answers is not None and job.kind != "race":
-            answers = [answers]
         with self._lock:
             self._busy -= 1
+            if job.parts is None:  # answered already: another part failed first
+                return self._dispatch()
+            if done.cancelled() or error is not None:
+                job.failed = job.failed or error or True
+            else:
+                job.parts[k] = done.result()
+            if not job.failed and any(part is None for part in job.parts):
+                return self._dispatch()
+            answers = None if job.failed else _assemble(job)
+            job.parts = None
             for i, (key, _, _) in enumerate(job.members):
                 self._running.pop(key, None)
                 self._slots.release()
@@ -156,16 +186,36 @@ class Pool:
         for i, (_, _, future) in enumerate(job.members):
             if answers is not None:
                 future.set_result(answers[i])
-            elif error is not None:
-                future.set_exception(error)
+            elif isinstance(job.failed, BaseException):
+                future.set_exception(job.failed)
             else:
                 future.cancel()
 
     def close(self) -> None:
         with self._lock:  # requests still waiting for a worker get no answer: never leave them hanging
+            if self._timer is not None:
+                self._timer.cancel()
             for job in self._waiting:
                 for _, _, future in job.members:
                     future.cancel()
             self._waiting.clear()
         self._pool.stop()
         self._pool.join(timeout=10)
+
+
+def _count(optimizers: list[str]) -> int:
+    """How many optimizers a race request names (an item may be a comma-separated list)."""
+    from optimlab.settings import split_list
+
+    return sum(len(split_list(text)) for text in optimizers)
+
+
+def _assemble(job: _Job) -> list:
+    """Each member's answer: a race's parts (one optimizer each) joined, in order; other answers as is."""
+    if job.kind != "race":
+        return job.parts
+    answers = []
+    for i in range(len(job.members)):
+        runs = [run for part in job.parts for run in part[i]["runs"]]
+        answers.append({**job.parts[0][i], "runs": runs})
+    return answers
