@@ -300,3 +300,16 @@ def test_sparse_gradients_are_refused_with_the_options():
     table(torch.tensor([1, 4])).float().sum().backward()
     with pytest.raises(RuntimeError, match="do not support sparse gradients"):
         optimlab.SGD(table.parameters(), lr=0.1, kahan_summation=True).step()
+
+
+@pytest.mark.parametrize("option", ["stochastic_rounding", "kahan_summation"])
+def test_the_options_beside_8bit_states_or_capturable_steps_are_refused_by_name(option):
+    before = torch.randn(5000, dtype=torch.bfloat16)
+    p = torch.nn.Parameter(before.clone())
+    p.grad = torch.randn_like(p)
+    with pytest.raises(ValueError, match="8-bit states with stochastic_rounding or kahan_summation"):
+        optimlab.create("adamw8bit", [p], min_8bit_size=0, **{option: True}).step()
+    assert torch.equal(p.detach(), before)  # refused before anything moved
+    with pytest.raises(ValueError, match="capturable=True runs on the Triton path"):
+        optimlab.AdamW([p], capturable=True, **{option: True}).step()
+    assert torch.equal(p.detach(), before)
