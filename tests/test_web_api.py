@@ -14,7 +14,7 @@ pytest.importorskip("pebble", reason="the playground needs the web extra: pip in
 from fastapi.testclient import TestClient
 
 from optimlab.web import PAGES, create_app
-from optimlab.web.pool import Pool
+from optimlab.web.pool import Failed, Pool
 
 STATIC = Path(__file__).resolve().parents[1] / "src" / "optimlab" / "web" / "static"
 
@@ -226,3 +226,12 @@ def test_serve_is_a_verb():
 
     args = build_parser().parse_args(["serve", "--port", "8123"])
     assert (args.host, args.port, args.open) == ("127.0.0.1", 8123, False)
+
+
+def test_a_race_naming_no_optimizer_is_the_librarys_refusal_not_a_hang():
+    pool = Pool(workers=1, queue=1)  # the pool itself, below the request model (which refuses it first)
+    try:
+        with pytest.raises(Failed, match="no optimizers to race"):
+            asyncio.run(pool.run("race", {"landscape": "canyon", "optimizers": [], "steps": 5}))
+    finally:
+        pool.close()

@@ -146,6 +146,7 @@ class Pool:
                 request = {**job.members[0][1], "starts": [r.get("start") for _, r, _ in job.members]}
                 request.pop("start", None)
                 tasks = [("races", {**request, "only": k}) for k in range(_count(request["optimizers"]))]
+                tasks = tasks or [("races", request)]  # none named: the library's own refusal, as one task
             else:
                 tasks = [(job.kind, job.members[0][1])]
             job.parts = [None] * len(tasks)
