@@ -37,6 +37,13 @@ def _flag_names(cls) -> frozenset:
     return frozenset(k for k, v in [*_signature_defaults(cls), *cls.fixed.items()] if isinstance(v, bool))
 
 
+@functools.cache
+def _coded_symbols(cls) -> frozenset:
+    """The states this optimizer class may store through a codec (engine/codec.py): the others skip the
+    codec's bookkeeping on every step."""
+    return frozenset(sym for sym in cls.rule.state if cls._codec_declared(sym) is not None)
+
+
 def _same(x):
     return x
 
@@ -235,7 +242,9 @@ class RuleOptimizer(torch.optim.Optimizer):
     def _step_dense(self, h: SimpleNamespace, kept: dict, members: list, rounding=None) -> None:
         """Parameters with dense gradients, on the chosen path; complex ones as real views."""
         view = _as_real if self.complex_as_real and any(p.is_complex() for p, _ in members) else _same
-        states = {sym: [self._stored(state, sym, view) for _, state in members] for sym in kept}
+        coded = _coded_symbols(type(self))
+        states = {sym: [self._stored(state, sym, view) if sym in coded else view(state.get(s.key))
+                        for _, state in members] for sym, s in kept.items()}
         paths.run(self.path, self.rule, h, [view(p) for p, _ in members], [view(p.grad) for p, _ in members],
                   states, rounding=rounding)
 
@@ -246,9 +255,10 @@ class RuleOptimizer(torch.optim.Optimizer):
     def _stored(self, state: dict, sym: str, view=_same):
         """What a path receives for state `sym`: its tensor, a `codec.Coded` holder, or None."""
         key = self.rule.state[sym].key
-        codes_key, absmax_key = codec.keys(key)
-        if codes_key in state:
-            return codec.Coded(self._codec_declared(sym), state[codes_key], state[absmax_key])
+        if sym in _coded_symbols(type(self)):
+            codes_key, absmax_key = codec.keys(key)
+            if codes_key in state:
+                return codec.Coded(self._codec_declared(sym), state[codes_key], state[absmax_key])
         return view(state.get(key))
 
     @classmethod
@@ -291,7 +301,10 @@ class RuleOptimizer(torch.optim.Optimizer):
         if self.capturable and not isinstance(state["step"], torch.Tensor):  # new, or from a checkpoint
             state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32, device=p.device)
         whole = None  # a sharded parameter's whole value, gathered once to make its states
+        coded = _coded_symbols(type(self))
         for sym, s in kept.items():
+            if s.key in state and sym not in coded:  # every step after the first: nothing to make
+                continue
             if not self.rule.keeps(s, p, h):
                 continue
             coder, (codes_key, absmax_key) = self.codec_of(sym, p, h), codec.keys(s.key)
