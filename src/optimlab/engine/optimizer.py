@@ -168,6 +168,9 @@ class RuleOptimizer(torch.optim.Optimizer):
         buckets: dict[tuple, list] = {}
         prepared = [self._prepare(p, h, kept) for p in params]
         rounding = group.get("stochastic_rounding") or group.get("kahan_summation")
+        if rounding and self.capturable:  # refused before any state is made for it
+            raise ValueError(f"{type(self).__name__}: capturable=True runs on the Triton path, which "
+                             "does not take stochastic_rounding or kahan_summation")
         if rounding:
             for p, state in zip(params, prepared):
                 if p.grad.is_sparse and p.dtype in lowprec.LOW:
@@ -183,9 +186,6 @@ class RuleOptimizer(torch.optim.Optimizer):
         if self._creates_state_only(group, params, prepared):
             return
         if self.capturable:
-            if rounding:
-                raise ValueError(f"{type(self).__name__}: capturable=True runs on the Triton path, which "
-                                 "does not take stochastic_rounding or kahan_summation")
             return self._step_on_device(h, kept, list(zip(params, prepared)))
         for p, state in zip(params, prepared):
             key = (float(state["step"]), *(float(state[k]) for k in carried))
