@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu_check.sh          # from the repository root; results in out/gpu-check/ (ignored)
 #   bash benchmarks/gpu_check.sh tests      # only the tests (or: bench, only the benchmark)
 #   OUT=/some/dir PYTHON=/path/to/python bash benchmarks/gpu_check.sh
+#   PYTEST_ARGS="-n 8" TESTS_TIMEOUT=200 BENCH_TIMEOUT=200 bash benchmarks/gpu_check.sh   # a tighter lease
 #
 # 1. tests/test_triton.py compiled for the GPU (TRITON_INTERPRET=0: no interpreter) on CUDA tensors,
 #    against the rule as written on the same tensors, and a capturable step replayed in a CUDA graph;
@@ -18,6 +19,8 @@ PART=${1:-all}
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu-check}
 PYTHON=${PYTHON:-python}
+TESTS_TIMEOUT=${TESTS_TIMEOUT:-330}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-240}
 mkdir -p "$OUT"
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
 
@@ -31,13 +34,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee 
 tests=0
 if [ "$PART" != bench ]; then
     echo "== tests/test_triton.py on the GPU"
-    TRITON_INTERPRET=0 timeout 330 "$PYTHON" -m pytest tests/test_triton.py -q -p no:cacheprovider -rs \
-        --durations=5 2>&1 | tee "$OUT/tests.txt"
+    TRITON_INTERPRET=0 timeout "$TESTS_TIMEOUT" "$PYTHON" -m pytest tests/test_triton.py -q -p no:cacheprovider -rs \
+        --durations=5 ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/tests.txt"
     tests=${PIPESTATUS[0]}
 fi
 if [ "$PART" != tests ]; then
     echo "== benchmarks/step_speed.py --device cuda"
-    timeout 240 "$PYTHON" benchmarks/step_speed.py --device cuda --reps 30 --json "$OUT/step_speed.json" \
+    timeout "$BENCH_TIMEOUT" "$PYTHON" benchmarks/step_speed.py --device cuda --reps 30 --json "$OUT/step_speed.json" \
         2>&1 | tee "$OUT/step_speed.txt"
 fi
 
