@@ -48,7 +48,8 @@ def compile_all(kernel: tritonrun.Kernel) -> int:
             sizes = {**SIZES, **variant}
             signature = {p: "constexpr" if p in sizes else TYPES[p] for p in params}
             constants = {(params.index(p),): sizes[p] for p in params if p in sizes}
-            triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constants), target=H100)
+            triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constants), target=H100,
+                           options=tritonrun.OPTIONS)
             count += 1
     return count
 

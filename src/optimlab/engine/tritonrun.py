@@ -66,6 +66,10 @@ def counting_on_device(rule: Rule) -> Rule:
 
 # --- launching ---------------------------------------------------------------------------------------
 
+# No a·b + c contracted into one fused multiply-add (Triton's default on GPUs): the kernels round each
+# operation as the tensor path and the C kernel (-ffp-contract=off) do, so the paths agree to the ulp.
+OPTIONS = {"enable_fp_fusion": False}
+
 
 def launch(kernel_of, arrays: list[list[torch.Tensor]], h, shapes=None, steps=None, amp=None) -> None:
     """One step: the tensors of each combination of storage dtypes (bf16 parameters with fp32 state, as
@@ -114,7 +118,7 @@ class Kernel:
         sc = _device_table([float(values[id(n)]) for n in self.scalars] or [0.0], device, torch.float64)
         stp = _device_table([x.data_ptr() for x in steps] if steps is not None else [0], device)
         scale, found_inf = amp if amp is not None else (_one(device), _zero(device))
-        common = dict(NA=na, NPT=npt, NR=nr, AMP=amp is not None)
+        common = dict(NA=na, NPT=npt, NR=nr, AMP=amp is not None, **OPTIONS)
         if self.graph.matrix:
             return self._matrix(ptrs, sc, stp, scale, found_inf, tuple(shapes), device, common)
         chunk_t, chunk_lo, first, tail, numel, full = _chunks(sizes, device)
@@ -133,7 +137,7 @@ class Kernel:
                 if count:
                     kernel[(count,)](*args, c0, **common, BLOCK=BLOCK, FULL=whole, ALIGNED=aligned)
             if any(self.plan.stage[id(r.args[0])] == k for r in self.graph.reductions):
-                self.module.combine[(nt,)](first, tail, part, pt, NR=nr, NPT=npt)
+                self.module.combine[(nt,)](first, tail, part, pt, NR=nr, NPT=npt, **OPTIONS)
 
     def _matrix(self, ptrs, sc, stp, scale, found_inf, shapes, device, common) -> None:
         row_sums, col_sums = line_sums(self.graph)
