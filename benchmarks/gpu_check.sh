@@ -8,9 +8,10 @@
 #
 # 1. tests/test_triton.py compiled for the GPU (TRITON_INTERPRET=0: no interpreter) on CUDA tensors,
 #    against the rule as written on the same tensors, and a capturable step replayed in a CUDA graph;
+#    tests/test_cuda.py: every optimizer and variation on the GPU against the CPU, NCCL sharding;
 # 2. benchmarks/step_speed.py --device cuda: 25 M fp32 parameters in 10 and ~200 tensors, torch's fused
 #    and foreach AdamW interleaved, the HBM bandwidth (x.mul_), peak memory, the cold first step
-#    (Triton compile included) and host syncs per step.
+#    (Triton compile included), host syncs per step, and steps replayed from CUDA graphs.
 # Each part has a time limit (both together fit in 10 minutes of a lent GPU), so a hang costs minutes,
 # not the machine; a failing test does not stop the benchmark. The exit status is the tests' (0: all
 # passed; 2: no CUDA device here).
@@ -33,8 +34,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee 
 
 tests=0
 if [ "$PART" != bench ]; then
-    echo "== tests/test_triton.py on the GPU"
-    TRITON_INTERPRET=0 timeout "$TESTS_TIMEOUT" "$PYTHON" -m pytest tests/test_triton.py -q -p no:cacheprovider -rs \
+    echo "== tests/test_triton.py and tests/test_cuda.py on the GPU"
+    TRITON_INTERPRET=0 timeout "$TESTS_TIMEOUT" "$PYTHON" -m pytest tests/test_triton.py tests/test_cuda.py -q -p no:cacheprovider -rs \
         --durations=5 ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/tests.txt"
     tests=${PIPESTATUS[0]}
 fi

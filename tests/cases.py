@@ -80,10 +80,10 @@ def make_params(dtype=torch.float64, seed=0, shapes=SHAPES) -> list[torch.Tensor
 def loss_fn(params, step: int) -> torch.Tensor:
     """A bowl, a ripple and a seeded linear term that changes every step: gradients change sign and scale."""
     g = torch.Generator().manual_seed(1000 + step)
-    total = torch.zeros((), dtype=torch.float64)
+    total = torch.zeros((), dtype=torch.float64, device=params[0].device)
     for j, p in enumerate(params):
         x = p.double()
-        noise = torch.randn(p.shape, generator=g, dtype=torch.float64)
+        noise = torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.device)  # the CPU's numbers
         total = total + 0.5 * (j + 1) * (x * x).sum() + torch.sin(3 * x).sum() + (noise * x).sum()
     return total
 

@@ -61,7 +61,7 @@ def any_nonzero(tensors: list) -> bool:
     split = next((x for x in tensors if is_sharded(x)), None)
     if split is None:
         return found
-    flag = torch.tensor([int(found)])
+    flag = torch.tensor([int(found)], device=split.device)  # NCCL reduces tensors on the GPU only
     dist.all_reduce(flag, group=split.device_mesh.get_group())
     return bool(flag.item())
 
@@ -253,7 +253,7 @@ def run_owned(path: str, rule, h, params, grads, states) -> None:
              if _rows(x, world) is not None] for d in range(world)]
     expect = [[r[s] * _row_bytes(x) for i in mine for x in inputs[i] if (r := _rows(x, world)) is not None]
               for s in range(world)]
-    received = _all_to_all(send, expect, group)
+    received = _all_to_all(send, expect, group, params[0].device)
     whole = {}
     for i in mine:
         whole[i] = []
@@ -274,7 +274,7 @@ def run_owned(path: str, rule, h, params, grads, states) -> None:
             for d in range(world)]
     expect = [[_piece_bytes(x, world, rank) for i in range(len(params)) if owner[i] == s
                for x in inputs[i][:1] + inputs[i][2:]] for s in range(world)]
-    received = _all_to_all(send, expect, group)
+    received = _all_to_all(send, expect, group, params[0].device)
     for s in range(world):
         for i in (i for i in range(len(params)) if owner[i] == s):
             for x in inputs[i][:1] + inputs[i][2:]:
@@ -304,12 +304,14 @@ def _piece_bytes(x, world: int, rank: int) -> int:
     return x.numel() * x.element_size() if rows is None else rows[rank] * _row_bytes(x)
 
 
-def _all_to_all(send: list[list[torch.Tensor]], expect: list[list[int]], group) -> list[list[torch.Tensor]]:
-    """One all_to_all of byte buffers: send[d] to rank d; returns what each rank s sent here, cut into
-    the pieces of sizes expect[s]."""
+def _all_to_all(send: list[list[torch.Tensor]], expect: list[list[int]], group,
+                device: torch.device) -> list[list[torch.Tensor]]:
+    """One all_to_all of byte buffers on `device` (the parameters': NCCL sends GPU tensors only): send[d]
+    to rank d; returns what each rank s sent here, cut into the pieces of sizes expect[s]."""
     out_sizes = [sum(sizes) for sizes in expect]
-    flat_in = torch.cat([t for ts in send for t in ts]) if any(send) else torch.empty(0, dtype=torch.uint8)
-    flat_out = torch.empty(sum(out_sizes), dtype=torch.uint8)
+    flat_in = (torch.cat([t for ts in send for t in ts]) if any(send)
+               else torch.empty(0, dtype=torch.uint8, device=device))
+    flat_out = torch.empty(sum(out_sizes), dtype=torch.uint8, device=device)
     dist.all_to_all_single(flat_out, flat_in, out_sizes, [sum(t.numel() for t in ts) for ts in send],
                            group=group)
     pieces, start = [], 0

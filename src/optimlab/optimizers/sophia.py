@@ -41,7 +41,9 @@ def hutchinson(loss: torch.Tensor, params: list, generator=None) -> list:
                          f"element; got {type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}")
     grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
     used = [(p, gr) for p, gr in zip(params, grads) if gr is not None]
-    us = [torch.randint(0, 2, p.shape, generator=generator, dtype=p.dtype).mul_(2).sub_(1) for p, _ in used]
+    us = [_sampled(lambda device, p=p: torch.randint(0, 2, p.shape, generator=generator, dtype=p.dtype,
+                                                      device=device).mul_(2).sub_(1), generator, p.device)
+          for p, _ in used]
     try:
         hvps = torch.autograd.grad([gr for _, gr in used], [p for p, _ in used], grad_outputs=us,
                                    allow_unused=True)
@@ -63,9 +65,16 @@ def gauss_newton_bartlett(logits: torch.Tensor, params: list, generator=None) ->
     flat = logits.reshape(-1, logits.shape[-1])
     B = flat.shape[0]  # samples (tokens) the loss averages over
     probs = torch.softmax(flat.detach().double(), dim=-1)
-    ŷ = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # labels from the model itself
+    ŷ = _sampled(lambda device: torch.multinomial(probs.to(device), 1, generator=generator),
+                 generator, flat.device).squeeze(-1)  # labels drawn from the model itself
     grads = torch.autograd.grad(F.cross_entropy(flat, ŷ), params, allow_unused=True)
     return [None if gr is None else B * gr * gr for gr in grads]
+
+
+def _sampled(draw, generator, device: torch.device) -> torch.Tensor:
+    """`draw(d)` on the generator's device d (torch samples only there), moved to `device`: a CPU
+    generator seeds a GPU model's estimates too, with the same numbers as on the CPU."""
+    return draw(device if generator is None else generator.device).to(device)
 
 
 ESTIMATORS = {"gnb": gauss_newton_bartlett, "hutchinson": hutchinson}
