@@ -84,7 +84,7 @@ def nccl():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
-                            device_id=CUDA)
+                            device_id=torch.device("cuda", torch.cuda.current_device()))
     yield
     dist.destroy_process_group()
 
