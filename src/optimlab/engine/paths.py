@@ -140,18 +140,33 @@ def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[s
         if low is not None:  # the C compiler was missing: the same rounding on the foreach path
             lowprec.via_float32(run_foreach, rule, h, *pick, low)
             continue
-        if coded and steps is not None:
-            raise ValueError("capturable=True does not take 8-bit states yet: use capturable=False")
-        if coded and chosen == "triton" and cgen.reads_codes(graph_of(rule, h, kept=has)):
-            run_triton(rule, h, *pick, amp=amp)  # the kernel reads and writes the codes itself
+        if coded and chosen == "triton" and _triton_reads_codes(rule, h, has, steps is not None):
+            step = None if steps is None else [steps[i] for i in idx]
+            run_triton(rule, h, *pick, steps=step, amp=amp)  # the kernel reads and writes the codes itself
             continue
         if coded:  # the states decoded for the step and encoded again after it, in torch ops
+            if steps is not None:
+                raise ValueError(f"capturable=True: the 8-bit states of {rule.name} are decoded around its "
+                                 "kernels by host-driven ops (it takes several passes); use capturable=False")
             codec.decoded(RUNNERS[chosen], rule, h, *pick)
             continue
         if chosen == "triton":
             run_triton(rule, h, *pick, steps=None if steps is None else [steps[i] for i in idx], amp=amp)
             continue
         RUNNERS[chosen](rule, h, *pick)
+
+
+def _triton_reads_codes(rule: Rule, h: SimpleNamespace, has: tuple, capturable: bool) -> bool:
+    """Whether the Triton kernel reads and writes the coded states itself (cgen.reads_codes): traced as
+    run_triton traces it (capturable=True: with the per-step scalars)."""
+    try:
+        if capturable:
+            rule, h = tritonrun.counting_on_device(rule), SimpleNamespace(**vars(h), step=1.0)
+        return cgen.reads_codes(graph_of(rule, h, kept=has))
+    except TraceError:
+        if not capturable:
+            raise
+        return True  # run_triton says why the rule's per-step scalars cannot be computed on the device
 
 
 def _rounding_path(path: str, chosen: str) -> str:
