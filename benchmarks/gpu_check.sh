@@ -11,9 +11,12 @@
 #    tests/test_cuda.py: every optimizer and variation on the GPU against the CPU, NCCL sharding;
 # 2. benchmarks/step_speed.py --device cuda: 25 M fp32 parameters in 10 and ~200 tensors, torch's fused
 #    and foreach AdamW interleaved, the HBM bandwidth (x.mul_), peak memory, the cold first step
-#    (Triton compile included), host syncs per step, and steps replayed from CUDA graphs.
-# Each part has a time limit (both together fit in 10 minutes of a lent GPU), so a hang costs minutes,
-# not the machine; a failing test does not stop the benchmark. The exit status is the tests' (0: all
+#    (Triton compile included), host syncs per step, and steps replayed from CUDA graphs;
+# 3. benchmarks/eightbit_speed.py --device cuda: 8-bit AdamW (its kernel reads and writes the codes)
+#    against fp32 AdamW on the Triton path and torch's fused AdamW, 25 M parameters, interleaved.
+# Each part has a time limit (tests 330 s, benchmarks 240 + 90 s by default; where one command may run
+# 10 minutes, run `tests` and `bench` as two commands), so a hang costs minutes, not the machine; a
+# failing test does not stop the benchmark. The exit status is the tests' (0: all
 # passed; 2: no CUDA device here).
 set -u
 PART=${1:-all}
@@ -43,6 +46,8 @@ if [ "$PART" != tests ]; then
     echo "== benchmarks/step_speed.py --device cuda"
     timeout "$BENCH_TIMEOUT" "$PYTHON" benchmarks/step_speed.py --device cuda --reps 30 --json "$OUT/step_speed.json" \
         2>&1 | tee "$OUT/step_speed.txt"
+    echo "== benchmarks/eightbit_speed.py --device cuda"
+    timeout 90 "$PYTHON" benchmarks/eightbit_speed.py --device cuda 2>&1 | tee "$OUT/eightbit_speed.txt"
 fi
 
 echo "tests exit status: $tests (results in $OUT/)"

@@ -287,14 +287,17 @@ def test_low_precision_parameters_with_fp32_state(name, low):
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA graphs need a CUDA device (TRITON_INTERPRET=0)")
-def test_capturable_steps_replay_under_a_cuda_graph():
-    """capturable=True, captured once in a CUDA graph and replayed, steps as eager steps do, bit for bit."""
+@pytest.mark.parametrize("name", ["adamw", "adamw8bit"])
+def test_capturable_steps_replay_under_a_cuda_graph(name):
+    """capturable=True, captured once in a CUDA graph and replayed, steps as eager steps do, bit for bit
+    (8-bit AdamW: its codes and block scales too)."""
     params = [torch.randn(s, device=DEVICE).requires_grad_() for s in SHAPES]
     twins = [p.detach().clone().requires_grad_() for p in params]
     for p, q in zip(params, twins):
         p.grad = torch.randn_like(p)
         q.grad = p.grad.clone()
-    captured, eager = optimlab.AdamW(params, capturable=True), optimlab.AdamW(twins, capturable=True)
+    extra = {"min_8bit_size": 0} if name == "adamw8bit" else {}
+    captured, eager = (optimlab.create(name, ps, capturable=True, **extra) for ps in (params, twins))
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm up (state, kernels, device tables) off the default stream
@@ -327,3 +330,150 @@ def test_every_kernel_compiles_for_a_gpu_without_one(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     traceable = sum(optimlab.spec(n).rule.traceable for n in optimlab.available())
     assert int(done.stdout.split()[-1]) >= 2 * traceable  # at least a pass and a combine (or lines) each
+
+
+# --- 8-bit states: codes and block scales read and written by the kernel (engine/codec.py) ---------------
+
+# One element, a block less one, one block, a block and one (a short last block), several blocks in a
+# partial chunk, a matrix of whole chunks and a short tail: all in one launch.
+CODED_SHAPES = [(1,), (255,), (256,), (257,), (1000,), (3, 700), (2 * tritongen.BLOCK + 7,)]
+
+
+def train_8bit(path: str, dtype=torch.float32, steps: int = 6, grads=None):
+    """adamw8bit with every tensor coded, on the shared loss (or on `grads(step)`, per tensor): the fused
+    C kernel on the CPU, the rest on DEVICE."""
+    device = torch.device("cpu") if path == "fused" else DEVICE
+    params = [p.detach().to(device).requires_grad_() for p in make_params(dtype, 0, CODED_SHAPES)]
+    opt = optimlab.create("adamw8bit", params, path=path, lr=1e-2, weight_decay=0.1, min_8bit_size=0)
+    for step in range(steps):
+        host = [p.detach().cpu().requires_grad_() for p in params]
+        backward(host, step)
+        given = grads(step) if grads is not None else [h.grad for h in host]
+        for p, g in zip(params, given):
+            p.grad = g.to(device, dtype)
+        opt.step()
+    return params, opt
+
+
+def assert_same_8bit_state(params, opt, ref_params, ref_opt, ulps: float):
+    """Codes bit for bit, block scales bit for bit (NaN where NaN), parameters to a few ulps."""
+    for p, q in zip(params, ref_params):
+        assert {k for k in opt.state[p]} == {k for k in ref_opt.state[q]}
+        for key, value in opt.state[p].items():
+            if isinstance(value, torch.Tensor) and key != "step":
+                other = ref_opt.state[q][key]
+                assert value.dtype == other.dtype, key
+                torch.testing.assert_close(value.cpu(), other.cpu(), rtol=0, atol=0, equal_nan=True, msg=key)
+        torch.testing.assert_close(p.detach().cpu().double(), q.detach().cpu().double(), rtol=ulps, atol=ulps,
+                                   equal_nan=True)
+
+
+def forbid_decoding_around(monkeypatch):
+    """From here on the Triton kernel must read the codes itself: decoding states around a kernel
+    (codec.decoded, as the tensor path and the reference runs do) fails the test."""
+    def refuse(run, rule, *args):
+        raise AssertionError(f"{rule.name}: states decoded around the kernel")
+
+    monkeypatch.setattr(paths.codec, "decoded", refuse)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_eight_bit_codes_equal_the_c_kernels_and_the_rule_as_written(dtype, monkeypatch):
+    """After several steps the kernel's codes and block scales equal, bit for bit, those of the fused C
+    kernel and of the tensor path (decode, the rule as written, codec.encode in torch ops): the same
+    float32 operations in the same order, FMA contraction off on every path."""
+    fused, fused_opt = train_8bit("fused", dtype)
+    tensor, tensor_opt = train_8bit("tensor", dtype)
+    forbid_decoding_around(monkeypatch)
+    params, opt = train_8bit("triton", dtype)
+    assert all(opt.state[p]["exp_avg_codes"].dtype == torch.uint8 for p in params)
+    ulps = ULPS[dtype] / 10 if dtype != torch.bfloat16 else ULPS[dtype]
+    assert_same_8bit_state(params, opt, fused, fused_opt, ulps)
+    assert_same_8bit_state(params, opt, tensor, tensor_opt, ulps)
+
+
+def test_eight_bit_nan_and_inf_gradients_do_what_the_other_paths_do(monkeypatch):
+    """A NaN gradient makes its block's absmax NaN (and the block's codes the zero code), an inf one an
+    inf absmax, as codec.encode and the C kernel do; the rest of the tensor steps normally."""
+    def grads(step):
+        g = [torch.randn(s, generator=torch.Generator().manual_seed(step)) for s in CODED_SHAPES]
+        if step == 2:
+            g[4][300] = float("nan")  # block 1 of 1000 elements
+            g[5][2, 10] = float("inf")  # block 5 of the matrix
+            g[6][-1] = float("-inf")  # the short last block
+        return g
+
+    runs = {path: train_8bit(path, grads=grads, steps=3) for path in ("fused", "tensor")}
+    forbid_decoding_around(monkeypatch)
+    params, opt = train_8bit("triton", grads=grads, steps=3)
+    absmax = opt.state[params[4]]["exp_avg_absmax"].cpu()
+    assert absmax[1].isnan() and absmax[[0, 2, 3]].isfinite().all()
+    assert opt.state[params[5]]["exp_avg_sq_absmax"].cpu().isinf().tolist() == [i == 5 for i in range(9)]
+    assert opt.state[params[6]]["exp_avg_absmax"].cpu()[-1].isinf()
+    for ref, ref_opt in runs.values():
+        assert_same_8bit_state(params, opt, ref, ref_opt, 1e-6)
+
+
+def test_an_eight_bit_checkpoint_resumes_identically_on_the_triton_path():
+    params, opt = train_8bit("triton", steps=3)
+    saved = copy.deepcopy(opt.state_dict())
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    resumed = optimlab.create("adamw8bit", twins, path="triton", lr=1e-2, weight_decay=0.1, min_8bit_size=0)
+    resumed.load_state_dict(saved)
+    for step in range(3):
+        for p, q in zip(params, twins):
+            p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(step)).to(DEVICE)
+            q.grad = p.grad.clone()
+        opt.step()
+        resumed.step()
+    assert all(torch.equal(p, q) for p, q in zip(params, twins))
+    for p, q in zip(params, twins):
+        for key, value in opt.state[p].items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, resumed.state[q][key]), key
+
+
+def test_eight_bit_lamb_is_decoded_around_its_kernels_and_refuses_capturable():
+    """A rule of several passes (LAMB's norms) cannot read codes in its kernels: its states are decoded
+    around them, and still equal the rule as written's; capturable=True then refuses them clearly."""
+    codecs = {"m": paths.codec.SIGNED, "v": paths.codec.UNSIGNED}
+    cls = type("lamb_8bit", (optimlab.LAMB,), {"codecs": codecs})
+
+    def run_lamb(path, **flags):
+        return train(lambda ps: cls(ps, path=path, weight_decay=0.1, **flags), steps=4, dtype=torch.float32,
+                     shapes=CODED_SHAPES)
+
+    (ref, _), (params, opt) = run_lamb("tensor"), run_lamb("triton")
+    for p, q in zip(params, ref):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)
+        assert opt.state[p]["exp_avg_codes"].dtype == torch.uint8
+    with pytest.raises(ValueError, match="capturable=True: the 8-bit states of lamb are decoded around"):
+        run_lamb("triton", capturable=True)
+
+
+def test_eight_bit_capturable_counts_on_the_device_and_skips_a_found_inf(monkeypatch):
+    """capturable=True: the coded kernel with the per-step scalars computed on the device from each step
+    count; its codes equal the host-counted kernel's (the scalars agree to float64 rounding: a value at a
+    decision boundary could take the neighbouring code, none does here). A GradScaler overflow stores
+    nothing: codes, scales and parameters stay as they were."""
+    host, host_opt = train_8bit("triton")
+    forbid_decoding_around(monkeypatch)
+    params = [p.detach().to(DEVICE).requires_grad_() for p in make_params(torch.float32, 0, CODED_SHAPES)]
+    opt = optimlab.create("adamw8bit", params, lr=1e-2, weight_decay=0.1, min_8bit_size=0, capturable=True)
+    for step in range(6):
+        copies = [p.detach().cpu().requires_grad_() for p in params]
+        backward(copies, step)
+        for p, c in zip(params, copies):
+            p.grad = c.grad.to(DEVICE)
+        opt.step()
+    assert_same_8bit_state(params, opt, host, host_opt, 1e-6)
+    assert all(float(opt.state[p]["step"]) == 6 for p in params)
+    before = [p.detach().clone() for p in params], [{k: v.clone() for k, v in opt.state[p].items()}
+                                                    for p in params]
+    for p in params:
+        p.grad = torch.full_like(p, float("nan"))
+    opt.grad_scale, opt.found_inf = torch.tensor(8.0, device=DEVICE), torch.tensor(1.0, device=DEVICE)
+    opt.step()
+    for p, old, state in zip(params, *before):
+        assert torch.equal(p, old)
+        assert all(torch.equal(opt.state[p][k], v) for k, v in state.items())

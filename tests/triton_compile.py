@@ -32,30 +32,34 @@ H100 = GPUTarget("cuda", 90, 32)
 TYPES = {"sc": "*fp64", "pt": "*fp64", "part": "*fp64", "lpart": "*fp64", "ptrs": "*i64", "geo": "*i64",
          "steps": "*i64", "scale": "*fp32", "found_inf": "*fp32", "chunk_t": "*i64", "chunk_lo": "*i64",
          "numel": "*i64", "tiles": "*i64", "first": "*i64", "tail": "*i64", "L": "i64", "C0": "i64",
-         "lines": "*fp32"}
+         "lines": "*fp32", "qmap": "*fp32"}
 SIZES = {"NA": 4, "NPT": 4, "NR": 4, "AMP": True, "BLOCK": tritongen.BLOCK, "BR": tritongen.BR,
          "BC": tritongen.BC, "LB": tritongen.LB, "ALIGNED": True}
 VARIANTS = [{"FULL": True}, {"FULL": False}]  # an elementwise pass: its whole chunks and its tails
 
 
+HELPERS = ("unscale", "power", "encode_S", "encode_U")  # compiled inside the kernels that call them
+
+
 def compile_all(kernel: tritonrun.Kernel) -> int:
     count = 0
     for name, fn in vars(kernel.module).items():
-        if not isinstance(fn, triton.runtime.jit.JITFunction) or name in ("unscale", "power"):
-            continue  # helpers: compiled inside the kernels that call them
+        if not isinstance(fn, triton.runtime.jit.JITFunction) or name in HELPERS:
+            continue
         params = list(inspect.signature(fn.fn).parameters)
         for variant in VARIANTS if "FULL" in params else [{}]:
             sizes = {**SIZES, **variant}
             signature = {p: "constexpr" if p in sizes else TYPES[p] for p in params}
             constants = {(params.index(p),): sizes[p] for p in params if p in sizes}
             triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constants), target=H100,
-                           options=tritonrun.OPTIONS)
+                           options=tritonrun.OPTIONS)  # as tritonrun launches them
             count += 1
     return count
 
 
-def kernel(name: str, dtype: torch.dtype, capturable: bool) -> tritonrun.Kernel:
-    """The kernels a weight matrix of `dtype` gets (fp32 state), as paths.run_triton makes them."""
+def kernel(name: str, dtype: torch.dtype, capturable: bool, coded: bool = False) -> tritonrun.Kernel:
+    """The kernels a weight matrix of `dtype` gets (fp32 state; `coded`: the optimizer's 8-bit states as
+    codes and block scales), as paths.run_triton makes them."""
     opt = optimlab.spec(name).cls([torch.zeros(2, 2)])
     h, rule = opt.hyper(opt.param_groups[0]), opt.rule
     kept = tuple(sym for sym, s in rule.kept(h).items() if rule.keeps(s, torch.zeros(3, 3), h))
@@ -64,8 +68,10 @@ def kernel(name: str, dtype: torch.dtype, capturable: bool) -> tritonrun.Kernel:
     else:
         h = SimpleNamespace(**vars(h), **rule.step_scalars(h, 3, dict(rule.scalar_state)))
     graph = paths.graph_of(rule, h, kept=kept)
-    storage = {a: dtype if a in ("θ", "g") else torch.float32 for a in graph.arrays}
-    return tritonrun.Kernel(graph, storage, name, pathlib.Path(tempfile.mkdtemp()), capturable)
+    codecs = {sym: c for sym, c in getattr(opt, "codecs", {}).items() if sym in graph.arrays} if coded else {}
+    storage = {a: dtype if a in ("θ", "g") else torch.uint8 if a in codecs else torch.float32
+               for a in paths.kernel_arrays(graph, codecs)}
+    return tritonrun.Kernel(graph, storage, name, pathlib.Path(tempfile.mkdtemp()), capturable, codecs)
 
 
 def main() -> int:
@@ -78,6 +84,9 @@ def main() -> int:
                                     ("lamb", torch.float16, True)]:
         total += compile_all(kernel(name, dtype, capturable))
         print(name, dtype, "capturable" if capturable else "", flush=True)
+    for name, dtype in [("adamw8bit", torch.float32), ("adamw8bit", torch.bfloat16)]:  # 8-bit m and v
+        total += compile_all(kernel(name, dtype, False, coded=True))
+        print(name, dtype, "coded", flush=True)
     print(total)
     return 0
 

@@ -13,8 +13,8 @@ unsigned: the sign bit joins the fraction (twice the resolution). Both maps also
 code of each block's absmax itself).
 
 The codec is not part of any rule: `RuleOptimizer.codecs` (or `State(codec=...)`) names which states it
-stores, and the engine decodes them for the tensor and foreach paths; the fused C kernel reads and writes
-the codes directly (engine/cgen.py).
+stores, and the engine decodes them for the tensor and foreach paths; the fused C kernel and the Triton
+kernels read and write the codes directly (engine/cgen.py, engine/tritongen.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 # Elements per block. The paper's experiments use 2048; bitsandbytes' 8-bit optimizers use 256. 256 is
 # 8x finer (an outlier spoils 255 neighbours, not 2047) for 4/256 = 0.016 bytes of absmax per element
 # (state: 2.03 bytes per parameter for Adam's two moments instead of 2.004), and divides the fused
-# kernel's chunk of 4096 elements, so a block never straddles two threads.
+# kernel's chunk of 4096 elements (and the Triton kernels' of 1024), so a block never straddles two threads.
 BLOCK = 256
 BITS = 8
 
@@ -179,7 +179,7 @@ class Coded:
 
 def decoded(run, rule, h, params, grads, states: dict[str, list]) -> None:
     """Run a path on decoded states, then encode them again: how the tensor and foreach paths (and the
-    fused path where its kernel cannot read codes) step a coded state."""
+    fused and triton paths where their kernels cannot read codes) step a coded state."""
     compute = torch.float32 if params[0].dtype in (torch.bfloat16, torch.float16) else params[0].dtype
     plain = {sym: [x.codec.decode(x.codes, x.absmax, compute) if isinstance(x, Coded) else x for x in xs]
              for sym, xs in states.items()}

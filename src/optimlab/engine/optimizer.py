@@ -233,7 +233,9 @@ class RuleOptimizer(torch.optim.Optimizer):
             amp = tuple(one if x is None else x.to(device, torch.float32, non_blocking=True)
                         for x in (scale, found_inf))
         view = _as_real if self.complex_as_real and any(p.is_complex() for p, _ in members) else _same
-        states = {sym: [view(state.get(s.key)) for _, state in members] for sym, s in kept.items()}
+        coded = _coded_symbols(type(self))
+        states = {sym: [self._stored(state, sym, view) if sym in coded else view(state.get(s.key))
+                        for _, state in members] for sym, s in kept.items()}
         paths.run(self.path, self.rule, h, [view(p) for p, _ in members], [view(p.grad) for p, _ in members],
                   states, steps=steps, amp=amp)
         if found_inf is not None:

@@ -3,6 +3,7 @@
     tensor   the rule itself, eagerly, one parameter at a time: the readable reference path
     foreach  the traced rule, each node one `torch._foreach_*` call over all parameters (any device)
     fused    the traced rule compiled to one C kernel (CPU): one pass over memory, bandwidth-bound
+    triton   the traced rule as Triton kernels (CUDA): the fused path on GPUs
 
 All three compute in float32 for bf16/fp16 parameters and round once when storing, and in the
 parameter's own dtype otherwise. A kernel or graph is made once per rule, static flags and dtype;
@@ -139,15 +140,33 @@ def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[s
         if low is not None:  # the C compiler was missing: the same rounding on the foreach path
             lowprec.via_float32(run_foreach, rule, h, *pick, low)
             continue
+        if coded and chosen == "triton" and _triton_reads_codes(rule, h, has, steps is not None):
+            step = None if steps is None else [steps[i] for i in idx]
+            run_triton(rule, h, *pick, steps=step, amp=amp)  # the kernel reads and writes the codes itself
+            continue
         if coded:  # the states decoded for the step and encoded again after it, in torch ops
             if steps is not None:
-                raise ValueError("capturable=True does not take 8-bit states (decoded by host-driven ops)")
+                raise ValueError(f"capturable=True: the 8-bit states of {rule.name} are decoded around its "
+                                 "kernels by host-driven ops (it takes several passes); use capturable=False")
             codec.decoded(RUNNERS[chosen], rule, h, *pick)
             continue
         if chosen == "triton":
             run_triton(rule, h, *pick, steps=None if steps is None else [steps[i] for i in idx], amp=amp)
             continue
         RUNNERS[chosen](rule, h, *pick)
+
+
+def _triton_reads_codes(rule: Rule, h: SimpleNamespace, has: tuple, capturable: bool) -> bool:
+    """Whether the Triton kernel reads and writes the coded states itself (cgen.reads_codes): traced as
+    run_triton traces it (capturable=True: with the per-step scalars)."""
+    try:
+        if capturable:
+            rule, h = tritonrun.counting_on_device(rule), SimpleNamespace(**vars(h), step=1.0)
+        return cgen.reads_codes(graph_of(rule, h, kept=has))
+    except TraceError:
+        if not capturable:
+            raise
+        return True  # run_triton says why the rule's per-step scalars cannot be computed on the device
 
 
 def _rounding_path(path: str, chosen: str) -> str:
@@ -298,17 +317,23 @@ def run_triton(rule: Rule, h, params, grads, states, steps=None, amp=None) -> No
         raise ValueError(f"capturable=True: the per-step scalars of {owner} cannot be computed on the "
                          f"device ({err}); use capturable=False") from err
     title = f"{rule.name}({', '.join(f'{k}={v}' for k, v in static if isinstance(v, bool))})"
+    coded = {sym: xs[0].codec for sym, xs in states.items() if isinstance(xs[0], codec.Coded)}
+    names = kernel_arrays(graph, coded)
 
     def kernel_of(dtypes: tuple) -> tritonrun.Kernel:  # per storage dtypes: bf16 θ may keep fp32 state
         def build():
             folder = native.usable_cache_dir(native.cache_dir())
-            return tritonrun.Kernel(graph, dict(zip(graph.arrays, dtypes)), title, folder, steps is not None)
+            return tritonrun.Kernel(graph, dict(zip(names, dtypes)), title, folder, steps is not None, coded)
 
-        return _kernels.get(("triton", _rule_key(rule), static, dtypes, kept, tritongen.interpreted()), build)
+        key = ("triton", _rule_key(rule), static, dtypes, kept, tuple(coded.items()), tritongen.interpreted())
+        return _kernels.get(key, build)
 
-    arrays = {"θ": params, "g": [g.contiguous() for g in grads], **states}
+    # A coded state passes its codes where the state would be, and its block scales after all arrays.
+    arrays = {"θ": params, "g": [g.contiguous() for g in grads],
+              **{sym: [x.codes if sym in coded else x for x in xs] for sym, xs in states.items()},
+              **{cgen.absmax_array(sym): [x.absmax for x in states[sym]] for sym in coded}}
     shapes = matrix_shapes(rule, h, params) if graph.matrix else None
-    tritonrun.launch(kernel_of, [arrays[name] for name in graph.arrays], h, shapes, steps, amp)
+    tritonrun.launch(kernel_of, [arrays[name] for name in names], h, shapes, steps, amp)
 
 
 RUNNERS = {"foreach": run_foreach, "tensor": run_tensor, "triton": run_triton}

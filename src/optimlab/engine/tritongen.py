@@ -20,6 +20,12 @@ table of `data_ptr()`s, cast in the kernel to each array's storage type.
   array has its own storage type (bf16 parameters may keep fp32 state, as torch's fused kernels allow).
 * GradScaler (`capturable=True`): the gradient is divided by the scale and nothing is stored when
   `found_inf` is set, read on the device by every program: no host synchronisation.
+* 8-bit states (engine/codec.py), in a single-pass elementwise kernel (`cgen.reads_codes`): a program's
+  chunk is BLOCK // 256 whole codec blocks, one row each. Codes are loaded as uint8 and decoded as
+  `map[code] · absmax[block]` (the maps: a small float32 table, gathered); an output's new absmax is
+  its row's max, and the row is encoded by `encode_S` / `encode_U`: codec.nearest_codes' float32
+  operations in the same order, as the C kernel (the kernels are compiled without FMA contraction, as
+  the C kernel is, so the codes agree bit for bit).
 
 This module writes the kernels' source; `tritonrun` imports and launches them. Under
 `TRITON_INTERPRET=1` they run on CPU tensors, which is how the tests check them without a GPU.
@@ -33,7 +39,7 @@ import os
 
 import torch
 
-from . import cgen
+from . import cgen, codec
 from .graph import COL, ELEMENT, PER_TENSOR, REDUCTIONS, ROW, SCALAR, Graph, Sym
 
 BLOCK = 1024  # elements per program of an elementwise pass: one chunk
@@ -41,7 +47,10 @@ BR, BC = 16, 64  # a tile of a matrix pass: rows × columns (a column tile spans
 LB = 256  # rows or columns per iteration of a between-passes loop
 
 STORAGE = {torch.float32: "tl.float32", torch.float64: "tl.float64", torch.bfloat16: "tl.bfloat16",
-           torch.float16: "tl.float16"}
+           torch.float16: "tl.float16", torch.uint8: "tl.uint8"}
+QB = codec.BLOCK  # elements per absmax of a coded state: a row of a coded pass's chunk
+assert BLOCK % QB == 0, "a chunk holds whole codec blocks"
+QMAP_BASE = {False: 0, True: 256}  # where each map starts in the `qmap` table (unsigned, then signed)
 PREFIX = {SCALAR: "s", PER_TENSOR: "q", ROW: "y", COL: "z", ELEMENT: "x"}  # of a node's name in the kernels
 # Columns of the per-tensor geometry table of a matrix graph.
 GEO = ("rows", "cols", "loff", "nti", "ntj", "lpb", "first")
@@ -84,6 +93,8 @@ class Emitter:
     scalars: list  # scalar nodes read from the `sc` argument, in order
     device_step: bool  # scalars are computed in the kernel from each tensor's step count
     line: dict  # id(row or column node) -> its slot in the line buffer (matrix graphs)
+    coded: dict = dataclasses.field(default_factory=dict)  # state array -> codec: stored as 8-bit codes
+    arrays: list = dataclasses.field(default_factory=list)  # the pointer table's columns
 
     def expr(self, op: str, args: list[str], real: str) -> str:
         exact = real == "tl.float32"  # IEEE-rounded sqrt and division, as torch's kernels
@@ -105,7 +116,7 @@ class Emitter:
         return f"{self.ref(n)}.to({self.real})"
 
     def pointer(self, name: str) -> str:
-        a = self.graph.arrays.index(name)
+        a = self.arrays.index(name)
         return f"tl.load(ptrs + t * NA + {a}).to(tl.pointer_type({self.storage[name]}))"
 
     def store(self, name: str, value: str, where: str, mask: str) -> list[str]:
@@ -124,8 +135,13 @@ class Emitter:
 
 
 def generate(graph: Graph, storage: dict, compute: torch.dtype, title: str = "",
-             device_step: bool = False) -> str:
-    """Python source of a module with `pass_k` kernels, and `combine` (elementwise) or `lines_k` (matrix)."""
+             device_step: bool = False, coded: dict | None = None) -> str:
+    """Python source of a module with `pass_k` kernels, and `combine` (elementwise) or `lines_k` (matrix).
+    `coded`: states stored by a codec (array -> codec), read and written as codes; their block scales are
+    pointer-table columns after the graph's arrays (`cgen.absmax_array`)."""
+    coded = coded or {}
+    if coded and not cgen.reads_codes(graph):
+        raise ValueError("coded states are read by single-pass elementwise kernels only (see reads_codes)")
     p = cgen.plan(graph)
     per_tensor = [n for n in graph.nodes if n.kind == PER_TENSOR]
     scalars = [n for n in graph.nodes if n.kind == SCALAR and n.op != "const"]
@@ -135,10 +151,11 @@ def generate(graph: Graph, storage: dict, compute: torch.dtype, title: str = "",
                  real="tl.float64" if compute == torch.float64 else "tl.float32",
                  index={id(n): i for i, n in enumerate(graph.nodes)},
                  slot={id(n): j for j, n in enumerate(per_tensor)}, scalars=scalars, device_step=device_step,
-                 line={id(n): j for j, n in enumerate(n for n in graph.nodes if n.kind in (ROW, COL))})
+                 line={id(n): j for j, n in enumerate(n for n in graph.nodes if n.kind in (ROW, COL))},
+                 coded=coded, arrays=[*graph.arrays, *(cgen.absmax_array(sym) for sym in coded)])
     out = [f'"""optimlab Triton kernels: {title} ({", ".join(map(str, storage.values()))})"""',
            "import triton", "import triton.language as tl", "from triton.language.extra import libdevice", "",
-           *UNSCALE, *POWER[interpreted()]]
+           *UNSCALE, *POWER[interpreted()], *_encoders(set(coded.values()))]
     for k in range(p.passes):
         out += _matrix_pass(em, k) if graph.matrix else _element_pass(em, k)
     if graph.matrix:
@@ -195,7 +212,12 @@ def _element_values(em: Emitter, nodes: list, loads: dict, mask: str, where: str
     """The ELEMENT nodes of a pass, in the compute type; a loaded gradient is unscaled (GradScaler)."""
     lines = []
     for n in nodes:
-        if id(n) in loads:
+        if id(n) in loads and loads[id(n)] in em.coded:  # map[code] · absmax of its block, in float32
+            a = em.graph.arrays.index(loads[id(n)])
+            code = f"tl.load(p{a} + {where}, mask={mask}, other=0).to(tl.int32)"
+            base = QMAP_BASE[em.coded[loads[id(n)]].signed]
+            value = f"(tl.load(qmap + {base} + {code}) * n{a}[:, None]).to({em.real})"
+        elif id(n) in loads:
             name = loads[id(n)]
             value = f"tl.load(p{em.graph.arrays.index(name)} + {where}, mask={mask}, other=0).to({em.real})"
             if name == "g" and n.op == "input":
@@ -220,6 +242,9 @@ def _prologue(em: Emitter, nodes, loads, stores, aligned: bool = False) -> list[
         lines.append(f"    p{a} = {em.pointer(name)}  # {name}")
         if aligned:  # every tensor of the launch starts at a multiple of 16 bytes (checked on the host)
             lines += ["    if ALIGNED:", f"        p{a} = tl.multiple_of(p{a}, 16)"]
+        if name in em.coded:  # its block scales: the old ones, read before any program stores new ones
+            lines += [f"    b{a} = {em.pointer(cgen.absmax_array(name))}  # {name}: absmax per block",
+                      f"    n{a} = tl.load(b{a} + blocks, mask=rows_ok, other=0)"]
     return lines
 
 
@@ -229,16 +254,24 @@ def _element_pass(em: Emitter, k: int) -> list[str]:
     nodes, loads = cgen._pass_nodes(graph, p.stage, p.write_pass, k)
     stores = [name for name, w in p.write_pass.items() if w == k]
     lines = ["@triton.jit",
-             f"def pass_{k}({ARGS}, chunk_t, chunk_lo, numel, C0, {CONSTS}, BLOCK: tl.constexpr, "
+             f"def pass_{k}({ARGS}, chunk_t, chunk_lo, numel, qmap, C0, {CONSTS}, BLOCK: tl.constexpr, "
              "FULL: tl.constexpr, ALIGNED: tl.constexpr):",
              "    c = C0 + tl.program_id(0)",
              "    t = tl.load(chunk_t + c)",
              "    n = tl.load(numel + t)",
-             "    offs = tl.multiple_of(tl.load(chunk_lo + c), BLOCK) + tl.arange(0, BLOCK)",
-             "    if FULL:  # a whole chunk: no lane masked off, so that loads and stores are vectorised",
-             "        mask = tl.full((BLOCK,), 1, tl.int1)",
-             "    else:",
-             "        mask = offs < n"]
+             "    lo = tl.multiple_of(tl.load(chunk_lo + c), BLOCK)"]
+    if em.coded:  # the chunk as rows of one codec block each (a tensor's last block may be short)
+        shape = f"(BLOCK // {QB}, {QB})"
+        lines += [f"    blocks = lo // {QB} + tl.arange(0, BLOCK // {QB})",
+                  f"    offs = blocks[:, None] * {QB} + tl.arange(0, {QB})[None, :]",
+                  f"    rows_ok = tl.where(tl.load(found_inf) == 0, blocks * {QB} < n, False)"]
+    else:
+        shape = "(BLOCK,)"
+        lines.append("    offs = lo + tl.arange(0, BLOCK)")
+    lines += ["    if FULL:  # a whole chunk: no lane masked off, so that loads and stores are vectorised",
+              f"        mask = tl.full({shape}, 1, tl.int1)",
+              "    else:",
+              "        mask = offs < n"]
     lines += _prologue(em, nodes, loads, stores, aligned=True)
     lines += _per_tensor_lines(em, k)
     lines += _element_values(em, nodes, loads, "mask", "offs")
@@ -249,8 +282,52 @@ def _element_pass(em: Emitter, k: int) -> list[str]:
             lines.append(f"    tl.store(part + c * NR + {graph.reductions.index(r)}, "
                          f"tl.sum(tl.where(mask, {term}, 0.0), axis=0).to(tl.float64))")
     for name in stores:
-        lines += em.store(name, em.real_ref(graph.outputs[name]), "offs", "mask")
+        value = em.real_ref(graph.outputs[name])
+        lines += _encode(em, name, value) if name in em.coded else em.store(name, value, "offs", "mask")
     return lines + [""]
+
+
+def _encode(em: Emitter, name: str, value: str) -> list[str]:
+    """Store a coded output: each row's (block's) new absmax, then its codes against it, in float32 as
+    codec.encode: a NaN in a block makes its absmax NaN (a max reduction may drop NaNs: they are added
+    back as a sum, which keeps them), and an all-zero block (or a NaN one) scales by 0."""
+    a, x = em.graph.arrays.index(name), "S" if em.coded[name].signed else "U"
+    return [f"    w{a} = {value}.to(tl.float32)",
+            f"    u{a} = tl.where(mask, tl.abs(w{a}), 0.0)",
+            f"    m{a} = tl.max(u{a}, axis=1) + tl.sum(tl.where(u{a} == u{a}, 0.0, u{a}), axis=1)",
+            f"    tl.store(b{a} + blocks, m{a}, mask=rows_ok)",
+            f"    r{a} = tl.where(m{a} > 0, tl.div_rn(1.0, tl.where(m{a} > 0, m{a}, 1.0)), 0.0)",
+            f"    tl.store(p{a} + offs, encode_{x}(w{a} * r{a}[:, None]).to(tl.uint8), mask=mask)"]
+
+
+def _encoders(codecs: set) -> list[str]:
+    """Per map, codec.nearest_codes as a Triton function: the same float32 operations in the same order
+    (cgen's encode_S / encode_U are the C transcription). Constants are float32 values, written exactly."""
+    def f32(v) -> str:
+        return repr(float(v))
+
+    lines = []
+    for c in sorted(codecs, key=lambda c: c.signed):
+        d = c.decades
+        lines += ["@triton.jit", f"def encode_{'S' if c.signed else 'U'}(q):",
+                  "    a = tl.abs(q)",
+                  "    d = " + " + ".join(f"(a > {f32(b)}).to(tl.int32)" for b in d.bounds) + " - 1",
+                  f"    scale = tl.where(d >= 1, {f32(d.scale[1])}, {f32(d.scale[0])})",
+                  f"    slope = tl.where(d >= 1, {f32(d.slope[1])}, {f32(d.slope[0])})",
+                  f"    first = tl.where(d >= 1, {d.first[1]}, {d.first[0]})",
+                  f"    last = tl.where(d >= 1, {d.last[1]}, {d.last[0]})"]
+        for k in range(2, 7):
+            lines += [f"    scale = tl.where(d >= {k}, {f32(d.scale[k])}, scale)",
+                      f"    slope = tl.where(d >= {k}, {f32(d.slope[k])}, slope)",
+                      f"    first = tl.where(d >= {k}, {d.first[k]}, first)",
+                      f"    last = tl.where(d >= {k}, {d.last[k]}, last)"]
+        lines += ["    u = (a * scale - 0.1) * slope",
+                  "    j = tl.minimum(tl.where(u > 0, u, 0.0).to(tl.int32), last)  # truncated, in [0, last]",
+                  "    rank = tl.where(d == 7, 255, first + j)"]
+        if c.signed:  # the negative codes mirror the positive ones below zero (1 has no mirror)
+            lines.append("    rank = tl.where(q < 0, tl.maximum(254 - rank, 0), rank)")
+        lines += [f"    return tl.where(d < 0, {d.zero}, rank)", ""]
+    return lines
 
 
 def _combine(em: Emitter) -> list[str]:

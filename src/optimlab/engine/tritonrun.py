@@ -6,6 +6,7 @@ pointer table, the chunk or tile table, the per-step numbers. A table is made on
 step with the same tensors and numbers copies nothing to the device, and a CUDA graph replays the
 tables of its warm-up step. With `capturable=True` the rule's per-step scalars are traced too
 (`counting_on_device`) and computed by the kernels from each tensor's step count on the device.
+8-bit states (`coded`) are passed as their codes and block scales; the two maps as one float32 table.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from types import SimpleNamespace
 
 import torch
 
-from . import cgen
+from . import cgen, codec
 from .caches import BoundedCache
 from .graph import COL, PER_TENSOR, ROW, SCALAR, Graph, Sym, TraceError, scalar_value
 from .rule import Rule
@@ -67,7 +68,8 @@ def counting_on_device(rule: Rule) -> Rule:
 # --- launching ---------------------------------------------------------------------------------------
 
 # No a·b + c contracted into one fused multiply-add (Triton's default on GPUs): the kernels round each
-# operation as the tensor path and the C kernel (-ffp-contract=off) do, so the paths agree to the ulp.
+# operation as the tensor path and the C kernel (-ffp-contract=off) do, so the paths agree to the ulp
+# (and 8-bit states get the same codes on every path: the encoder's float32 arithmetic is exact).
 OPTIONS = {"enable_fp_fusion": False}
 
 
@@ -88,10 +90,14 @@ def launch(kernel_of, arrays: list[list[torch.Tensor]], h, shapes=None, steps=No
 class Kernel:
     """The Triton kernels of one traced rule and storage dtypes, and how to launch them on a call."""
 
-    def __init__(self, graph: Graph, storage: dict, title: str, folder, device_step: bool = False):
+    def __init__(self, graph: Graph, storage: dict, title: str, folder, device_step: bool = False,
+                 coded: dict | None = None):
+        """`storage`: each array's dtype (a coded state's codes: uint8, then its `cgen.absmax_array`:
+        float32); `coded`: the states stored by a codec (symbol -> codec)."""
         self.graph, self.plan, self.device_step = graph, cgen.plan(graph), device_step
+        self.coded = coded or {}
         self.compute = torch.float64 if storage["θ"] == torch.float64 else torch.float32
-        self.source = generate(graph, storage, self.compute, title, device_step)
+        self.source = generate(graph, storage, self.compute, title, device_step, self.coded)
         digest = hashlib.sha256(self.source.encode()).hexdigest()[:24]
         path = folder / f"triton-{digest}.py"
         if not path.exists() or path.read_text() != self.source:
@@ -105,7 +111,8 @@ class Kernel:
         self.per_tensor = sum(n.kind == PER_TENSOR for n in graph.nodes)
 
     def __call__(self, arrays: list[list[torch.Tensor]], h, shapes=None, steps=None, amp=None) -> None:
-        """One step over `arrays` (one list of tensors per graph array); `shapes`: each tensor's matrix
+        """One step over `arrays` (one list of tensors per kernel array: the graph's, then the block
+        scales of coded states, whose own lists hold their codes); `shapes`: each tensor's matrix
         view (rows, columns) for a matrix graph; `steps`: each tensor's step count on the device
         (incremented already); `amp`: GradScaler's (scale, found_inf) tensors."""
         device = arrays[0][0].device
@@ -128,8 +135,9 @@ class Kernel:
         pt = torch.zeros(nt * npt, dtype=torch.float64, device=device)
         part = torch.empty(nc * nr, dtype=torch.float64, device=device)
         unused = pt  # the matrix graphs' arguments (geo, lines, lpart, L)
+        qmap = _qmaps(device) if self.coded else unused
         args = (ptrs, unused, pt, part, unused, unused, 0, sc, stp, scale, found_inf, chunk_t, chunk_lo,
-                numel)
+                numel, qmap)
         aligned = all(x.data_ptr() % 16 == 0 for xs in arrays for x in xs)
         for k in range(self.plan.passes):
             kernel = getattr(self.module, f"pass_{k}")
@@ -180,6 +188,12 @@ def _device_table(values: list, device: torch.device, dtype=torch.int64) -> torc
         return table.pin_memory().to(device, non_blocking=True)
 
     return _tables.get((tuple(values), str(device), dtype), make)
+
+
+def _qmaps(device) -> torch.Tensor:
+    """The unsigned map's 256 values, then the signed map's (tritongen.QMAP_BASE), float32."""
+    return _device_table([float(v) for m in (codec.UNSIGNED, codec.SIGNED) for v in m.table], device,
+                         torch.float32)
 
 
 def _one(device) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Nothing of Adam is written again here: the rule is `adam` (optimizers/adam.py) with decoupled decay, and
 the engine keeps `exp_avg` and `exp_avg_sq` as uint8 codes plus one float32 absmax per block of 256
 (engine/codec.py): signed dynamic map for m, unsigned for v. Each step decodes them, runs the rule,
-and encodes them again; the fused kernel does so in registers, block by block.
+and encodes them again; the fused C kernel and the Triton kernel do so in registers, block by block.
 """
 
 from __future__ import annotations
