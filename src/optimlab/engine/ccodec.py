@@ -114,25 +114,28 @@ def binades(codec: Blockwise8bit) -> tuple[int, np.ndarray, np.ndarray]:
 
 def _avx512(codec: Blockwise8bit) -> list[str]:
     x, c = letter(codec), codec.decades
+    shift = 0 if codec.signed else 1  # decade d has 2^(d + shift) codes
     first_binade, below, inside = binades(codec)
     # the permute reads an exponent's low five bits: table entry e % 32 is binade e (no subtraction)
     rotate = [(k - first_binade) % BINADES for k in range(BINADES)]
-    # by decade + 1 (0: the zero code, 1-7: decades 0-6, 8: the code of 1). Outside the decades scale =
-    # slope = 0 make j = 0, so the rank is `first` (for ∞ too: ∞ · 0 is NaN, which converts to INT_MIN)
-    pad = [0] * 7
-    scale, slope = [0.0, *c.scale, 0.0, *pad], [0.0, *c.slope, 0.0, *pad]
-    first, last = [c.zero, *c.first[:7], 255, *pad], [0, *c.last, 0, *pad]
+    # the encoder works with k = d + shift, log2 of the decade's codes (d = -1: the zero code, 7: 1)
+    scale = [0.0] * 16  # 10^(6-d) by k % 16; 0 outside the decades makes j = 0 (∞ · 0 = NaN too -> 0)
+    for d in range(7):
+        scale[(d + shift) % 16] = float(c.scale[d])
+    for d in range(7):  # n_d / 0.9 is float(1/0.9) times a power of two: the encoder adds k to its exponent
+        if np.float32(c.slope[d]) != np.float32(1 / 0.9) * np.float32(2.0 ** (d + shift)):
+            raise AssertionError("a slope is not a power of two times float(1/0.9)")
+    if c.first[:7] != [OFFSET[codec.signed] + 2 ** (d + shift) - 1 for d in range(7)]:
+        raise AssertionError("a decade's first code is not OFFSET + n_d - 1")
     byte_planes = [(codec.table.view(np.uint32) >> (8 * k)) & 0xFF for k in range(4)]
     aligned = "__attribute__((aligned(64)))"
     tables = [
         f"#define LOWEST_{x} {float(2.0 ** (first_binade - 127)).hex()}f  /* the first binade */",
         f"#define HIGHEST_{x} {float(2.0 ** (first_binade + BINADES - 1 - 127)).hex()}f  /* the last */",
+        f"#define OFFSET_{x} {OFFSET[codec.signed]}",
         f"static const float BOUND_{x}[32] {aligned} = {{{_hexf(inside[rotate])}}};",
-        f"static const int32_t BELOW_{x}[32] {aligned} = {{{_ints(below[rotate])}}};",
+        f"static const int32_t BELOW_{x}[32] {aligned} = {{{_ints(below[rotate] + shift - 1)}}};",
         f"static const float SCALE_{x}[16] {aligned} = {{{_hexf(scale)}}};",
-        f"static const float SLOPE_{x}[16] {aligned} = {{{_hexf(slope)}}};",
-        f"static const int32_t FIRST_{x}[16] {aligned} = {{{_ints(first)}}};",
-        f"static const int32_t LAST_{x}[16] {aligned} = {{{_ints(last)}}};",
         f"static const uint8_t BYTES_{x}[4][256] {aligned} = {{"
         + ", ".join("{" + _ints(t) + "}" for t in byte_planes) + "};"]
     # signed: the negative codes mirror the positive ones, 254 - rank, saturating (1 has no mirror)
@@ -141,6 +144,11 @@ def _avx512(codec: Blockwise8bit) -> list[str]:
     mirror = ("    bytes = _mm512_mask_subs_epu8(bytes, negative, _mm512_set1_epi8((char)254), bytes);"
               if codec.signed else "")
     return tables + [AVX512.substitute(X=x, SIGN=sign, MIRROR=mirror)]
+
+
+# a decade's first code is OFFSET + n_d - 1 (signed: 127 negative codes and the zero code below it);
+# with n = 2^-1 rounded down to 0 for d = -1, OFFSET - 1 is the zero code, and OFFSET + 2^(7+shift) - 1 = 255
+OFFSET = {True: 128, False: 0}
 
 
 AVX512_COMMON = """\
@@ -161,15 +169,19 @@ static inline __m512i encode16_$X(__m512 q) {  /* the ranks of 16 values, as int
   const __m512 a = _mm512_min_ps(_mm512_range_ps(q, _mm512_set1_ps(LOWEST_$X), 0xB),
                                  _mm512_set1_ps(HIGHEST_$X));
   const __m512i e = _mm512_srli_epi32(_mm512_castps_si512(a), 23);
-  __m512i d = _mm512_permutex2var_epi32(_mm512_load_si512(BELOW_$X), e, _mm512_load_si512(BELOW_$X + 16));
+  /* k = d + shift: the bounds below a's binade, then the one inside it */
+  __m512i k = _mm512_permutex2var_epi32(_mm512_load_si512(BELOW_$X), e, _mm512_load_si512(BELOW_$X + 16));
   const __m512 bound = _mm512_permutex2var_ps(_mm512_load_ps(BOUND_$X), e, _mm512_load_ps(BOUND_$X + 16));
-  d = _mm512_mask_add_epi32(d, _mm512_cmp_ps_mask(a, bound, _CMP_GT_OQ), d, _mm512_set1_epi32(1));
-  const __m512 scaled = _mm512_mul_ps(a, _mm512_permutexvar_ps(d, _mm512_load_ps(SCALE_$X)));
-  const __m512 t = _mm512_sub_ps(scaled, _mm512_set1_ps(0.1f));
-  __m512i j = _mm512_cvttps_epi32(_mm512_mul_ps(t, _mm512_permutexvar_ps(d, _mm512_load_ps(SLOPE_$X))));
-  j = _mm512_min_epi32(_mm512_max_epi32(j, _mm512_setzero_si512()),
-                       _mm512_permutexvar_epi32(d, _mm512_load_si512(LAST_$X)));
-  return _mm512_add_epi32(_mm512_permutexvar_epi32(d, _mm512_load_si512(FIRST_$X)), j);
+  k = _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask(a, bound, _CMP_GT_OQ), k, _mm512_set1_epi32(1));
+  /* the decade's constants: last = 2^k - 1 (-1 for k = -1), slope = 2^k · float(1/0.9), scale tabled */
+  const __m512i last = _mm512_sub_epi32(_mm512_sllv_epi32(_mm512_set1_epi32(1), k), _mm512_set1_epi32(1));
+  const __m512 slope = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(_mm512_set1_ps(1 / 0.9f)),
+                                                             _mm512_slli_epi32(k, 23)));
+  const __m512 scaled = _mm512_mul_ps(a, _mm512_permutexvar_ps(k, _mm512_load_ps(SCALE_$X)));
+  const __m512i j = _mm512_cvttps_epi32(_mm512_mul_ps(_mm512_sub_ps(scaled, _mm512_set1_ps(0.1f)), slope));
+  /* j clamped to [0, last] (to 0 where last = -1), from the decade's first code, OFFSET + last */
+  return _mm512_add_epi32(_mm512_max_epi32(_mm512_min_epi32(j, last), _mm512_setzero_si512()),
+                          _mm512_add_epi32(last, _mm512_set1_epi32(OFFSET_$X)));
 }
 static inline void encode_$X(const float *restrict w, float v, uint8_t *restrict c, int64_t n) {
   const __m512 inverse = _mm512_set1_ps(v);
