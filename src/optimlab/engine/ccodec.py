@@ -152,9 +152,12 @@ OFFSET = {True: 128, False: 0}
 
 
 AVX512_COMMON = """\
-/* masks of the first n lanes (all of them from 16, or 64, on) */
-static inline __mmask16 lanes16(int64_t n) { return n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1); }
-static inline __mmask64 lanes64(int64_t n) { return n >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << n) - 1; }
+#define ALWAYS_INLINE static inline __attribute__((always_inline))  /* the tables stay in registers */
+/* masks of the first n lanes (none for n <= 0, all from 16 or 64 on) */
+ALWAYS_INLINE __mmask16 lanes16(int64_t n) {
+  return n >= 16 ? 0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+}
+ALWAYS_INLINE __mmask64 lanes64(int64_t n) { return n >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << n) - 1; }
 /* the unpacks of decode_X interleave bytes within 128-bit lanes: byte p of the codes ends up in float
    16g + 4L + i (L = p / 16, g = p / 4 % 4, i = p % 4), so feed it that code and floats come out in order */
 static const uint8_t DECODE_ORDER[64] __attribute__((aligned(64))) = {
@@ -163,7 +166,7 @@ static const uint8_t DECODE_ORDER[64] __attribute__((aligned(64))) = {
   31, 44, 45, 46, 47, 60, 61, 62, 63};"""
 
 AVX512 = Template("""\
-static inline __m512i encode16_$X(__m512 q) {  /* the ranks of 16 values, as int32 */
+ALWAYS_INLINE __m512i encode16_$X(__m512 q) {  /* the ranks of 16 values, as int32 */
   /* |q| clamped to the binades of the tables (a NaN becomes LOWEST: the zero code, as in encode1_$X);
      the clamp changes no code: no bound lies in the first or last binade */
   const __m512 a = _mm512_min_ps(_mm512_range_ps(q, _mm512_set1_ps(LOWEST_$X), 0xB),
@@ -183,47 +186,56 @@ static inline __m512i encode16_$X(__m512 q) {  /* the ranks of 16 values, as int
   return _mm512_add_epi32(_mm512_max_epi32(_mm512_min_epi32(j, last), _mm512_setzero_si512()),
                           _mm512_add_epi32(last, _mm512_set1_epi32(OFFSET_$X)));
 }
+/* 64 values from w on (the first `left` of them, where fewer are left), as 64 codes */
+ALWAYS_INLINE __m512i encode64_$X(const float *restrict w, __m512 inverse, int64_t left) {
+  __m512i r[4];
+  __mmask64 negative = 0;  /* signed: the lanes of negative q */
+  for (int k = 0; k < 4; k++) {
+    const __m512 q = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes16(left - 16 * k), w + 16 * k), inverse);
+    r[k] = encode16_$X(q);
+$SIGN
+  }
+  /* ranks are 0-255, so packing with saturation is exact; the packs work per 128-bit lane, the permute
+     puts the lanes back in order */
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  __m512i bytes = _mm512_permutexvar_epi32(order, _mm512_packus_epi16(_mm512_packus_epi32(r[0], r[1]),
+                                                                      _mm512_packus_epi32(r[2], r[3])));
+$MIRROR
+  return bytes;
+}
 static inline void encode_$X(const float *restrict w, float v, uint8_t *restrict c, int64_t n) {
   const __m512 inverse = _mm512_set1_ps(v);
-  /* ranks are 0-255, so packing with saturation is exact; the packs work per 128-bit lane, the
-     permute puts the lanes back in order */
-  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-  for (int64_t i = 0; i < n; i += 64) {
-    __m512i r[4];
-    __mmask64 negative = 0;  /* signed: the lanes of negative q */
-    for (int k = 0; k < 4; k++) {
-      const int64_t at = i + 16 * k;
-      const __m512 q = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes16(at < n ? n - at : 0), w + at), inverse);
-      r[k] = encode16_$X(q);
-$SIGN
-    }
-    __m512i bytes = _mm512_permutexvar_epi32(order, _mm512_packus_epi16(_mm512_packus_epi32(r[0], r[1]),
-                                                                        _mm512_packus_epi32(r[2], r[3])));
-$MIRROR
-    _mm512_mask_storeu_epi8(c + i, lanes64(n - i), bytes);
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64)  /* whole vectors: the masks fold away */
+    _mm512_storeu_si512(c + i, encode64_$X(w + i, inverse, 64));
+  if (i < n)
+    _mm512_mask_storeu_epi8(c + i, lanes64(n - i), encode64_$X(w + i, inverse, n - i));
+}
+/* 64 codes from c on (the first `left` of them) as floats, stored from out on */
+ALWAYS_INLINE void decode64_$X(const uint8_t *restrict c, __m512 scale, float *restrict out, int64_t left) {
+  const __m512i codes = _mm512_permutexvar_epi8(_mm512_load_si512(DECODE_ORDER),
+                                                _mm512_maskz_loadu_epi8(lanes64(left), c));
+  const __mmask64 upper = _mm512_movepi8_mask(codes);  /* codes 128-255 */
+  __m512i b[4];
+  for (int k = 0; k < 4; k++) {  /* byte k of each value: a 256-byte lookup */
+    const uint8_t *table = BYTES_$X[k];
+    b[k] = _mm512_mask_blend_epi8(
+        upper, _mm512_permutex2var_epi8(_mm512_load_si512(table), codes, _mm512_load_si512(table + 64)),
+        _mm512_permutex2var_epi8(_mm512_load_si512(table + 128), codes, _mm512_load_si512(table + 192)));
   }
+  const __m512i lo01 = _mm512_unpacklo_epi8(b[0], b[1]), hi01 = _mm512_unpackhi_epi8(b[0], b[1]);
+  const __m512i lo23 = _mm512_unpacklo_epi8(b[2], b[3]), hi23 = _mm512_unpackhi_epi8(b[2], b[3]);
+  const __m512i f[4] = {_mm512_unpacklo_epi16(lo01, lo23), _mm512_unpackhi_epi16(lo01, lo23),
+                        _mm512_unpacklo_epi16(hi01, hi23), _mm512_unpackhi_epi16(hi01, hi23)};
+  for (int k = 0; k < 4; k++)
+    _mm512_mask_storeu_ps(out + 16 * k, lanes16(left - 16 * k),
+                          _mm512_mul_ps(_mm512_castsi512_ps(f[k]), scale));
 }
 static inline void decode_$X(const uint8_t *restrict c, float m, float *restrict out, int64_t n) {
   const __m512 scale = _mm512_set1_ps(m);
-  __m512i t[4][4];
-  for (int k = 0; k < 4; k++)
-    for (int h = 0; h < 4; h++) t[k][h] = _mm512_load_si512(BYTES_$X[k] + 64 * h);
-  for (int64_t i = 0; i < n; i += 64) {
-    const __m512i codes = _mm512_permutexvar_epi8(_mm512_load_si512(DECODE_ORDER),
-                                                  _mm512_maskz_loadu_epi8(lanes64(n - i), c + i));
-    const __mmask64 upper = _mm512_movepi8_mask(codes);  /* codes 128-255 */
-    __m512i b[4];
-    for (int k = 0; k < 4; k++)  /* byte k of each value: a 256-byte lookup */
-      b[k] = _mm512_mask_blend_epi8(upper, _mm512_permutex2var_epi8(t[k][0], codes, t[k][1]),
-                                    _mm512_permutex2var_epi8(t[k][2], codes, t[k][3]));
-    const __m512i lo01 = _mm512_unpacklo_epi8(b[0], b[1]), hi01 = _mm512_unpackhi_epi8(b[0], b[1]);
-    const __m512i lo23 = _mm512_unpacklo_epi8(b[2], b[3]), hi23 = _mm512_unpackhi_epi8(b[2], b[3]);
-    const __m512i f[4] = {_mm512_unpacklo_epi16(lo01, lo23), _mm512_unpackhi_epi16(lo01, lo23),
-                          _mm512_unpacklo_epi16(hi01, hi23), _mm512_unpackhi_epi16(hi01, hi23)};
-    for (int k = 0; k < 4; k++) {
-      const int64_t at = i + 16 * k;
-      _mm512_mask_storeu_ps(out + at, lanes16(at < n ? n - at : 0),
-                            _mm512_mul_ps(_mm512_castsi512_ps(f[k]), scale));
-    }
-  }
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64)
+    decode64_$X(c + i, scale, out + i, 64);
+  if (i < n)
+    decode64_$X(c + i, scale, out + i, n - i);
 }""")
