@@ -7,14 +7,17 @@ Per map (X = S signed, U unsigned), two functions the kernel calls once per bloc
   `Blockwise8bit.nearest_codes` computes it (the same float32 operations in the same order).
 
 Each has a portable loop and, where the compiler targets AVX-512 (F, BW, VL, DQ and VBMI), a version in
-intrinsics that gives the same bits four to eight times faster (the portable loops become gathers and
-chains of blends). Defining OPTIMLAB_PORTABLE_CODEC selects the portable loops; the tests compare both.
+intrinsics that gives the same bits about four times faster (the portable loops become gathers and
+chains of compares and blends). Defining OPTIMLAB_PORTABLE_CODEC selects the portable loops; the tests
+compare both with the torch encoder and the map's table, and with each other inside the kernel.
 
 How the intrinsics encode without seven comparisons: each midpoint between two decades of the map lies
 in its own binary exponent range (binade), so the float exponent of |q| says how many of them lie below
-|q| but one, which one comparison settles; the decade's constants then come from 16-entry tables by one
-permute each. They decode by looking up each byte of map[code] in a 256-byte table (two 128-byte VBMI
-permutes and a blend per byte, 64 codes at a time) and interleaving the four bytes back into floats.
+|q| but one, which one comparison settles. That gives k, log2 of the decade's number of codes: its last
+code and its slope (n / 0.9, a power of two times float(1/0.9)) follow by shifts, its scale 10^(6-d) from
+a 16-entry table by one permute. They decode by looking up each byte of map[code] in a 256-byte table
+(two 128-byte VBMI permutes and a blend per byte, 64 codes at a time), then interleaving the four bytes
+back into floats.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def functions(codecs: set) -> list[str]:
     lines = []
     for codec in ordered:
         lines += _map_table(codec) + _scalar_encoder(codec)
-    lines += [f"#if {GUARD}", "#include <immintrin.h>", AVX512_COMMON]
+    lines += [f"#if {GUARD}", "#include <immintrin.h>", AVX512_COMMON.substitute(ORDER=_ints(DECODE_ORDER))]
     for codec in ordered:
         lines += _avx512(codec)
     lines.append("#else  /* portable loops: the compiler vectorises them as it can */")
@@ -119,7 +122,8 @@ def _avx512(codec: Blockwise8bit) -> list[str]:
     # the permute reads an exponent's low five bits: table entry e % 32 is binade e (no subtraction)
     rotate = [(k - first_binade) % BINADES for k in range(BINADES)]
     # the encoder works with k = d + shift, log2 of the decade's codes (d = -1: the zero code, 7: 1)
-    scale = [0.0] * 16  # 10^(6-d) by k % 16; 0 outside the decades makes j = 0 (∞ · 0 = NaN too -> 0)
+    # 10^(6-d) by k % 16; 0 outside the decades makes t = -0.1 · slope < 0 (∞ · 0: NaN, INT_MIN), so j = 0
+    scale = [0.0] * 16
     for d in range(7):
         scale[(d + shift) % 16] = float(c.scale[d])
     for d in range(7):  # n_d / 0.9 is float(1/0.9) times a power of two: the encoder adds k to its exponent
@@ -146,24 +150,24 @@ def _avx512(codec: Blockwise8bit) -> list[str]:
     return tables + [AVX512.substitute(X=x, SIGN=sign, MIRROR=mirror)]
 
 
-# a decade's first code is OFFSET + n_d - 1 (signed: 127 negative codes and the zero code below it);
-# with n = 2^-1 rounded down to 0 for d = -1, OFFSET - 1 is the zero code, and OFFSET + 2^(7+shift) - 1 = 255
+# A decade's first code is OFFSET + n - 1, n = 2^k its codes (signed: 127 negative codes and the zero code
+# lie below OFFSET). Outside the decades the same sum gives the right code: for d = -1 the zero code (k = -1
+# shifts 1 out: n = 0), for d = 7 the code of 1, 255.
 OFFSET = {True: 128, False: 0}
 
+# The unpacks of decode_X interleave bytes within 128-bit lanes: byte p of the codes ends up in float
+# 16g + 4L + i (L = p / 16, g = p / 4 % 4, i = p % 4), so it is fed that code and floats come out in order.
+DECODE_ORDER = [16 * (p // 4 % 4) + 4 * (p // 16) + p % 4 for p in range(64)]
 
-AVX512_COMMON = """\
+
+AVX512_COMMON = Template("""\
 #define ALWAYS_INLINE static inline __attribute__((always_inline))  /* the tables stay in registers */
 /* masks of the first n lanes (none for n <= 0, all from 16 or 64 on) */
 ALWAYS_INLINE __mmask16 lanes16(int64_t n) {
   return n >= 16 ? 0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
 }
 ALWAYS_INLINE __mmask64 lanes64(int64_t n) { return n >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << n) - 1; }
-/* the unpacks of decode_X interleave bytes within 128-bit lanes: byte p of the codes ends up in float
-   16g + 4L + i (L = p / 16, g = p / 4 % 4, i = p % 4), so feed it that code and floats come out in order */
-static const uint8_t DECODE_ORDER[64] __attribute__((aligned(64))) = {
-  0, 1, 2, 3, 16, 17, 18, 19, 32, 33, 34, 35, 48, 49, 50, 51, 4, 5, 6, 7, 20, 21, 22, 23, 36, 37, 38, 39,
-  52, 53, 54, 55, 8, 9, 10, 11, 24, 25, 26, 27, 40, 41, 42, 43, 56, 57, 58, 59, 12, 13, 14, 15, 28, 29, 30,
-  31, 44, 45, 46, 47, 60, 61, 62, 63};"""
+static const uint8_t DECODE_ORDER[64] __attribute__((aligned(64))) = {$ORDER};""")
 
 AVX512 = Template("""\
 ALWAYS_INLINE __m512i encode16_$X(__m512 q) {  /* the ranks of 16 values, as int32 */
