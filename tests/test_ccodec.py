@@ -62,12 +62,12 @@ def _awkward_values(coder, seed: int) -> np.ndarray:
     bounds = coder.decades.bounds
     edges = np.concatenate([table, mids, bounds])
     near = np.concatenate([edges, np.nextafter(edges, np.float32(2)), np.nextafter(edges, np.float32(-2))])
-    special = np.array([0.0, -0.0, 1e-45, -1e-45, 1e-40, 1.0, -1.0, np.nextafter(np.float32(1), 2),
-                        np.inf, -np.inf, np.nan, -np.nan], dtype=np.float32)
+    above_one = np.nextafter(np.float32(1), np.float32(2))
+    special = np.array([0.0, -0.0, 1e-45, -1e-45, 1e-40, 1.0, -1.0, above_one, np.inf, -np.inf, np.nan,
+                        -np.nan], dtype=np.float32)
     rng = np.random.default_rng(seed)
     spread = (10.0 ** rng.uniform(-10, 0, 4000) * rng.choice([-1, 1], 4000)).astype(np.float32)
-    values = np.concatenate([near, -near, special, spread]).astype(np.float32)
-    return values if coder.signed else np.abs(values)
+    return np.concatenate([near, -near, special, spread]).astype(np.float32)  # unsigned: encodes |q|
 
 
 @pytest.mark.parametrize("portable", _builds())
