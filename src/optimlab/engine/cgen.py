@@ -18,7 +18,7 @@ import dataclasses
 
 import torch
 
-from . import lowprec
+from . import ccodec, lowprec
 from .graph import COL, ELEMENT, PER_TENSOR, REDUCTIONS, ROW, SCALAR, Graph, Sym
 
 CHUNK = 4096
@@ -247,7 +247,7 @@ def generate(graph: Graph, dtype: torch.dtype, title: str = "", coded: dict | No
     out = [f"/* optimlab fused kernel: {title} ({dtype}) */", PRELUDE + (lowprec.C_PRELUDE if any(rounding)
                                                                           else ""), f"#define CHUNK {CHUNK}",
            f"#define BLOCK {BLOCK}", f"#define ROWS_IN_REAL {ROWS_IN_REAL}"]
-    out += _codec_tables(set(e.coded.values()))
+    out += ccodec.functions(set(e.coded.values()))
     out.append("int step(int64_t nt, void **ptr, const int64_t *numel, const double *sc, int nthreads) {")
     # Scalars: computed once per call, in double, as the eager path computes them in Python.
     for n in graph.nodes:
@@ -484,9 +484,8 @@ def _element_pass(e: Emit, k: int) -> list[str]:
             body.append(f"const {real} z{e.index[id(n)]} = zc{e.index[id(n)]}[j];")
     for n in nodes:
         ctype = "int" if n.is_bool else real
-        if id(n) in loads and loads[id(n)] in e.coded:  # map[code] · absmax of the block, in float
-            a = arrays.index(loads[id(n)])
-            value = f"({real})({_table(e.coded[loads[id(n)]])}[a{a}[i]] * m{a})"
+        if id(n) in loads and loads[id(n)] in e.coded:  # map[code] · absmax, decoded for the block
+            value = f"({real})dq{arrays.index(loads[id(n)])}[i - b0]"
         elif id(n) in loads:
             value = e.load.format(f"a{arrays.index(loads[id(n)])}[i]")
             if e.kahan and loads[id(n)] == "θ":  # the rule sees θ + c
@@ -510,7 +509,7 @@ def _element_pass(e: Emit, k: int) -> list[str]:
         if name in e.coded:  # kept in float for the block's encoding, its magnitude into the block's max
             body += [f"const float y{a} = (float){ref(graph.outputs[name])}; w{a}[i - b0] = y{a};",
                      f"const float u{a} = fabsf(y{a}); p{a} = u{a} > p{a} ? u{a} : p{a};",
-                     f"nan{a} |= u{a} != u{a};"]
+                     f"mag{a} += u{a};"]
         else:
             body += _store(e, name, ref(graph.outputs[name]))
     accumulators = [f"{partial}{e.rslot[id(r)]}" for r in sums] + [f"racc{j}" for j in range(len(row_sums))]
@@ -617,41 +616,11 @@ def absmax_array(sym: str) -> str:
     return f"{sym}.absmax"
 
 
-def _table(codec) -> str:
-    return "QMAP_S" if codec.signed else "QMAP_U"
-
-
-def _codec_tables(codecs: set) -> list[str]:
-    """Per map: its 256 values (exact, as hexadecimal floats) to decode, and the encoder of
-    codec.nearest_codes with its constants: the same float32 operations in the same order, as
-    comparisons and selects that vectorise (no table search)."""
-    lines = []
-    for codec in sorted(codecs, key=lambda c: c.signed):
-        x, c = ("S" if codec.signed else "U"), codec.decades
-        values = ", ".join(float(v).hex() for v in codec.table)
-        hexf = [f"{float(v).hex()}f" for v in c.bounds]
-        lines += [f"static const float QMAP_{x}[256] = {{{values}}};",
-                  f"static inline int encode_{x}(float q) {{",
-                  "  const float a = fabsf(q);",
-                  "  const int d = " + " + ".join(f"(a > {b})" for b in hexf) + " - 1;",
-                  f"  float scale = {float(c.scale[0]).hex()}f, slope = {float(c.slope[0]).hex()}f;",
-                  f"  int first = {c.first[0]}, last = {c.last[0]};"]
-        for d in range(1, 7):
-            lines.append(f"  if (d >= {d}) {{ scale = {float(c.scale[d]).hex()}f; "
-                         f"slope = {float(c.slope[d]).hex()}f; first = {c.first[d]}; last = {c.last[d]}; }}")
-        lines += ["  int j = (int)((a * scale - 0.1f) * slope);",
-                  "  j = j < 0 ? 0 : (j > last ? last : j);",
-                  "  int rank = d == 7 ? 255 : first + j;"]
-        if codec.signed:
-            lines.append("  if (q < 0) rank = 254 - rank < 0 ? 0 : 254 - rank;")
-        lines += [f"  return d < 0 ? {c.zero} : rank;", "}"]
-    return lines
-
-
 def _coded_pass(e: Emit, body: list[str], touched: list[str], stores: list[str]) -> list[str]:
     """The element loop of a kernel with coded states, one block of codec.BLOCK elements at a time:
-    decode with the block's old absmax, compute, keep each coded output in a float buffer while finding
-    its new absmax, then encode the buffer (two passes per block, the second over L1-resident floats)."""
+    decode each coded input with the block's old absmax into a float buffer, compute, keep each coded
+    output in a float buffer while finding its new absmax, then encode that buffer (engine/ccodec.py).
+    The buffers stay in L1; the decoder and encoder are vectorised by hand where the CPU allows."""
     from .codec import BLOCK as QBLOCK
 
     arrays = e.graph.arrays
@@ -659,22 +628,23 @@ def _coded_pass(e: Emit, body: list[str], touched: list[str], stores: list[str])
     coded_out = [arrays.index(n) for n in stores if n in e.coded]
     lines = [f"    for (int64_t b0 = lo; b0 < hi; b0 += {QBLOCK}) {{",
              f"      const int64_t b1 = b0 + {QBLOCK} < hi ? b0 + {QBLOCK} : hi;"]
-    lines += [f"      const float m{a} = n{a}[b0 / {QBLOCK}];" for a in coded_in]
-    lines += [f"      float w{a}[{QBLOCK}], p{a} = 0; int nan{a} = 0;" for a in coded_out]
-    # the block's max as a vector reduction; a NaN (which a max reduction may drop) is tracked apart
+    for a in coded_in:
+        x = ccodec.letter(e.coded[arrays[a]])
+        lines += [f"      float dq{a}[{QBLOCK}];",
+                  f"      decode_{x}(a{a} + b0, n{a}[b0 / {QBLOCK}], dq{a}, b1 - b0);"]
+    lines += [f"      float w{a}[{QBLOCK}], p{a} = 0, mag{a} = 0;" for a in coded_out]
+    # the block's max as a vector reduction; a NaN, which a max reduction may drop, is kept by a sum of
+    # the magnitudes (NaN only if one is: they are never negative, so no ∞ − ∞), one add a vector
     reductions = ([f"reduction(max:{','.join(f'p{a}' for a in coded_out)})",
-                   f"reduction(|:{','.join(f'nan{a}' for a in coded_out)})"] if coded_out else [])
+                   f"reduction(+:{','.join(f'mag{a}' for a in coded_out)})"] if coded_out else [])
     lines.append(f"      #pragma omp simd {' '.join(reductions)}")
     lines.append("      for (int64_t i = b0; i < b1; i++) {")
     lines += [f"        {b}" for b in body]
     lines.append("      }")
     for a in coded_out:
-        x = "S" if e.coded[arrays[a]].signed else "U"
-        lines += [f"      if (nan{a}) p{a} = NAN;",
+        lines += [f"      if (mag{a} != mag{a}) p{a} = NAN;",
                   f"      n{a}[b0 / {QBLOCK}] = p{a};",
-                  f"      const float v{a} = p{a} > 0 ? 1.0f / p{a} : 0.0f;",
-                  "      #pragma omp simd",
-                  "      for (int64_t i = b0; i < b1; i++)",
-                  f"        a{a}[i] = (uint8_t)encode_{x}(w{a}[i - b0] * v{a});"]
+                  f"      encode_{ccodec.letter(e.coded[arrays[a]])}(w{a}, p{a} > 0 ? 1.0f / p{a} : 0.0f, "
+                  f"a{a} + b0, b1 - b0);"]
     lines.append("    }")
     return lines
