@@ -112,14 +112,13 @@ def coded(name: str, codecs: dict):
 def ablations(task: str) -> dict:
     params = list(optimlab.tasks.get(task).build(seed=0).model.parameters())
     big = [i for i, p in enumerate(params) if p.numel() >= 4096]
-    floored = FlooredUnsigned()
+    floored = coded("Floored8bit", {"m": codec.SIGNED, "v": FlooredUnsigned()})
     out = {"m coded only": of_class(coded("M8bit", {"m": codec.SIGNED})),
            "v coded only": of_class(coded("V8bit", {"v": codec.UNSIGNED})),
            **{f"tensor {i} {tuple(params[i].shape)} fp32": with_fp32(i) for i in big},
            "min_8bit_size=0": plain("adamw8bit", min_8bit_size=0),
-           "v without zero (prototype)": of_class(coded("Floored8bit", {"m": codec.SIGNED, "v": floored})),
-           "v without zero, min_8bit_size=0": of_class(coded("Floored8bit", {"m": codec.SIGNED, "v": floored}),
-                                                        min_8bit_size=0)}
+           "v without zero (prototype)": of_class(floored),
+           "v without zero, min_8bit_size=0": of_class(floored, min_8bit_size=0)}
     return out
 
 
@@ -176,7 +175,7 @@ def main() -> None:
                  "8-bit (other path)": plain("adamw8bit", path="foreach")}
     extra = ablations(args.task) if args.ablations else {}
     results: dict[str, list[dict]] = {k: [] for k in {**main_rows, **extra}}
-    print(f"{args.task}: {steps} steps, lr {lr:g}, 5% warmup + cosine, weight decay 0.1; final validation loss")
+    print(f"{args.task}: {steps} steps, lr {lr:g}, 5% warmup + cosine, weight decay 0.1; final val loss")
     print(f"{'seed':>4} {'fp32':>8} {'8-bit':>8} {'ratio':>6} {'8-bit other path':>17} {'vs 8-bit':>8}"
           f"   largest step / lr: fp32, 8-bit")
     for seed in range(args.seeds):
