@@ -15,8 +15,8 @@ encode in torch ops) against the fused C kernel: the same method, differing in f
 Also printed per run: the largest single-step parameter change divided by the peak lr. Adam's update
 |m̂/(√v̂+ε)| stays near 1; a value in the tens is the zero point of v's map (Li et al. 2023, "Memory
 Efficient Optimizers with 4-bit States"): a v below ~1.6e-7 of its block's absmax is coded 0 while m is
-not, and the step is m̂/ε. `--ablations` adds a prototype map for v whose lowest code decodes to 1e-7 of
-the absmax instead of 0 (a change of the codec's decode, so it runs on the foreach path only).
+not, and the step is m̂/ε. `--ablations` adds adamw8bit's option v_without_zero=True (v's lowest code
+decodes to 1e-7 of the absmax instead of 0), with the default min_8bit_size and with every tensor coded.
 
 Run one at a time on one thread (torch.set_num_threads(1)); the figures are losses, not times.
 """
@@ -28,7 +28,6 @@ import math
 import random
 import statistics
 
-import numpy as np
 import torch
 
 import optimlab
@@ -69,7 +68,7 @@ def plain(name: str, **options):
 
 
 def of_class(cls, **options):
-    return lambda params, lr: cls(params, lr=lr, weight_decay=0.1, path="foreach", **options)
+    return lambda params, lr: cls(params, lr=lr, weight_decay=0.1, **options)
 
 
 def with_fp32(index: int):
@@ -81,30 +80,6 @@ def with_fp32(index: int):
     return make
 
 
-class FlooredUnsigned(codec.Blockwise8bit):
-    """Prototype: v's unsigned map with its zero code decoding to 1e-7 (the bottom edge of the map's
-    lowest decade) instead of 0, as Li et al. 2023 remove zero from the second moment's map. Encoding is
-    unchanged (the codes are the standard map's); only the table a code decodes through differs."""
-
-    def __init__(self):
-        super().__init__(signed=False)
-
-    @property
-    def table(self) -> np.ndarray:
-        floored = codec.UNSIGNED.table.copy()
-        floored[0] = np.float32(1e-7)
-        return floored
-
-    @property
-    def midpoints(self) -> np.ndarray:
-        return codec.UNSIGNED.midpoints  # the standard map's decision boundaries: the same codes
-
-    def decode(self, codes, absmax, dtype):
-        values = torch.as_tensor(self.table)[codes.reshape(-1).long()]
-        per_element = absmax.repeat_interleave(codec.BLOCK)[:codes.numel()]
-        return (values * per_element).view(codes.shape).to(dtype)
-
-
 def coded(name: str, codecs: dict):
     return type(name, (optimlab.spec("adamw8bit").cls,), {"codecs": codecs})
 
@@ -112,13 +87,12 @@ def coded(name: str, codecs: dict):
 def ablations(task: str) -> dict:
     params = list(optimlab.tasks.get(task).build(seed=0).model.parameters())
     big = [i for i, p in enumerate(params) if p.numel() >= 4096]
-    floored = coded("Floored8bit", {"m": codec.SIGNED, "v": FlooredUnsigned()})
     out = {"m coded only": of_class(coded("M8bit", {"m": codec.SIGNED})),
            "v coded only": of_class(coded("V8bit", {"v": codec.UNSIGNED})),
            **{f"tensor {i} {tuple(params[i].shape)} fp32": with_fp32(i) for i in big},
            "min_8bit_size=0": plain("adamw8bit", min_8bit_size=0),
-           "v without zero (prototype)": of_class(floored),
-           "v without zero, min_8bit_size=0": of_class(floored, min_8bit_size=0)}
+           "v_without_zero=True": plain("adamw8bit", v_without_zero=True),
+           "v_without_zero=True, min_8bit_size=0": plain("adamw8bit", v_without_zero=True, min_8bit_size=0)}
     return out
 
 
@@ -165,7 +139,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, help="default: AdamW's best of the shared grid for the task")
     parser.add_argument("--steps", type=int, help="default: the claim's (digits 400, charlm 200)")
     parser.add_argument("--ablations", action="store_true", help="also: m or v coded alone, each coded "
-                        "tensor fp32 in turn, min_8bit_size=0, and the prototype map for v without zero")
+                        "tensor fp32 in turn, min_8bit_size=0, and the option v_without_zero=True")
     args = parser.parse_args()
     if args.seeds < 3:
         parser.error("--seeds must be at least 3")
