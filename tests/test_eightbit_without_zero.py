@@ -109,3 +109,10 @@ def test_a_checkpoint_keeps_the_option_and_the_same_steps():
         opt.step()
         other.step()
     assert torch.equal(p, q)
+
+
+def test_the_rule_source_names_the_map():
+    from optimlab.source import diff
+
+    shown = diff("adamw8bit", "adamw8bit:v_without_zero=True")
+    assert "+#     unsigned dynamic map without zero" in shown and "-#     unsigned dynamic map;" in shown
