@@ -126,7 +126,7 @@ def three_seed(ours: list[float], base: list[float], rng: random.Random) -> floa
 def summary(label: str, ours: list[float], base: list[float], rng: random.Random) -> str:
     s = paired(ours, base, rng)
     bad = f", {s['nonfinite']} non-finite" if s["nonfinite"] else ""
-    return (f"{label:40s} geomean {s['geomean']:.3f} (95% CI {s['low']:.3f}-{s['high']:.3f}), sign-flip "
+    return (f"{label:44s} geomean {s['geomean']:.3f} (95% CI {s['low']:.3f}-{s['high']:.3f}), sign-flip "
             f"p {s['p']:.2f}; median of ratios {s['median_ratio']:.3f}; ratio of medians "
             f"{s['ratio_of_medians']:.3f}; 3-seed statistic > {MARGIN} in {three_seed(ours, base, rng):.0%} "
             f"of draws{bad}")
@@ -173,7 +173,7 @@ def main() -> None:
     print("\nlargest single-step change / lr (median over seeds, largest; Adam's update is ~1 or below):")
     for label, rs in results.items():
         steps_seen = [r["largest_step"] for r in rs]
-        print(f"  {label:40s} {statistics.median(steps_seen):10.3g} {max(steps_seen):10.3g}")
+        print(f"  {label:44s} {statistics.median(steps_seen):10.3g} {max(steps_seen):10.3g}")
 
 
 if __name__ == "__main__":
