@@ -29,6 +29,7 @@ TEST_VALUES.update({"gamma": 0.5, "update_period": 3, "estimator": "hutchinson",
                     "layer_adaptation": False})
 # 8-bit AdamW: 0 codes the state of every tensor, however small (the default keeps < 4096 elements fp32)
 TEST_VALUES["min_8bit_size"] = 0
+TEST_VALUES["v_without_zero"] = True  # shown acting by its own test: see ACTS_ELSEWHERE below
 # Where one value is not enough: each element of Adafactor's (ε₁, ε₂) must be shown to act.
 PER_OPTIMIZER = {("adafactor", "eps"): [(3.0, 1e-3), (None, 2.0)]}
 PER_OPTIMIZER.update({("adopt", "clip_exponent"): [0.1, None], ("lars", "momentum"): [0.5],
