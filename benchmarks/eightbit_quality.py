@@ -1,8 +1,8 @@
 """8-bit AdamW's final validation loss against fp32 AdamW's, seed by seed (paired), with the noise floor.
 
-    python benchmarks/eightbit_quality.py                          # digits, 16 paired seeds (~1 min)
-    python benchmarks/eightbit_quality.py --task charlm --seeds 4  # ~1 min per seed
-    python benchmarks/eightbit_quality.py --ablations              # + which state/tensor matters (~3 min)
+    python benchmarks/eightbit_quality.py                          # digits, 16 paired seeds (2-4 min)
+    python benchmarks/eightbit_quality.py --task charlm --seeds 4  # ~20 s per seed
+    python benchmarks/eightbit_quality.py --ablations              # + which state or tensor matters (~6 min)
 
 The recipe is the claim's (claim_checks/eightbit.py): AdamW's best lr of the shared grid for the task,
 5% warmup + cosine, weight decay 0.1, the same lr for both. Each seed builds the same model, split and
