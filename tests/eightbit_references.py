@@ -50,12 +50,14 @@ def quantise_block(xs: list[float], table: list[float]) -> tuple[list[int], floa
 
 
 def adamw8bit_step(θ, g, m_codes, m_absmax, v_codes, v_absmax, signed, unsigned, *, t, lr, beta1, beta2,
-                   eps, weight_decay, block=256):
+                   eps, weight_decay, block=256, v_decoded_by=None):
     """One step of 8-bit AdamW on flat lists, in float64: dequantise, AdamW (Loshchilov & Hutter, Alg. 2),
-    quantise each block with its new absmax. Returns the new (θ, m codes, m absmax, v codes, v absmax)."""
+    quantise each block with its new absmax. Returns the new (θ, m codes, m absmax, v codes, v absmax).
+    `v_decoded_by`: the values v's codes decode to, where they differ from the map they are chosen on."""
     n = len(θ)
+    v_values = unsigned if v_decoded_by is None else v_decoded_by
     m = [signed[m_codes[i]] * m_absmax[i // block] for i in range(n)]
-    v = [unsigned[v_codes[i]] * v_absmax[i // block] for i in range(n)]
+    v = [v_values[v_codes[i]] * v_absmax[i // block] for i in range(n)]
     bc1, bc2 = 1 - beta1**t, 1 - beta2**t
     new_θ = []
     for i in range(n):

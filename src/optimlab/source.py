@@ -81,7 +81,7 @@ def storage_lines(found: Spec, h) -> list[str]:
     """How a coded optimizer stores its states (engine/codec.py), as comments after its rule: the rule is
     the same, the storage is the difference (`diff adamw adamw8bit`). Nothing for uncoded optimizers."""
     cls = found.cls
-    coded = {sym: cls._codec_declared(sym) for sym in found.rule.kept(h)}
+    coded = {sym: cls._codec_chosen(sym, h) for sym in found.rule.kept(h)}
     if not any(coded.values()):
         return []
     least = getattr(h, "min_8bit_size", 0)

@@ -245,7 +245,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         """Parameters with dense gradients, on the chosen path; complex ones as real views."""
         view = _as_real if self.complex_as_real and any(p.is_complex() for p, _ in members) else _same
         coded = _coded_symbols(type(self))
-        states = {sym: [self._stored(state, sym, view) if sym in coded else view(state.get(s.key))
+        states = {sym: [self._stored(state, sym, h, view) if sym in coded else view(state.get(s.key))
                         for _, state in members] for sym, s in kept.items()}
         paths.run(self.path, self.rule, h, [view(p) for p, _ in members], [view(p.grad) for p, _ in members],
                   states, rounding=rounding)
@@ -254,13 +254,13 @@ class RuleOptimizer(torch.optim.Optimizer):
         """p's place in the optimizer's order of parameters (its stream of random bits derives from it)."""
         return next(k for k, q in enumerate(q for g in self.param_groups for q in g["params"]) if q is p)
 
-    def _stored(self, state: dict, sym: str, view=_same):
+    def _stored(self, state: dict, sym: str, h: SimpleNamespace, view=_same):
         """What a path receives for state `sym`: its tensor, a `codec.Coded` holder, or None."""
         key = self.rule.state[sym].key
         if sym in _coded_symbols(type(self)):
             codes_key, absmax_key = codec.keys(key)
             if codes_key in state:
-                return codec.Coded(self._codec_declared(sym), state[codes_key], state[absmax_key])
+                return codec.Coded(self._codec_chosen(sym, h), state[codes_key], state[absmax_key])
         return view(state.get(key))
 
     @classmethod
@@ -268,9 +268,14 @@ class RuleOptimizer(torch.optim.Optimizer):
         return cls.codecs.get(sym) or cls.rule.state[sym].codec
 
     @classmethod
+    def _codec_chosen(cls, sym: str, h: SimpleNamespace):
+        """The declared codec of state `sym`, or a variant of it a group's hyperparameters choose."""
+        return cls._codec_declared(sym)
+
+    @classmethod
     def codec_of(cls, sym: str, p: torch.Tensor, h: SimpleNamespace):
         """The codec that stores state `sym` of parameter p, or None (kept as a tensor like p)."""
-        chosen = cls._codec_declared(sym)
+        chosen = cls._codec_chosen(sym, h)
         if chosen is None or type(p) not in paths.PLAIN or p.is_complex() or not p.is_floating_point():
             return None
         return chosen if p.numel() >= getattr(h, "min_8bit_size", 0) else None
@@ -317,7 +322,7 @@ class RuleOptimizer(torch.optim.Optimizer):
                         coder.encode(state.pop(s.key), state[codes_key], state[absmax_key])
                 continue
             if s.key not in state and codes_key in state:  # coded in a checkpoint, kept as a tensor here
-                stored = self._codec_declared(sym)
+                stored = self._codec_chosen(sym, h)
                 if stored is None:
                     raise ValueError(f"{type(self).__name__}: {self._describe(p)} has state {s.key!r} stored "
                                      f"8-bit ({codes_key!r}, {absmax_key!r}), which this optimizer does not "

@@ -50,7 +50,6 @@ STORAGE = {torch.float32: "tl.float32", torch.float64: "tl.float64", torch.bfloa
            torch.float16: "tl.float16", torch.uint8: "tl.uint8"}
 QB = codec.BLOCK  # elements per absmax of a coded state: a row of a coded pass's chunk
 assert BLOCK % QB == 0, "a chunk holds whole codec blocks"
-QMAP_BASE = {False: 0, True: 256}  # where each map starts in the `qmap` table (unsigned, then signed)
 PREFIX = {SCALAR: "s", PER_TENSOR: "q", ROW: "y", COL: "z", ELEMENT: "x"}  # of a node's name in the kernels
 # Columns of the per-tensor geometry table of a matrix graph.
 GEO = ("rows", "cols", "loff", "nti", "ntj", "lpb", "first")
@@ -215,7 +214,7 @@ def _element_values(em: Emitter, nodes: list, loads: dict, mask: str, where: str
         if id(n) in loads and loads[id(n)] in em.coded:  # map[code] · absmax of its block, in float32
             a = em.graph.arrays.index(loads[id(n)])
             code = f"tl.load(p{a} + {where}, mask={mask}, other=0).to(tl.int32)"
-            base = QMAP_BASE[em.coded[loads[id(n)]].signed]
+            base = 256 * qmap_codecs(em.coded).index(em.coded[loads[id(n)]])
             value = f"(tl.load(qmap + {base} + {code}) * n{a}[:, None]).to({em.real})"
         elif id(n) in loads:
             name = loads[id(n)]
@@ -298,6 +297,12 @@ def _encode(em: Emitter, name: str, value: str) -> list[str]:
             f"    tl.store(b{a} + blocks, m{a}, mask=rows_ok)",
             f"    r{a} = tl.where(m{a} > 0, tl.div_rn(1.0, tl.where(m{a} > 0, m{a}, 1.0)), 0.0)",
             f"    tl.store(p{a} + offs, encode_{x}(w{a} * r{a}[:, None]).to(tl.uint8), mask=mask)"]
+
+
+def qmap_codecs(coded: dict) -> list:
+    """The maps a coded kernel decodes with, in the order of its `qmap` table (256 float32 values each):
+    each codec's own table, so a map of another codec (adamw8bit's v without zero) decodes as its own."""
+    return list(dict.fromkeys(coded.values()))
 
 
 def _encoders(codecs: set) -> list[str]:

@@ -6,7 +6,7 @@ pointer table, the chunk or tile table, the per-step numbers. A table is made on
 step with the same tensors and numbers copies nothing to the device, and a CUDA graph replays the
 tables of its warm-up step. With `capturable=True` the rule's per-step scalars are traced too
 (`counting_on_device`) and computed by the kernels from each tensor's step count on the device.
-8-bit states (`coded`) are passed as their codes and block scales; the two maps as one float32 table.
+8-bit states (`coded`) are passed as their codes and block scales; their maps as one float32 table.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from types import SimpleNamespace
 
 import torch
 
-from . import cgen, codec
+from . import cgen
 from .caches import BoundedCache
 from .graph import COL, PER_TENSOR, ROW, SCALAR, Graph, Sym, TraceError, scalar_value
 from .rule import Rule
-from .tritongen import BLOCK, BR, BC, LB, generate, line_sums
+from .tritongen import BLOCK, BR, BC, LB, generate, line_sums, qmap_codecs
 
 
 # --- the step count on the device (capturable=True) ---------------------------------------------------
@@ -135,7 +135,7 @@ class Kernel:
         pt = torch.zeros(nt * npt, dtype=torch.float64, device=device)
         part = torch.empty(nc * nr, dtype=torch.float64, device=device)
         unused = pt  # the matrix graphs' arguments (geo, lines, lpart, L)
-        qmap = _qmaps(device) if self.coded else unused
+        qmap = _qmaps(device, qmap_codecs(self.coded)) if self.coded else unused
         args = (ptrs, unused, pt, part, unused, unused, 0, sc, stp, scale, found_inf, chunk_t, chunk_lo,
                 numel, qmap)
         aligned = all(x.data_ptr() % 16 == 0 for xs in arrays for x in xs)
@@ -190,10 +190,9 @@ def _device_table(values: list, device: torch.device, dtype=torch.int64) -> torc
     return _tables.get((tuple(values), str(device), dtype), make)
 
 
-def _qmaps(device) -> torch.Tensor:
-    """The unsigned map's 256 values, then the signed map's (tritongen.QMAP_BASE), float32."""
-    return _device_table([float(v) for m in (codec.UNSIGNED, codec.SIGNED) for v in m.table], device,
-                         torch.float32)
+def _qmaps(device, codecs: list) -> torch.Tensor:
+    """The 256 values of each map a kernel decodes with, in tritongen.qmap_codecs' order, float32."""
+    return _device_table([float(v) for m in codecs for v in m.table], device, torch.float32)
 
 
 def _one(device) -> torch.Tensor:
