@@ -80,13 +80,12 @@ def run(rule, h, params, grads, states: dict[str, list]) -> None:
     for i, p in enumerate(params):
         kept = tuple(_shape(states, sym, i) for sym in rule.state)
         groups[(p.device, p.dtype, tuple(p.shape), kept)].append(i)
-    for idx in groups.values():
-        idx = canonical_order(idx, params, grads, next((states[sym] for sym in rule.state
-                                                        if _shape(states, sym, idx[0]) is not None), None))
-        compute = compute_dtype(params[idx[0]].dtype)
+    for (_, dtype, _, kept), idx in groups.items():
+        held = [sym for sym, shape in zip(rule.state, kept) if shape is not None]
+        idx = canonical_order(idx, params, grads, states[held[0]] if held else None)
+        compute = compute_dtype(dtype)
         targets = [[params[i] for i in idx]]
-        targets += [None if _shape(states, sym, idx[0]) is None else [states[sym][i] for i in idx]
-                    for sym in rule.state]
+        targets += [[states[sym][i] for i in idx] if sym in held else None for sym in rule.state]
         plain = len(idx) > 1 and all(type(p) in PLAIN and p.dtype == compute for p in targets[0])
         inputs = [Parameters(targets[0]) if plain else stack(targets[0], compute)]
         inputs += [None if t is None else stacked_state(t, compute) for t in targets[1:]]
@@ -162,7 +161,7 @@ def _as_one_view(tensors: list[torch.Tensor]) -> torch.Tensor | None:
         if (not t.is_contiguous() or t.untyped_storage().data_ptr() != storage.data_ptr()
                 or t.storage_offset() != first.storage_offset() + j * n):
             return None
-    return first.new_empty(0).set_(storage, first.storage_offset(), (len(tensors), *first.shape))
+    return first.as_strided((len(tensors), *first.shape), (n, *first.stride()), first.storage_offset())
 
 
 def unstack(targets: list[torch.Tensor], value: torch.Tensor) -> None:
