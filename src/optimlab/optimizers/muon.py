@@ -54,16 +54,8 @@ def newton_schulz(G, h):
     X ≈ UVᵀ for G = USVᵀ. A tall X iterates as X ← aX + X(bA + cA²) with A = XᵀX, the same step
     transposed (A is symmetric): the Gram matrix is always the smaller one, and nothing is transposed.
     """
-    return newton_schulz_(G.to(ns_dtype(h), copy=True), h)
-
-
-def ns_dtype(h) -> torch.dtype:
-    return NS_DTYPES.get(h.ns_dtype, h.ns_dtype)
-
-
-def newton_schulz_(X, h):
-    """`newton_schulz` on X, a stack in ns_dtype that it may overwrite (it starts the iteration)."""
     a, b, c = h.ns_coefficients
+    X = G.to(NS_DTYPES.get(h.ns_dtype, h.ns_dtype), copy=True)  # a fresh tensor, updated in place
     X.div_(torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True).clamp_(min=h.eps))
     tall = X.size(-2) > X.size(-1)
     side = X.size(-1) if tall else X.size(-2)
@@ -93,13 +85,9 @@ def muon(h, θ, g, B, m, v):
         θ, m, v, _ = adam.update(adamw_view(h), stacked(θ), g, m, v, None)
         return θ, B, m, v
     B = B.lerp_(g, 1 - h.momentum)  # momentum: B ← μB + (1 − μ)g (in place: see engine/matrix.py)
+    U = g.lerp(B, h.momentum) if h.nesterov else B  # Nesterov: g + μ(B − g)
     rows, cols = θ.shape[1], math.prod(θ.shape[2:])
-    U = torch.empty(len(θ), rows, cols, dtype=ns_dtype(h), device=B.device)  # the iterate's memory
-    if h.nesterov:  # Nesterov: g + μ(B − g), computed in θ's dtype and rounded once into U
-        torch.lerp(g.reshape(U.shape), B.reshape(U.shape), h.momentum, out=U)
-    else:
-        U.copy_(B.reshape(U.shape))
-    O = newton_schulz_(U, h).reshape(θ.shape)  # O ≈ UVᵀ, in ns_dtype
+    O = newton_schulz(U.reshape(len(U), rows, cols), h).reshape(θ.shape)  # O ≈ UVᵀ, in ns_dtype
     θ = θ.mul_(1 - h.lr * h.weight_decay)  # decoupled decay, with the unadjusted lr (as torch)
     θ = θ.sub_(O, alpha=adjusted_lr(h, rows, cols))  # θ − η'O
     return θ, B, m, v
