@@ -4,14 +4,16 @@
     python benchmarks/matrix_speed.py --d 256 --blocks 4 --every 10 --rounds 5 --json out.json
 
 The parameters are a transformer's hidden matrices (per block: qkv (3d, d), proj (d, d), fc1 (4d, d),
-fc2 (d, 4d)), fp32. Candidates step the same parameters and gradients; each round times every
+fc2 (d, 4d)), fp32. Candidates step the same parameters and gradients (each its own copy of both, so
+that an optimizer that changes p.grad in place cannot change another's input); each round times every
 candidate over one whole refresh period (`--every` steps, so each period holds exactly one
 preconditioner refresh), candidates interleaved, so load drifts hit all alike; medians are reported.
 
 * Muon (ns_dtype bf16, as the reference) against torch.optim.Muon;
 * Shampoo against pytorch-optimizer's Shampoo (roots every `--every` steps, float32 SVD) and
-  ScalableShampoo (the practical form: RMSProp grafting, blocks, start step), at the same refresh
-  frequency; optimlab's with float32 roots as theirs, and with its default float64 roots beside;
+  ScalableShampoo (the practical form: RMSProp grafting, blocks, start step; roots by a coupled
+  Schur–Newton iteration), at the same refresh frequency; optimlab's roots by an eigendecomposition
+  (eigh), in float32 as theirs, and in its default float64 beside;
 * SOAP against pytorch-optimizer's SOAP, precondition_frequency = `--every`;
 * the achieved GFLOP/s of optimlab's Newton–Schulz (one batched call per shape) against torch.matmul
   on the same shapes and dtype (the Gram product X Xᵀ, the iteration's biggest matmul), best of the
@@ -120,14 +122,14 @@ def main() -> None:
     runs = {}
     print(f"warming up {len(chosen)} optimizers ({args.every} steps each)", file=sys.stderr, flush=True)
     for name, (_, make) in chosen.items():  # warm up: state, the first refresh, SOAP's first step
-        params = [p.clone().requires_grad_() for p in start_params]
-        runs[name] = (make(params), params)
-        time_period(runs[name][0], params, grads, args.every)
+        params, own_grads = [p.clone().requires_grad_() for p in start_params], [g.clone() for g in grads]
+        runs[name] = (make(params), params, own_grads)
+        time_period(runs[name][0], params, own_grads, args.every)
     times = {name: [] for name in chosen}
     cpu_times = {name: [] for name in chosen}
     for r in range(args.rounds):
-        for name, (opt, params) in runs.items():
-            wall, cpu = time_period(opt, params, grads, args.every)
+        for name, (opt, params, own_grads) in runs.items():
+            wall, cpu = time_period(opt, params, own_grads, args.every)
             times[name].append(wall)
             cpu_times[name].append(cpu)
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1] * 1e3:.0f}" for k, v in times.items())
@@ -146,6 +148,9 @@ def main() -> None:
         cpu_ratio = f"{ours_cpu / cpu_median[name]:>11.2f}×" if ours_cpu and peer else ""
         print(f"{name:<36} {t * 1e3:>9.1f} {ratio:>12} {cpu_median[name] * 1e3:>12.1f} {cpu_ratio:>12}")
     print("\n(vs optimlab: optimlab's time / the peer's; targets ≤ 0.8 for Muon, ≤ 0.5 for Shampoo and SOAP)")
+    if any(family == "shampoo" for family, _ in chosen.values()):
+        print("(Shampoo's inverse roots: optimlab by eigh; pytorch-optimizer Shampoo by SVD, "
+              "ScalableShampoo by a coupled Schur–Newton iteration)")
     rates = newton_schulz_rate(shapes, repeats=max(3, args.rounds))
     print(f"\n{'Newton–Schulz (bf16), shape × count':<36} {'GFLOP/s':>9} {'matmul':>9} {'fraction':>9}")
     for r in rates:

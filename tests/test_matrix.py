@@ -318,3 +318,32 @@ def test_stacked_results_do_not_depend_on_parameter_order(name):
             backward(ps, step)
             o.step()
     assert all(torch.equal(p, q) for p, q in zip(forward, backward_order))
+
+
+def test_muon_adamw_part_of_same_shape_vectors_equals_optimlab_adamw():
+    """Same-shape vectors form one group, whose θ reaches the AdamW part as a stack (matrix.stacked)."""
+    shapes = [(7,), (7,), (3,), (7,)]
+    hp = {"lr": 3e-3, "weight_decay": 0.05}
+    a, b, _, _ = run_pair(lambda ps: optimlab.create("muon", ps, adamw_betas=(0.8, 0.9), **hp),
+                          lambda ps: optimlab.create("adamw", ps, betas=(0.8, 0.9), path="tensor", **hp),
+                          shapes, steps=10)
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+
+
+def test_a_group_steps_its_parameters_in_place_and_refuses_mismatched_stacks():
+    """θ of a group of several parameters is the parameters themselves (no stack, no write-back): the
+    optimizer's update lands in their own memory, and arithmetic with a stack of another shape is refused."""
+    from optimlab.engine.matrix import Parameters
+
+    params = make_params(shapes=[(4, 4)] * 3)
+    before = [p.detach().clone() for p in params]
+    opt = optimlab.create("muon", params)
+    with mock.patch("optimlab.engine.matrix.unstack", side_effect=AssertionError("written back")):
+        for step in range(2):
+            backward(params, step)
+            opt.step()
+    assert not any(torch.equal(p, q) for p, q in zip(params, before))
+    θ = Parameters([p.detach() for p in params])
+    assert θ.shape == (3, 4, 4) and len(θ) == 3 and θ.dim() == 3
+    with pytest.raises(TypeError, match="same shape"):
+        θ.sub_(torch.zeros(3, 4, 5))

@@ -10,6 +10,9 @@ instead of dozens of small calls.
 A rule may update θ and its states in place (`B.lerp_(g, …)`, `θ.mul_(…)`): it gets either the
 parameters' and states' own memory (a group of one, or states kept as one buffer, see below) or a stack
 that is its own copy and is written back; the gradients it must not change (they may be p.grad itself).
+θ of a group of several plain parameters already in the compute dtype is not copied at all: it comes as
+`Parameters`, the parameters themselves, whose in-place `mul_`, `add_` and `sub_` (the last steps of
+every matrix rule) are one torch._foreach op each; `stacked(θ)` gives a rule that needs more a copy.
 
 This module is the only place that batches: it groups the parameters of a step by device, dtype,
 shape and the shapes of the states they keep (a parameter without a state, say a vector beside the
@@ -29,33 +32,77 @@ from collections import defaultdict
 import torch
 
 
+class Parameters:
+    """θ of a group, as the parameters themselves: a stack's shape, and its in-place arithmetic with a stack
+    of the same shape done by torch._foreach ops on the parameters, so that θ is neither copied into a
+    stack nor written back (two passes over every parameter a step saved)."""
+
+    def __init__(self, tensors: list[torch.Tensor]):
+        self.tensors = tensors
+        self.shape = torch.Size((len(tensors), *tensors[0].shape))
+        self.dtype, self.device = tensors[0].dtype, tensors[0].device
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def mul_(self, factor: float) -> Parameters:
+        torch._foreach_mul_(self.tensors, factor)
+        return self
+
+    def add_(self, X: torch.Tensor, *, alpha: float = 1) -> Parameters:
+        torch._foreach_add_(self.tensors, self._entries(X), alpha=alpha)
+        return self
+
+    def sub_(self, X: torch.Tensor, *, alpha: float = 1) -> Parameters:
+        torch._foreach_sub_(self.tensors, self._entries(X), alpha=alpha)
+        return self
+
+    def _entries(self, X: torch.Tensor) -> list[torch.Tensor]:
+        if not isinstance(X, torch.Tensor) or X.shape != self.shape:
+            raise TypeError(f"Parameters of shape {tuple(self.shape)}: in-place arithmetic takes a stack of "
+                            f"the same shape, not {type(X).__name__} {tuple(getattr(X, 'shape', ()))}")
+        return list(X.unbind(0))
+
+
+def stacked(θ) -> torch.Tensor:
+    """θ as one tensor (a copy for `Parameters`; the engine then writes the rule's result back)."""
+    return torch.stack(θ.tensors) if isinstance(θ, Parameters) else θ
+
+
 def run(rule, h, params, grads, states: dict[str, list]) -> None:
     """Apply one step of the batched `rule` to `params` (and `states`, symbol -> tensor or None each)."""
-    from .paths import compute_dtype  # paths imports this module
+    from .paths import PLAIN, compute_dtype  # paths imports this module
 
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, p in enumerate(params):
         kept = tuple(_shape(states, sym, i) for sym in rule.state)
         groups[(p.device, p.dtype, tuple(p.shape), kept)].append(i)
-    for idx in groups.values():
-        idx = canonical_order(idx, params, grads, next((states[sym] for sym in rule.state
-                                                        if _shape(states, sym, idx[0]) is not None), None))
-        compute = compute_dtype(params[idx[0]].dtype)
+    for (_, dtype, _, kept), idx in groups.items():
+        held = [sym for sym, shape in zip(rule.state, kept) if shape is not None]
+        idx = canonical_order(idx, params, grads, states[held[0]] if held else None)
+        compute = compute_dtype(dtype)
         targets = [[params[i] for i in idx]]
-        targets += [None if _shape(states, sym, idx[0]) is None else [states[sym][i] for i in idx]
-                    for sym in rule.state]
-        inputs = [stack(targets[0], compute)]
+        targets += [[states[sym][i] for i in idx] if sym in held else None for sym in rule.state]
+        plain = len(idx) > 1 and all(type(p) in PLAIN and p.dtype == compute for p in targets[0])
+        inputs = [Parameters(targets[0]) if plain else stack(targets[0], compute)]
         inputs += [None if t is None else stacked_state(t, compute) for t in targets[1:]]
         new = rule.apply(h, inputs[0], stack([grads[i] for i in idx], compute), *inputs[1:])
         for target, old, value in zip(targets, inputs, new):
+            if isinstance(old, Parameters) and value is old:
+                continue  # updated in place by foreach ops
             if target is not None and not (_same(value, old) and _holds(old, target)):
                 unstack(target, value)
 
 
 def _same(a: torch.Tensor, b: torch.Tensor | None) -> bool:
     """The same memory in the same layout (the input itself, or a view of it reshaped back)."""
-    return b is not None and (a is b or (a.data_ptr() == b.data_ptr() and a.dtype == b.dtype
-                                         and a.shape == b.shape and a.stride() == b.stride()))
+    if b is None or isinstance(b, Parameters):
+        return False
+    return a is b or (a.data_ptr() == b.data_ptr() and a.dtype == b.dtype and a.shape == b.shape
+                      and a.stride() == b.stride())
 
 
 def _holds(stacked: torch.Tensor, targets: list[torch.Tensor]) -> bool:
@@ -114,7 +161,7 @@ def _as_one_view(tensors: list[torch.Tensor]) -> torch.Tensor | None:
         if (not t.is_contiguous() or t.untyped_storage().data_ptr() != storage.data_ptr()
                 or t.storage_offset() != first.storage_offset() + j * n):
             return None
-    return first.new_empty(0).set_(storage, first.storage_offset(), (len(tensors), *first.shape))
+    return first.as_strided((len(tensors), *first.shape), (n, *first.stride()), first.storage_offset())
 
 
 def unstack(targets: list[torch.Tensor], value: torch.Tensor) -> None:

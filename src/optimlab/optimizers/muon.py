@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import torch
 
+from ..engine.matrix import stacked
 from ..engine.optimizer import RuleOptimizer, hyperparameters
 from ..engine.rule import State, rule
 from . import _checks
@@ -81,11 +82,11 @@ def adjusted_lr(h, rows: int, cols: int) -> float:
 def muon(h, θ, g, B, m, v):
     """Muon (Jordan et al. 2024) on a stack of matrices; AdamW on a stack of anything else."""
     if B is None:  # not Muon's: AdamW, by optimlab's one Adam rule
-        θ, m, v, _ = adam.update(adamw_view(h), θ, g, m, v, None)
+        θ, m, v, _ = adam.update(adamw_view(h), stacked(θ), g, m, v, None)
         return θ, B, m, v
     B = B.lerp_(g, 1 - h.momentum)  # momentum: B ← μB + (1 − μ)g (in place: see engine/matrix.py)
     U = g.lerp(B, h.momentum) if h.nesterov else B  # Nesterov: g + μ(B − g)
-    rows, cols = θ.shape[1], θ[0].numel() // θ.shape[1]
+    rows, cols = θ.shape[1], math.prod(θ.shape[2:])
     O = newton_schulz(U.reshape(len(U), rows, cols), h).reshape(θ.shape)  # O ≈ UVᵀ, in ns_dtype
     θ = θ.mul_(1 - h.lr * h.weight_decay)  # decoupled decay, with the unadjusted lr (as torch)
     θ = θ.sub_(O, alpha=adjusted_lr(h, rows, cols))  # θ − η'O

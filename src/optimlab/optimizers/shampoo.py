@@ -76,10 +76,14 @@ def from_blocks(X, shape):
     return X.reshape(k, d0 // b0, d1 // b1, b0, b1).transpose(2, 3).reshape(shape)
 
 
-def inverse_root(F, p: int, h):
-    """(F + εI)^{-1/p} by an eigendecomposition in root_dtype (negative round-off eigenvalues → 0)."""
+def inverse_root(F, p: int, h, out):
+    """out ← (F + εI)^{-1/p} by an eigendecomposition in root_dtype (negative round-off eigenvalues → 0)."""
     λ, Q = torch.linalg.eigh(F.to(ROOT_DTYPES.get(h.root_dtype, h.root_dtype)))
-    return ((Q * (λ.clamp(min=0) + h.eps).pow(-1 / p).unsqueeze(-2)) @ Q.mT).to(F.dtype)
+    scaled = Q * λ.clamp_(min=0).add_(h.eps).pow_(-1 / p).unsqueeze(-2)
+    if scaled.dtype == out.dtype:
+        torch.matmul(scaled, Q.mT, out=out)  # straight into the state
+    else:
+        out.copy_(scaled @ Q.mT)
 
 
 def shampoo_scalars(h, t, carried):
@@ -100,12 +104,14 @@ def shampoo(h, θ, g, L, R, P_L, P_R, v, m):
     """Shampoo (Gupta et al. 2018, Alg. 1) with Anil et al. (2020)'s grafting, blocking and schedule.
     θ and the states are updated in place (engine/matrix.py writes back what is not their own memory)."""
     D = g  # the grafted optimizer's step: its norm sets Shampoo's
-    if h.grafting == "adagrad":
-        v.addcmul_(g, g)  # v ← v + g²
-        D = g / v.sqrt().add_(h.graft_eps)
-    elif h.grafting == "adam":
-        v.mul_(h.beta2).addcmul_(g, g, value=1 - h.beta2)  # v ← β₂v + (1 − β₂)g²
-        D = g / (v / h.bc2).sqrt_().add_(h.graft_eps)
+    if h.grafting != "none":
+        if h.grafting == "adagrad":
+            v.addcmul_(g, g)  # v ← v + g²
+            denominator = v.sqrt().add_(h.graft_eps)
+        else:  # adam
+            v.mul_(h.beta2).addcmul_(g, g, value=1 - h.beta2)  # v ← β₂v + (1 − β₂)g²
+            denominator = torch.div(v, h.bc2).sqrt_().add_(h.graft_eps)
+        D = torch.div(g, denominator, out=denominator)  # g / (√v̂ + ε), in the denominator's memory
     U = D
     if L is not None:
         G = to_blocks(as_matrix(g), h)
@@ -117,15 +123,15 @@ def shampoo(h, θ, g, L, R, P_L, P_R, v, m):
             R.view(-1, b1, b1).baddbmm_(G_.mT, G_, beta=h.beta2, alpha=h.w2)
         if h.refresh:  # the expensive part, every k steps: L^{-1/4}, R^{-1/4} (L^{-1/2} for a vector)
             p = 4 if R is not None else 2
-            P_L.copy_(inverse_root(L, p, h))
+            inverse_root(L, p, h, out=P_L)
             if R is not None:
-                P_R.copy_(inverse_root(R, p, h))
+                inverse_root(R, p, h, out=P_R)
         if h.preconditioned:
             S = P_L @ G if R is None else P_L @ G @ P_R  # Shampoo's direction
             if h.grafting != "none":  # with the grafted step's norm, block by block
                 D_norm = torch.linalg.vector_norm(to_blocks(as_matrix(D), h), dim=(-2, -1), keepdim=True)
                 S_norm = torch.linalg.vector_norm(S, dim=(-2, -1), keepdim=True)
-                S = S * torch.where(S_norm > 0, D_norm / S_norm, 0.0)
+                S = S.mul_(torch.where(S_norm > 0, D_norm / S_norm, 0.0))  # S is a fresh product
             U = from_blocks(S, as_matrix(g).shape).reshape(θ.shape)
     m.mul_(h.beta1).add_(U, alpha=1 - h.beta1)  # momentum on the final step
     θ.mul_(1 - h.lr * h.weight_decay).sub_(m, alpha=h.lr)  # decoupled weight decay

@@ -115,7 +115,13 @@ def refresh(GG, Q, V, dim: int):
     order = estimated.argsort(dim=-1, descending=True)
     index = order.view(len(V), *[1] * (dim - 1), -1, *[1] * (V.dim() - dim - 1))
     V = V.gather(dim, index.expand_as(V))
-    return torch.linalg.qr(GGQ.gather(-1, order.unsqueeze(-2).expand_as(GGQ))).Q, V
+    return orthonormal_factor(GGQ.gather(-1, order.unsqueeze(-2).expand_as(GGQ))), V
+
+
+def orthonormal_factor(A):
+    """Q of A = QR, as torch.linalg.qr(A).Q (the same Householder reflections, geqrf then orgqr) without
+    forming R, which SOAP never reads."""
+    return torch.linalg.householder_product(*torch.geqrf(A))
 
 
 def soap_scalars(h, t, carried):
@@ -151,7 +157,8 @@ def soap(h, θ, g, M, V, GG, Q):
     G̃ = project(G, Q_i)  # the gradient in Shampoo's eigenbasis
     M_.mul_(h.beta1).add_(G̃, alpha=1 - h.beta1)  # Adam's moments, in that basis: M ← β₁M + (1 − β₁)G̃
     V_.mul_(h.beta2).addcmul_(G̃, G̃, value=1 - h.beta2)  # V ← β₂V + (1 − β₂)G̃²
-    N = project_back(M_ / V_.sqrt().add_(h.eps), Q_i)  # Adam's step, rotated back
+    denominator = V_.sqrt().add_(h.eps)
+    N = project_back(torch.div(M_, denominator, out=denominator), Q_i)  # Adam's step, rotated back
     if h.normalize_grads:
         N = N / (1e-30 + N.square().flatten(1).mean(1).sqrt().view(-1, *[1] * (N.dim() - 1)))
     θ.sub_(N.reshape(θ.shape), alpha=h.step_size)
