@@ -7,8 +7,9 @@
 An elementwise step is bound by memory traffic: fp32 AdamW moves 28 bytes per parameter (read θ, g, m,
 v; write θ, m, v), 8-bit AdamW 18 (θ and g as before, one byte each way for m and v, and a float32 absmax
 per 256 elements), so the target is ≤ 0.8× fp32 AdamW's time (18/28 = 0.64 if bandwidth were all).
-The 8-bit kernel also decodes (a table lookup) and encodes (a 64 KiB table lookup and one comparison)
-each state; this measures whether that stays hidden under the memory traffic.
+The 8-bit kernel also decodes (byte-table permutes on AVX-512, a gathered table on a GPU) and encodes
+(the decade of |q| and its bucket, by arithmetic) each state; this measures whether that stays hidden
+under the memory traffic.
 
 The fused path is the C kernel on the CPU and the Triton kernels on CUDA (`--device cuda`), where the
 8-bit kernel reads and writes the codes itself; a GPU's steps are timed with CUDA events, synchronised
