@@ -121,3 +121,10 @@ def test_the_rule_source_names_the_map():
 
     shown = diff("adamw8bit", "adamw8bit:v_without_zero=True")
     assert "+#     unsigned dynamic map without zero" in shown and "-#     unsigned dynamic map;" in shown
+
+
+@pytest.mark.skipif("triton" not in PATHS, reason="the test extra installs triton")
+def test_capturable_steps_keep_the_option():
+    """capturable=True (step counts on the device, the Triton path) decodes v through the same map."""
+    options = dict(min_8bit_size=0, path="triton", v_without_zero=True, capturable=True)
+    assert _last_step("adamw8bit", **options) <= _last_step("adamw")

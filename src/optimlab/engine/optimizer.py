@@ -233,9 +233,7 @@ class RuleOptimizer(torch.optim.Optimizer):
             amp = tuple(one if x is None else x.to(device, torch.float32, non_blocking=True)
                         for x in (scale, found_inf))
         view = _as_real if self.complex_as_real and any(p.is_complex() for p, _ in members) else _same
-        coded = _coded_symbols(type(self))
-        states = {sym: [self._stored(state, sym, view) if sym in coded else view(state.get(s.key))
-                        for _, state in members] for sym, s in kept.items()}
+        states = self._states_for_paths(members, kept, h, view)
         paths.run(self.path, self.rule, h, [view(p) for p, _ in members], [view(p.grad) for p, _ in members],
                   states, steps=steps, amp=amp)
         if found_inf is not None:
@@ -244,11 +242,16 @@ class RuleOptimizer(torch.optim.Optimizer):
     def _step_dense(self, h: SimpleNamespace, kept: dict, members: list, rounding=None) -> None:
         """Parameters with dense gradients, on the chosen path; complex ones as real views."""
         view = _as_real if self.complex_as_real and any(p.is_complex() for p, _ in members) else _same
-        coded = _coded_symbols(type(self))
-        states = {sym: [self._stored(state, sym, h, view) if sym in coded else view(state.get(s.key))
-                        for _, state in members] for sym, s in kept.items()}
+        states = self._states_for_paths(members, kept, h, view)
         paths.run(self.path, self.rule, h, [view(p) for p, _ in members], [view(p.grad) for p, _ in members],
                   states, rounding=rounding)
+
+    def _states_for_paths(self, members: list, kept: dict, h: SimpleNamespace, view) -> dict[str, list]:
+        """Each kept state of each parameter as a path takes it (symbol -> list): coded ones as codec.Coded
+        holders with the codec the group's hyperparameters choose, the others as tensors (or None)."""
+        coded = _coded_symbols(type(self))
+        return {sym: [self._stored(state, sym, h, view) if sym in coded else view(state.get(s.key))
+                      for _, state in members] for sym, s in kept.items()}
 
     def _position(self, p: torch.Tensor) -> int:
         """p's place in the optimizer's order of parameters (its stream of random bits derives from it)."""
