@@ -96,6 +96,9 @@ class Kernel:
         float32); `coded`: the states stored by a codec (symbol -> codec)."""
         self.graph, self.plan, self.device_step = graph, cgen.plan(graph), device_step
         self.coded = coded or {}
+        # the maps a coded kernel decodes with, made once: the step only looks up their device table
+        self.qmap_values = [float(v) for m in qmap_codecs(self.coded) for v in m.table]
+        self.qmaps: dict[torch.device, torch.Tensor] = {}
         self.compute = torch.float64 if storage["θ"] == torch.float64 else torch.float32
         self.source = generate(graph, storage, self.compute, title, device_step, self.coded)
         digest = hashlib.sha256(self.source.encode()).hexdigest()[:24]
@@ -135,7 +138,7 @@ class Kernel:
         pt = torch.zeros(nt * npt, dtype=torch.float64, device=device)
         part = torch.empty(nc * nr, dtype=torch.float64, device=device)
         unused = pt  # the matrix graphs' arguments (geo, lines, lpart, L)
-        qmap = _qmaps(device, qmap_codecs(self.coded)) if self.coded else unused
+        qmap = self._qmap(device) if self.coded else unused
         args = (ptrs, unused, pt, part, unused, unused, 0, sc, stp, scale, found_inf, chunk_t, chunk_lo,
                 numel, qmap)
         aligned = all(x.data_ptr() % 16 == 0 for xs in arrays for x in xs)
@@ -146,6 +149,12 @@ class Kernel:
                     kernel[(count,)](*args, c0, **common, BLOCK=BLOCK, FULL=whole, ALIGNED=aligned)
             if any(self.plan.stage[id(r.args[0])] == k for r in self.graph.reductions):
                 self.module.combine[(nt,)](first, tail, part, pt, NR=nr, NPT=npt, **OPTIONS)
+
+    def _qmap(self, device: torch.device) -> torch.Tensor:
+        """The kernel's maps on `device` (tritongen.qmap_codecs' order, 256 float32 values each)."""
+        if device not in self.qmaps:
+            self.qmaps[device] = _device_table(self.qmap_values, device, torch.float32)
+        return self.qmaps[device]
 
     def _matrix(self, ptrs, sc, stp, scale, found_inf, shapes, device, common) -> None:
         row_sums, col_sums = line_sums(self.graph)
@@ -188,11 +197,6 @@ def _device_table(values: list, device: torch.device, dtype=torch.int64) -> torc
         return table.pin_memory().to(device, non_blocking=True)
 
     return _tables.get((tuple(values), str(device), dtype), make)
-
-
-def _qmaps(device, codecs: list) -> torch.Tensor:
-    """The 256 values of each map a kernel decodes with, in tritongen.qmap_codecs' order, float32."""
-    return _device_table([float(v) for m in codecs for v in m.table], device, torch.float32)
 
 
 def _one(device) -> torch.Tensor:
