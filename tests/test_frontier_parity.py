@@ -6,13 +6,17 @@
   reference gets the true ĥ, computed without autograd.
 * Schedule-free against the official `schedulefree` package at random hyperparameters, in train mode
   (y, z and v) and after `eval()` (x), and after switching back.
+* ADOPT against the authors' package (`torch-adopt`) at random hyperparameters, clipped and unclipped,
+  with either weight decay, maximising or not.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import warnings
 
+import adopt as official_adopt
 import pytest
 import schedulefree
 import torch
@@ -146,6 +150,41 @@ def test_schedulefree_matches_official_package(name, seed, path):
     ref_opt.train()
     run(20, offset=STEPS + 20)
     compare(keys)
+
+
+def adopt_cases():
+    for seed in range(4):
+        for path in paths("adopt"):
+            yield pytest.param(seed, path, id=f"adopt-seed{seed}-{path}")
+
+
+@pytest.mark.parametrize("seed,path", list(adopt_cases()))
+def test_adopt_matches_official_package(seed, path):
+    """The authors' ADOPT takes the clip as a function of the step (step ** 0.25 by default, counted from
+    0 at the step that only initialises v); optimlab's clip_exponent c means step ** c, None no clip."""
+    rng = random.Random(seed)
+    hp = {"lr": 10 ** rng.uniform(-4, -1), "betas": (rng.uniform(0.5, 0.99), rng.uniform(0.9, 0.99999)),
+          "eps": 10 ** rng.uniform(-8, -3), "weight_decay": rng.choice([0.0, rng.uniform(0, 0.2)]),
+          "maximize": seed % 2 == 1}
+    exponent = [0.25, None, rng.uniform(0.1, 0.5), 0.25][seed]
+    decoupled = seed >= 2
+    ours, theirs = make_params(), make_params()
+    opt = optimlab.create("adopt", ours, path=path, clip_exponent=exponent, decoupled_weight_decay=decoupled,
+                          **hp)
+    clip = None if exponent is None else (lambda step: step ** exponent)
+    ref_opt = official_adopt.ADOPT(theirs, clip_lambda=clip, decouple=decoupled, foreach=False, **hp)
+    for t in range(STEPS):
+        backward(ours, t)
+        backward(theirs, t)
+        opt.step()
+        with warnings.catch_warnings():  # the package calls torch functions torch now marks deprecated
+            warnings.simplefilter("ignore")
+            ref_opt.step()
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-10, atol=1e-12)
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(opt.state[p][key], ref_opt.state[q][key], rtol=1e-10, atol=1e-12)
+    assert max((p - q).abs().max().item() for p, q in zip(ours, make_params())) > 1e-4  # it moved
 
 
 def test_lars_excludes_biases_and_norms_through_parameter_groups():

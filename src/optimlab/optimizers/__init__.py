@@ -48,7 +48,8 @@ register(Spec("soap", SOAP, "Adam in the eigenbasis of Shampoo's factors, refres
 
 register(Spec("adamw8bit", AdamW8bit, "AdamW with m and v stored as 8-bit codes, one scale per 256 "
               "elements", "bitsandbytes' AdamW8bit (test-only) and tests/eightbit_references.py", E))
-register(Spec("adopt", ADOPT, "Adam normalising g by the previous v, before g enters it", FRONTIER, E))
+register(Spec("adopt", ADOPT, "Adam normalising g by the previous v, before g enters it",
+              f"the authors' torch-adopt package (test-only) and the {FRONTIER}", E))
 register(Spec("lars", LARS, "momentum SGD, lr scaled per tensor by η‖w‖/(‖g‖ + β‖w‖)", FRONTIER, NORM))
 register(Spec("sophia", Sophia, "momentum over a diagonal Hessian estimate, clipped", FRONTIER, E))
 register(Spec("schedulefree_adamw", ScheduleFreeAdamW, "AdamW without a schedule: step at y, evaluate the "
