@@ -18,6 +18,7 @@ Two failures are told apart:
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import os
@@ -233,13 +234,33 @@ class Kernel:
         """arrays[a][t]: tensor t of array a (θ, g, states), all contiguous, on the CPU; `extents`: each
         tensor's rows, then each one's columns, for kernels with row and column values, then any further
         integers the kernel reads (bf16 rounding keys); `extra`: one more tensor per tensor (Kahan)."""
+        self.launch(self.table(arrays, extents, extra), h)
+
+    def table(self, arrays: list[list[torch.Tensor]], extents: list[int] | None = None,
+              extra: list[torch.Tensor] = ()) -> Table:
+        """The pointers and sizes a call passes (see __call__), as the C function takes them."""
         nt = len(arrays[0])
         pointers = (ctypes.c_void_p * (nt * self.n_arrays + len(extra)))()
         pointers[:] = [x.data_ptr() for row in zip(*arrays) for x in row] + [x.data_ptr() for x in extra]
         sizes = [x.numel() for x in arrays[0]]
         numel = (ctypes.c_int64 * (nt + len(extents or ())))(*sizes, *(extents or ()))
+        return Table(nt, pointers, numel, sum(sizes))
+
+    def launch(self, table: Table, h) -> None:
+        """One step over the tensors of `table`, with the scalars of h."""
         scalars = (ctypes.c_double * max(len(self.scalar_names), 1))(
             *[float(getattr(h, s)) for s in self.scalar_names])
-        threads = torch.get_num_threads() if sum(sizes) >= PARALLEL_MIN_ELEMENTS else 1
-        if self.lib.step(nt, pointers, numel, scalars, threads) != 0:
+        threads = torch.get_num_threads() if table.elements >= PARALLEL_MIN_ELEMENTS else 1
+        if self.lib.step(table.nt, table.pointers, table.numel, scalars, threads) != 0:
             raise MemoryError("fused kernel could not allocate its work tables")
+
+
+@dataclasses.dataclass
+class Table:
+    """A call's arguments besides the scalars: the tensor count, each array's pointer per tensor (tensor
+    by tensor), the sizes (and any further integers), and the elements in all (which decide the threads)."""
+
+    nt: int
+    pointers: ctypes.Array
+    numel: ctypes.Array
+    elements: int

@@ -16,6 +16,7 @@ import torch
 
 from . import boundary, codec, interop, lowprec, paths, sharded
 from .graph import ELEMENT, SCALAR
+from .plan import Plan
 from .rule import Rule, State
 
 
@@ -120,6 +121,7 @@ class RuleOptimizer(torch.optim.Optimizer):
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("path", "auto")
+        self._plans = {}  # load_state_dict comes here: its state is new (plan.py would see that too)
 
     def hyper(self, group: dict) -> SimpleNamespace:
         """The namespace `h` a rule sees for a parameter group (without per-step scalars)."""
@@ -158,9 +160,22 @@ class RuleOptimizer(torch.optim.Optimizer):
         return loss
 
     def _step_group(self, group: dict) -> None:
+        """One step of a group: by its plan where the last step left one that still applies (plan.py),
+        else the long way, which leaves a plan where one applies."""
+        plans = self.__dict__.setdefault("_plans", {})
+        plan = plans.pop(id(group), None)
+        if plan is not None and plan.step(self, group, self.hyper(group)):
+            plans[id(group)] = plan
+            return
+        if self._step_group_long(group) and not _coded_symbols(type(self)):
+            plans[id(group)] = Plan.make(self, group, self.hyper(group))
+
+    def _step_group_long(self, group: dict) -> bool:
+        """The step of a group, every check and choice made afresh; True where it stepped every parameter
+        with a gradient (not a step that only made state, nor a capturable one)."""
         params = [p for p in group["params"] if p.grad is not None]
         if not params:
-            return
+            return False
         h = self.hyper(group)
         kept = self.rule.kept(h)
         carried = tuple(self.rule.scalar_state)
@@ -184,9 +199,10 @@ class RuleOptimizer(torch.optim.Optimizer):
         boundary.admit(h, checked, [p for p, _ in dense], [state for _, state in dense],
                        lambda i: self._describe(dense[i][0]))
         if self._creates_state_only(group, params, prepared):
-            return
+            return False
         if self.capturable:
-            return self._step_on_device(h, kept, list(zip(params, prepared)))
+            self._step_on_device(h, kept, list(zip(params, prepared)))
+            return False
         for p, state in zip(params, prepared):
             key = (float(state["step"]), *(float(state[k]) for k in carried))
             buckets.setdefault(key, []).append((p, state))
@@ -206,6 +222,7 @@ class RuleOptimizer(torch.optim.Optimizer):
                 state["step"] = float(t)  # a Python number: counting 200 tensors' steps costs nothing
                 for key in carried:
                     state[key] = scalars[key]
+        return True
 
     @staticmethod
     def _creates_state_only(group: dict, params: list, prepared: list) -> bool:

@@ -87,16 +87,7 @@ def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[s
     stochastic rounding and Kahan buffers for bf16/fp16 parameters (lowprec.py; a no-op on others).
     """
     validate(path, rule)
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for i, p in enumerate(params):
-        if p.numel() == 0:  # nothing to update (and an empty matrix's row means would be 0/0)
-            continue
-        has = tuple(sym for sym, xs in states.items() if xs[i] is not None)  # per-parameter states
-        coded = tuple(sym for sym in has if isinstance(states[sym][i], codec.Coded))  # engine/codec.py
-        plain = type(p) in PLAIN
-        dense = plain and p.is_contiguous() and one_matrix(rule, h, p, has)
-        groups[(p.device, p.dtype, dense, has, plain, coded)].append(i)
-    for (device, dtype, dense, has, plain, coded), idx in groups.items():
+    for (device, dtype, dense, has, plain, coded), idx in _grouped(rule, h, params, states).items():
         pick = [params[i] for i in idx], [grads[i] for i in idx], {k: [states[k][i] for i in idx]
                                                                    for k in has}
         low = rounding.pick(idx) if rounding is not None and dtype in lowprec.LOW else None
@@ -154,6 +145,35 @@ def run(path: str, rule: Rule, h: SimpleNamespace, params, grads, states: dict[s
             run_triton(rule, h, *pick, steps=None if steps is None else [steps[i] for i in idx], amp=amp)
             continue
         RUNNERS[chosen](rule, h, *pick)
+
+
+def _grouped(rule: Rule, h: SimpleNamespace, params, states: dict[str, list]) -> dict[tuple, list[int]]:
+    """The parameters' indices by what decides their path and kernel: device, dtype, whether they are one
+    dense matrix, which states they have (`has`), whether they are plain tensors, which states are coded.
+
+    Run at every step over every parameter, so written for speed: which states a parameter has, and which
+    are coded, follow from the types of its state values, looked up once per pattern of types."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    syms = tuple(states)
+    patterns: dict[tuple, tuple] = {}
+    rows = zip(*states.values()) if syms else ((),) * len(params)
+    for i, (p, row) in enumerate(zip(params, rows)):
+        if p.numel() == 0:  # nothing to update (and an empty matrix's row means would be 0/0)
+            continue
+        kinds = tuple(map(type, row))
+        found = patterns.get(kinds)
+        if found is None:
+            has = tuple(sym for sym, kind in zip(syms, kinds) if kind is not _NONE)  # per-parameter states
+            coded = tuple(sym for sym, kind in zip(syms, kinds) if kind is codec.Coded)  # engine/codec.py
+            found = patterns[kinds] = has, coded
+        has, coded = found
+        plain = type(p) in PLAIN
+        dense = plain and p.is_contiguous() and one_matrix(rule, h, p, has)
+        groups[(p.device, p.dtype, dense, has, plain, coded)].append(i)
+    return groups
+
+
+_NONE = type(None)
 
 
 def _triton_reads_codes(rule: Rule, h: SimpleNamespace, has: tuple, capturable: bool) -> bool:

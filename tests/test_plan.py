@@ -1,0 +1,237 @@
+"""A group's remembered step (engine/plan.py): the same bits as the long way, and the long way again
+whenever something the plan depends on changed between steps.
+
+Each test runs two optimizers on equal parameters: one as a user has it (steps after the first take the
+plan where it applies), one whose plans are dropped before every step (every step the long way, with
+every check made afresh). Whatever is done to one between steps is done to the other; their parameters
+and states must stay bit-identical, or both must raise the same error.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import optimlab
+from optimlab.engine.boundary import ParameterMismatch
+
+SHAPES = [(5, 3), (7,), (2, 3, 4), (1,)]
+STEPS = 12
+
+
+def make(name: str, dtype=torch.float32, **hp):
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=g, dtype=dtype)) for s in SHAPES]
+    return params, optimlab.create(name, params, path="fused", **hp)
+
+
+def backward(params, t: int):
+    for j, p in enumerate(params):
+        p.grad = torch.sin(3 * p.detach() + t) + 0.01 * (j + 1)
+
+
+def long_way(opt):
+    """Drop the optimizer's plans, so its next step takes the long way."""
+    opt.__dict__["_plans"] = {}
+
+
+def taken(opt) -> int:
+    return sum(plan.taken for plan in opt.__dict__.get("_plans", {}).values() if plan is not None)
+
+
+def assert_same(a, b):
+    (pa, oa), (pb, ob) = a, b
+    for p, q in zip(pa, pb):
+        assert torch.equal(p.detach(), q.detach())
+        sa, sb = oa.state[p], ob.state[q]
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            x, y = sa[key], sb[key]
+            assert torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y, key
+
+
+def run_twins(name: str, perturb=None, at: int = 5, steps: int = STEPS, **hp):
+    """Both optimizers `steps` steps, `perturb(params, opt)` applied to each before step `at`."""
+    twins = [make(name, **hp), make(name, **hp)]
+    for t in range(steps):
+        for k, (params, opt) in enumerate(twins):
+            if perturb is not None and t == at:
+                perturb(params, opt)
+            if k == 1:
+                long_way(opt)
+            for group in opt.param_groups:
+                group["lr"] = 1e-2 / (1 + t)  # a schedule: numbers change, the plan stays
+            backward(params, t)
+            opt.step()
+    assert_same(*twins)
+    return twins
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd", "nadam", "radam", "adopt", "lion", "rmsprop",
+                                  "adagrad", "sophia", "schedulefree_adamw", "lars", "lamb"])
+def test_plan_gives_the_long_ways_bits(name):
+    """Per-step static scalars (ADOPT's first step, RAdam's rectification turning on at t = 6) and carried
+    scalars (NAdam's μ product) included: the plan is for one step count, and one that turns a branch
+    steps the long way and leaves a new plan."""
+    hp = {"momentum": 0.9} if name == "sgd" else {}
+    (_, planned), _ = run_twins(name, **hp)
+    if name in ("lars", "lamb"):  # per-tensor norms: the fused kernel takes two passes (see plan.py)
+        return
+    assert taken(planned) >= STEPS // 2  # the plan ran (its count restarts where a branch turned)
+
+
+def test_lars_and_lamb_take_the_plan_too():
+    for name in ("lars", "lamb"):
+        params, opt = make(name)
+        for t in range(4):
+            backward(params, t)
+            opt.step()
+        assert taken(opt) == 3
+
+
+def replace_state(shape):
+    def perturb(params, opt):
+        opt.state[params[0]]["exp_avg"] = torch.zeros(shape)
+    return perturb
+
+
+def test_a_replaced_state_is_checked_again():
+    run_twins("adamw", replace_state((5, 3)))  # the right shape: taken as the new state
+    with pytest.raises(ParameterMismatch, match="state 'exp_avg' has shape"):
+        run_twins("adamw", replace_state((4,)))
+
+
+def test_a_state_swapped_under_the_same_object_is_checked_again():
+    """`.data = …` keeps the object and moves its memory: the kernel must never write through the old
+    pointer, nor past the end of a smaller tensor."""
+    def same_size(params, opt):
+        v = opt.state[params[2]]["exp_avg_sq"]
+        v.data = v.data.clone()
+
+    def smaller(params, opt):
+        v = opt.state[params[2]]["exp_avg_sq"]
+        v.data = torch.zeros(3)
+
+    run_twins("adamw", same_size)
+    with pytest.raises(ParameterMismatch, match="state 'exp_avg_sq' has shape"):
+        run_twins("adamw", smaller)
+
+
+def test_a_parameter_moved_in_place_is_stepped_where_it_now_is():
+    def clone(params, opt):
+        params[1].data = params[1].data.clone()
+
+    run_twins("adamw", clone)
+
+
+def test_model_to_float64_moves_the_state_along():
+    def to64(params, opt):
+        for p in params:
+            p.data = p.data.double()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "optimizer state follows its parameter": expected
+        (params, opt), _ = run_twins("adamw", to64)
+    assert all(opt.state[p]["exp_avg"].dtype == torch.float64 for p in params)
+
+
+@pytest.mark.parametrize("planned", [True, False])
+def test_bad_gradients_are_refused_after_planned_steps(planned):
+    params, opt = make("adamw")
+    for t in range(3):
+        backward(params, t)
+        opt.step()
+    assert taken(opt) == 2
+    before = [p.detach().clone() for p in params]
+    for bad in (params[0].grad.double(), torch.zeros(4)):
+        backward(params, 3)
+        params[0].grad.data = bad  # .data bypasses autograd's own check (the object stays the same)
+        if not planned:
+            long_way(opt)
+        with pytest.raises(ParameterMismatch, match="parameter 0 .*the gradient is"):
+            opt.step()
+    assert all(torch.equal(p.detach(), q) for p, q in zip(params, before))  # nothing moved
+
+
+def test_strided_and_missing_gradients():
+    twins = [make("adamw"), make("adamw")]
+    for t in range(8):
+        for k, (params, opt) in enumerate(twins):
+            if k == 1:
+                long_way(opt)
+            backward(params, t)
+            if t >= 3:  # a transposed gradient: the same shape, not contiguous
+                params[0].grad = params[0].grad.t().contiguous().t()
+            if t == 4:
+                params[3].grad = None  # no gradient: this parameter does not move, nor count a step
+            opt.step()
+    assert_same(*twins)
+
+
+def test_deleted_state_edited_step_counts_and_loaded_checkpoints():
+    def delete(params, opt):
+        del opt.state[params[1]]
+
+    def edit_step(params, opt):
+        opt.state[params[2]]["step"] = 2.0
+
+    run_twins("adamw", delete)
+    run_twins("adamw", edit_step)
+
+    def load(params, opt):
+        fresh_params, fresh = make("adamw")
+        fresh.load_state_dict(opt.state_dict())
+        opt.load_state_dict(fresh.state_dict())
+
+    run_twins("adamw", load)
+
+
+def test_hyperparameters_that_change_the_kernel_and_a_new_path():
+    def decay(params, opt):
+        opt.param_groups[0]["weight_decay"] = 0.0  # the flag that skips 0·θ turns off
+
+    def amsgrad(params, opt):
+        opt.param_groups[0]["amsgrad"] = True  # a new state, max_exp_avg_sq
+
+    def foreach(params, opt):
+        opt.path = "foreach"
+
+    run_twins("adamw", decay)
+    (params, opt), _ = run_twins("adamw", amsgrad)
+    assert "max_exp_avg_sq" in opt.state[params[0]]
+    (params, opt), _ = run_twins("adamw", foreach)
+    assert taken(opt) == 0  # foreach steps never take a plan
+
+
+def test_no_plan_where_it_does_not_apply():
+    """Coded states, bf16 rounding options, several dtypes in a group: every step the long way."""
+    cases = [("adamw8bit", {"min_8bit_size": 0}), ("adamw", {"stochastic_rounding": True}),
+             ("adamw", {"kahan_summation": True})]
+    for name, hp in cases:
+        params, opt = make(name, **hp)
+        for t in range(3):
+            backward(params, t)
+            opt.step()
+        assert taken(opt) == 0, name
+    mixed = [torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(3, dtype=torch.float64))]
+    opt = optimlab.create("adamw", mixed)
+    for t in range(3):
+        backward(mixed, t)
+        opt.step()
+    assert taken(opt) == 0
+
+
+def test_pickled_and_copied_optimizers_leave_their_plans_behind():
+    import copy
+    import pickle
+
+    params, opt = make("adamw")
+    for t in range(3):
+        backward(params, t)
+        opt.step()
+    assert taken(opt) == 2
+    clone = copy.deepcopy(opt)
+    assert not clone.__dict__.get("_plans")
+    pickle.dumps(opt.state_dict())
