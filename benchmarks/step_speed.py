@@ -94,7 +94,12 @@ def layout_transformer(total: int, d: int = 352, vocab: int = 3000) -> list[tupl
     return shapes + [(d,), (d,)]
 
 
-LAYOUTS = {"flat": layout_flat, "transformer": layout_transformer, "5x1M": layout_five}
+def layout_small(total: int) -> list[tuple]:
+    """A small transformer (d = 64, ~1 M parameters in ~250 tensors), where per-step host work shows."""
+    return layout_transformer(1_000_000, d=64, vocab=500)
+
+
+LAYOUTS = {"flat": layout_flat, "transformer": layout_transformer, "5x1M": layout_five, "small": layout_small}
 
 
 def bytes_per_param(text: str) -> int | None:
@@ -373,7 +378,8 @@ def main() -> int:
                         help="comma-separated subset of: " + ", ".join(CANDIDATES))
     parser.add_argument("--layouts", default="flat,transformer",
                         help="flat (10 tensors), transformer (~200 tensors), "
-                             "5x1M (5 tensors of 1 M; ignores --params)")
+                             "5x1M (5 tensors of 1 M; ignores --params), "
+                             "small (~1 M parameters in ~250 tensors; ignores --params)")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the peak-memory probes (a process each)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
