@@ -13,6 +13,8 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import optimlab
 from optimlab.engine.boundary import ParameterMismatch
@@ -137,22 +139,44 @@ def test_model_to_float64_moves_the_state_along():
     assert all(opt.state[p]["exp_avg"].dtype == torch.float64 for p in params)
 
 
+def _float64_gradient(params, opt):
+    params[0].grad.data = params[0].grad.double()  # .data bypasses autograd's own check
+
+
+def _short_gradient(params, opt):
+    params[0].grad.data = torch.zeros(4)
+
+
+def _state_viewed_smaller(params, opt):
+    v = opt.state[params[0]]["exp_avg_sq"]
+    v.data = v.data.view(-1)[:3]  # the same memory: only the shape tells
+
+
+def _parameter_viewed_as_half(params, opt):
+    params[0].data = params[0].data.view(torch.float16)  # the same memory, another dtype and shape
+
+
+FAULTS = {_float64_gradient: "parameter 0 .*the gradient is", _short_gradient: "parameter 0 .*the gradient is",
+          _state_viewed_smaller: "state 'exp_avg_sq' has shape",
+          _parameter_viewed_as_half: "the gradient is"}
+
+
 @pytest.mark.parametrize("planned", [True, False])
-def test_bad_gradients_are_refused_after_planned_steps(planned):
+@pytest.mark.parametrize("fault", list(FAULTS), ids=lambda f: f.__name__.strip("_"))
+def test_what_does_not_fit_is_refused_after_planned_steps(fault, planned):
     params, opt = make("adamw")
     for t in range(3):
         backward(params, t)
         opt.step()
     assert taken(opt) == 2
-    before = [p.detach().clone() for p in params]
-    for bad in (params[0].grad.double(), torch.zeros(4)):
-        backward(params, 3)
-        params[0].grad.data = bad  # .data bypasses autograd's own check (the object stays the same)
-        if not planned:
-            long_way(opt)
-        with pytest.raises(ParameterMismatch, match="parameter 0 .*the gradient is"):
-            opt.step()
-    assert all(torch.equal(p.detach(), q) for p, q in zip(params, before))  # nothing moved
+    before = [p.detach().clone() for p in params[1:]]
+    backward(params, 3)
+    fault(params, opt)
+    if not planned:
+        long_way(opt)
+    with pytest.raises(ParameterMismatch, match=FAULTS[fault]):
+        opt.step()
+    assert all(torch.equal(p.detach(), q) for p, q in zip(params[1:], before))  # nothing moved
 
 
 def test_strided_and_missing_gradients():
@@ -235,3 +259,64 @@ def test_pickled_and_copied_optimizers_leave_their_plans_behind():
     clone = copy.deepcopy(opt)
     assert not clone.__dict__.get("_plans")
     pickle.dumps(opt.state_dict())
+
+
+# --- random sequences of steps and changes, each done to both optimizers -----------------------------
+
+def _replace_state(params, opt, j):
+    d = opt.state.get(params[j])
+    if d and "exp_avg" in d:
+        d["exp_avg"] = d["exp_avg"].clone()
+
+
+def _swap_state_memory(params, opt, j):
+    d = opt.state.get(params[j])
+    if d and "exp_avg_sq" in d:
+        d["exp_avg_sq"].data = d["exp_avg_sq"].data.clone()
+
+
+def _move_parameter(params, opt, j):
+    params[j].data = params[j].data.clone()
+
+
+def _delete_state(params, opt, j):
+    opt.state.pop(params[j], None)
+
+
+def _reload(params, opt, j):
+    opt.load_state_dict(opt.state_dict())
+
+
+def _toggle_decay(params, opt, j):
+    group = opt.param_groups[0]
+    group["weight_decay"] = 0.0 if group["weight_decay"] else 0.05
+
+
+def _toggle_path(params, opt, j):
+    opt.path = "foreach" if opt.path == "fused" else "fused"
+
+
+CHANGES = [_replace_state, _swap_state_memory, _move_parameter, _delete_state, _reload, _toggle_decay,
+           _toggle_path]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["adamw", "nadam", "radam", "adopt"]),
+       st.lists(st.tuples(st.sampled_from([None, *range(len(CHANGES))]), st.integers(0, len(SHAPES) - 1),
+                          st.sampled_from(["grad", "no grad", "strided grad"])), min_size=2, max_size=10))
+def test_random_sequences_of_changes_between_steps(name, actions):
+    """Each action: maybe a change, then a step (a parameter without a gradient, or with a strided one)."""
+    twins = [make(name, weight_decay=0.05), make(name, weight_decay=0.05)]
+    for t, (change, j, grad) in enumerate(actions):
+        for k, (params, opt) in enumerate(twins):
+            if change is not None:
+                CHANGES[change](params, opt, j)
+            backward(params, t)
+            if grad == "no grad":
+                params[j].grad = None
+            elif grad == "strided grad" and params[j].dim() == 2:
+                params[j].grad = params[j].grad.t().contiguous().t()
+            if k == 1:
+                long_way(opt)
+            opt.step()
+        assert_same(*twins)
