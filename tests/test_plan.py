@@ -156,7 +156,8 @@ def _parameter_viewed_as_half(params, opt):
     params[0].data = params[0].data.view(torch.float16)  # the same memory, another dtype and shape
 
 
-FAULTS = {_float64_gradient: "parameter 0 .*the gradient is", _short_gradient: "parameter 0 .*the gradient is",
+FAULTS = {_float64_gradient: "parameter 0 .*the gradient is",
+          _short_gradient: "parameter 0 .*the gradient is",
           _state_viewed_smaller: "state 'exp_avg_sq' has shape",
           _parameter_viewed_as_half: "the gradient is"}
 
