@@ -1,18 +1,19 @@
-"""A group's step remembered: what the fused CPU kernel needs to step a parameter group again, and the
-checks that say it still applies.
+"""A group's step remembered: what a fast path needs to step a parameter group again, and the checks
+that say it still applies.
 
 A step walks a group's parameters many times in Python (missing state made, the boundary's checks, the
 grouping by device, dtype and states, the kernel's pointer table). For a model of a few hundred small
-tensors that walk takes longer than the kernel. So after a step that ran as one fused kernel call over
-the whole group, the optimizer keeps a `Plan`: the parameters, their state dicts and state tensors, the
-kernel and its pointer table. The next step checks, in one loop, everything that can change between
-steps without the engine seeing it, and takes the long way (which makes a new plan) if anything did:
+tensors that walk takes longer than the kernel. So after a step that ran as one call of a fast path over
+the whole group (the C kernel on the CPU, Triton on CUDA, foreach elsewhere), the optimizer keeps a
+`Plan`: the parameters, their state dicts and state tensors, the path's arguments (for the C kernel, its
+pointer table). The next step checks, in one loop, everything that can change between steps without the
+engine seeing it, and takes the long way (which makes a new plan) if anything did:
 
 * the group's parameters with gradients (by identity), the optimizer's state dicts and each state tensor
   (by identity: a replaced tensor, a loaded checkpoint, a deleted state are new objects) and each step
   count (edited by hand?);
-* each parameter's and state tensor's data pointer, dtype and the parameter's shape (`p.data = …` and
-  `model.to()` keep the object but move its memory), so the kernel never writes through a stale pointer;
+* each parameter's and state tensor's data pointer, dtype and shape (`p.data = …` and `model.to()` keep
+  the object but move its memory), so a kernel never writes through a stale pointer;
 * each new gradient: the boundary's checks (shape, dtype, device, dense layout), and contiguity;
 * the path, the static hyperparameters (flags: a weight decay set to 0 changes the kernel), and options
   the plan does not cover (capturable steps, stochastic rounding, Kahan buffers).
@@ -20,7 +21,7 @@ steps without the engine seeing it, and takes the long way (which makes a new pl
 What a plan does not cover keeps taking the long way on every step: optimizers with coded (8-bit)
 states, matrix rules, tensor subclasses, complex or empty parameters, states shaped unlike their
 parameter, parameters of several dtypes or devices in one group, sparse or strided gradients, step counts
-that differ between parameters (or are still 0), and every path but the CPU's fused kernel.
+that differ between parameters (or are still 0), capturable steps, and the tensor path.
 """
 
 from __future__ import annotations
@@ -50,22 +51,24 @@ class Plan:
         # The kernel of the next step: per-step scalars may be static (ADOPT's first step, RAdam's branch)
         upcoming, _ = self.upcoming(h)
         self.static = static_key(upcoming)
-        kept = tuple(rule.kept(h))
-        graph = paths.graph_of(rule, upcoming, self.static, kept)
-        self.kernel = paths.kernel_of(rule, upcoming, self.dtype, self.static, kept, {})
-        names = paths.kernel_arrays(graph, {})
-        columns = {"θ": list(params), "g": [p.grad for p in params],
-                   **{sym: [d[s.key] for d in dicts] for sym, s in rule.kept(h).items()}}
-        self.table = self.kernel.table([columns[name] for name in names])
-        # where a gradient's pointer sits in its tensor's row of the table
-        self.width, self.g_column = len(names), names.index("g")
-        self.θ_pointers = tuple(p.data_ptr() for p in params)  # what the table holds, to compare with
+        kept = rule.kept(h)
+        self.states = {sym: [d[s.key] for d in dicts] for sym, s in kept.items()}  # as the paths take them
+        self.chosen = paths.choose(opt.path, rule, self.device, True)
+        self.θ_pointers = tuple(p.data_ptr() for p in params)
         self.state_pointers = tuple(tuple(v.data_ptr() for v in values) for values in self.values)
+        if self.chosen == "fused":  # the kernel and its pointer table, made here once
+            graph = paths.graph_of(rule, upcoming, self.static, tuple(kept))
+            self.kernel = paths.kernel_of(rule, upcoming, self.dtype, self.static, tuple(kept), {})
+            names = paths.kernel_arrays(graph, {})
+            columns = {"θ": list(params), "g": [p.grad for p in params], **self.states}
+            self.table = self.kernel.table([columns[name] for name in names])
+            # where a gradient's pointer sits in its tensor's row of the table
+            self.width, self.g_column = len(names), names.index("g")
         self.taken = 0  # steps taken by this plan (the tests check that it runs)
 
     @classmethod
     def make(cls, opt, group: dict, h: SimpleNamespace) -> Plan | None:
-        """A plan for the step `group` just took, or None where one would not run as one fused call.
+        """A plan for the step `group` just took, or None where it would not run as one call of a path.
         (The optimizer asks only where it stores no state through a codec.)"""
         params = [p for p in group["params"] if p.grad is not None]
         if (not params or opt.capturable or group.get("stochastic_rounding") or group.get("kahan_summation")
@@ -73,7 +76,7 @@ class Plan:
             return None
         kept = opt.rule.kept(h)
         dtype, device = params[0].dtype, params[0].device
-        if paths.choose(opt.path, opt.rule, device, True) != "fused":
+        if paths.choose(opt.path, opt.rule, device, True) not in ("fused", "triton", "foreach"):
             return None
         for p in params:
             g = p.grad
@@ -115,10 +118,15 @@ class Plan:
         grads = self._checked_gradients(opt.state)
         if grads is None:
             return False
-        pointers, width, column = self.table.pointers, self.width, self.g_column
-        for i, g in enumerate(grads):
-            pointers[i * width + column] = g.data_ptr()
-        self.kernel.launch(self.table, hs)
+        if self.chosen == "fused":
+            pointers, width, column = self.table.pointers, self.width, self.g_column
+            for i, g in enumerate(grads):
+                pointers[i * width + column] = g.data_ptr()
+            self.kernel.launch(self.table, hs)
+        elif self.chosen == "triton":
+            paths.run_triton(self.rule, hs, list(self.params), grads, self.states)
+        else:
+            paths.run_foreach(self.rule, hs, list(self.params), grads, self.states)
         t, carried = self.t + 1, {key: scalars[key] for key in self.carried}
         for d in self.dicts:
             d["step"] = t

@@ -12,8 +12,10 @@ tables of its warm-up step. With `capturable=True` the rule's per-step scalars a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.util
+import operator
 from types import SimpleNamespace
 
 import torch
@@ -78,8 +80,8 @@ def launch(kernel_of, arrays: list[list[torch.Tensor]], h, shapes=None, steps=No
     torch's fused kernels take them, beside all-bf16 ones) through `kernel_of(dtypes)`, in one launch
     per pass. See Kernel.__call__ for the arguments."""
     groups: dict[tuple, list[int]] = {}
-    for i in range(len(arrays[0])):
-        groups.setdefault(tuple(xs[i].dtype for xs in arrays), []).append(i)
+    for i, dtypes in enumerate(zip(*[[x.dtype for x in xs] for xs in arrays])):
+        groups.setdefault(dtypes, []).append(i)
     for dtypes, idx in groups.items():
         def pick(xs, idx=idx):
             return xs if xs is None or len(groups) == 1 else [xs[i] for i in idx]
@@ -121,7 +123,8 @@ class Kernel:
         device = arrays[0][0].device
         sizes = tuple(x.numel() for x in arrays[0])
         nt, na = len(sizes), len(arrays)
-        ptrs = _device_table([x.data_ptr() for row in zip(*arrays) for x in row], device)
+        pointers = [x.data_ptr() for row in zip(*arrays) for x in row]
+        ptrs = _device_table(pointers, device)
         npt, nr = max(self.per_tensor, 1), max(len(self.graph.reductions), 1)
         values = _scalar_values(self.graph, h, self.compute, self.scalars, self.device_step)
         # Per-step numbers in a small device array: arguments that never recompile a kernel.
@@ -141,7 +144,7 @@ class Kernel:
         qmap = self._qmap(device) if self.coded else unused
         args = (ptrs, unused, pt, part, unused, unused, 0, sc, stp, scale, found_inf, chunk_t, chunk_lo,
                 numel, qmap)
-        aligned = all(x.data_ptr() % 16 == 0 for xs in arrays for x in xs)
+        aligned = functools.reduce(operator.or_, pointers, 0) % 16 == 0  # every pointer a multiple of 16
         for k in range(self.plan.passes):
             kernel = getattr(self.module, f"pass_{k}")
             for c0, count, whole in ((0, full, True), (full, nc - full, False)):  # whole chunks, then tails
