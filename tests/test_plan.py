@@ -329,3 +329,37 @@ def test_random_sequences_of_changes_between_steps(name, actions):
                 long_way(opt)
             opt.step()
         assert_same(*twins)
+
+
+def test_a_plan_keeps_no_state_alive():
+    """`optimizer.state.clear()` frees the state even though the group has a plan; the next step makes
+    new state the long way, as a fresh optimizer would."""
+    import gc
+    import weakref
+
+    params, opt = make("adamw")
+    for t in range(3):
+        backward(params, t)
+        opt.step()
+    assert taken(opt) == 2
+    refs = [weakref.ref(v) for d in opt.state.values() for v in d.values() if isinstance(v, torch.Tensor)]
+    opt.state.clear()
+    gc.collect()
+    assert refs and all(r() is None for r in refs)
+    backward(params, 3)
+    opt.step()
+    assert all(opt.state[p]["step"] == 1.0 for p in params)
+
+
+def test_a_removed_group_takes_its_plan_along():
+    params, opt = make("adamw")
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(3))]})
+    extra = opt.param_groups[1]["params"]
+    for t in range(3):
+        backward(params + extra, t)
+        opt.step()
+    assert len(opt.__dict__["_plans"]) == 2
+    del opt.param_groups[1]
+    backward(params, 3)
+    opt.step()
+    assert list(opt.__dict__["_plans"]) == [id(opt.param_groups[0])]

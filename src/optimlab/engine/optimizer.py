@@ -157,6 +157,11 @@ class RuleOptimizer(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             self._step_group(group)
+        plans = self.__dict__.get("_plans")
+        if plans and len(plans) > len(self.param_groups):  # a group was removed: its plan goes too
+            live = {id(group) for group in self.param_groups}
+            for key in [key for key in plans if key not in live]:
+                del plans[key]
         return loss
 
     def _step_group(self, group: dict) -> None:

@@ -9,9 +9,9 @@ the whole group (the C kernel on the CPU, Triton on CUDA, foreach elsewhere), th
 pointer table). The next step checks, in one loop, everything that can change between steps without the
 engine seeing it, and takes the long way (which makes a new plan) if anything did:
 
-* the group's parameters with gradients (by identity), the optimizer's state dicts and each state tensor
-  (by identity: a replaced tensor, a loaded checkpoint, a deleted state are new objects) and each step
-  count (edited by hand?);
+* the group's parameters with gradients (by identity), each state tensor in the optimizer's state (by
+  identity: a replaced tensor, a loaded checkpoint, a deleted state are new objects or none) and each
+  step count (edited by hand?);
 * each parameter's and state tensor's data pointer, dtype and shape (`p.data = …` and `model.to()` keep
   the object but move its memory), so a kernel never writes through a stale pointer;
 * each new gradient: the boundary's checks (shape, dtype, device, dense layout), and contiguity;
@@ -27,6 +27,7 @@ that differ between parameters (or are still 0), capturable steps, and the tenso
 from __future__ import annotations
 
 import operator
+import weakref
 from types import SimpleNamespace
 
 import torch
@@ -36,31 +37,35 @@ from .graph import static_key
 
 
 class Plan:
+    """The step of one group, as the last step left it. A plan keeps no state alive: it holds the group
+    (which the optimizer holds) and weak references to the state tensors, so `optimizer.state.clear()`
+    frees them and the next step takes the long way."""
+
     def __init__(self, opt, group: dict, h: SimpleNamespace, params: list, dicts: list[dict], t: float):
         """A plan for `group` after a step that left each parameter's state in `dicts` at step count t.
         Use `Plan.make`, which says None where a plan does not apply."""
         rule = opt.rule
-        self.rule, self.group, self.path, self.state = rule, group, opt.path, opt.state
-        self.keys = tuple(s.key for s in rule.kept(h).values())
-        self.params, self.dicts = tuple(params), tuple(dicts)
+        self.rule, self.group, self.path = rule, group, opt.path
+        kept = rule.kept(h)
+        self.syms, self.keys = tuple(kept), tuple(s.key for s in kept.values())
+        self.params = tuple(params)
         self.dtype, self.device = params[0].dtype, params[0].device
         self.shapes = tuple(p.shape for p in params)
-        self.values = tuple(tuple(d[key] for key in self.keys) for d in dicts)
+        self.values = tuple(tuple(weakref.ref(d[key]) for key in self.keys) for d in dicts)
         self.t = t
         self.carried = {key: dicts[0][key] for key in rule.scalar_state}
         # The kernel of the next step: per-step scalars may be static (ADOPT's first step, RAdam's branch)
         upcoming, _ = self.upcoming(h)
         self.static = static_key(upcoming)
-        kept = rule.kept(h)
-        self.states = {sym: [d[s.key] for d in dicts] for sym, s in kept.items()}  # as the paths take them
         self.chosen = paths.choose(opt.path, rule, self.device, True)
         self.θ_pointers = tuple(p.data_ptr() for p in params)
-        self.state_pointers = tuple(tuple(v.data_ptr() for v in values) for values in self.values)
-        if self.chosen == "fused":  # the kernel and its pointer table, made here once
-            graph = paths.graph_of(rule, upcoming, self.static, tuple(kept))
-            self.kernel = paths.kernel_of(rule, upcoming, self.dtype, self.static, tuple(kept), {})
+        self.state_pointers = tuple(tuple(d[key].data_ptr() for key in self.keys) for d in dicts)
+        if self.chosen == "fused":  # the kernel and its pointer table (raw pointers: checked before use)
+            graph = paths.graph_of(rule, upcoming, self.static, self.syms)
+            self.kernel = paths.kernel_of(rule, upcoming, self.dtype, self.static, self.syms, {})
             names = paths.kernel_arrays(graph, {})
-            columns = {"θ": list(params), "g": [p.grad for p in params], **self.states}
+            columns = {"θ": list(params), "g": [p.grad for p in params],
+                       **{sym: [d[key] for d in dicts] for sym, key in zip(self.syms, self.keys)}}
             self.table = self.kernel.table([columns[name] for name in names])
             # where a gradient's pointer sits in its tensor's row of the table
             self.width, self.g_column = len(names), names.index("g")
@@ -106,7 +111,7 @@ class Plan:
 
     def step(self, opt, group: dict, h: SimpleNamespace) -> bool:
         """Take the group's step if the plan still applies (and say so); else change nothing, say False."""
-        if (group is not self.group or opt.path != self.path or opt.state is not self.state or opt.capturable
+        if (group is not self.group or opt.path != self.path or opt.capturable
                 or group.get("stochastic_rounding") or group.get("kahan_summation")):
             return False
         hs, scalars = self.upcoming(h)
@@ -115,20 +120,20 @@ class Plan:
         params = [p for p in group["params"] if p.grad is not None]
         if len(params) != len(self.params) or not all(map(operator.is_, params, self.params)):
             return False
-        grads = self._checked_gradients(opt.state)
-        if grads is None:
+        checked = self._checked(opt.state)
+        if checked is None:
             return False
+        dicts, grads, states = checked
         if self.chosen == "fused":
             pointers, width, column = self.table.pointers, self.width, self.g_column
             for i, g in enumerate(grads):
                 pointers[i * width + column] = g.data_ptr()
             self.kernel.launch(self.table, hs)
-        elif self.chosen == "triton":
-            paths.run_triton(self.rule, hs, list(self.params), grads, self.states)
         else:
-            paths.run_foreach(self.rule, hs, list(self.params), grads, self.states)
+            run = paths.run_triton if self.chosen == "triton" else paths.run_foreach
+            run(self.rule, hs, list(self.params), grads, dict(zip(self.syms, states)))
         t, carried = self.t + 1, {key: scalars[key] for key in self.carried}
-        for d in self.dicts:
+        for d in dicts:
             d["step"] = t
             d.update(carried)
         self.t, self.carried = t, carried
@@ -140,21 +145,25 @@ class Plan:
         scalars = self.rule.step_scalars(h, int(self.t) + 1, self.carried)
         return SimpleNamespace(**vars(h), **scalars), scalars
 
-    def _checked_gradients(self, state: dict) -> list | None:
-        """Each parameter's gradient, if every check of the module docstring passes; else None."""
+    def _checked(self, state: dict) -> tuple[list, list, list] | None:
+        """Each parameter's state dict and gradient, and each kept state's tensors (one list per state),
+        if every check of the module docstring passes; else None."""
         keys, dtype, device, strided, t = self.keys, self.dtype, self.device, torch.strided, self.t
-        grads = []
-        for p, d, shape, values, θ_pointer, pointers in zip(self.params, self.dicts, self.shapes, self.values,
-                                                            self.θ_pointers, self.state_pointers):
-            g = p.grad
-            if (state.get(p) is not d or d.get("step") != t or p.data_ptr() != θ_pointer
+        dicts, grads, states = [], [], [[] for _ in keys]
+        for p, shape, refs, θ_pointer, pointers in zip(self.params, self.shapes, self.values, self.θ_pointers,
+                                                       self.state_pointers):
+            d, g = state.get(p), p.grad
+            if (d is None or d.get("step") != t or p.data_ptr() != θ_pointer
                     or p.dtype is not dtype or p.shape != shape or g.layout is not strided
                     or g.shape != shape or g.dtype is not dtype or g.device != device
                     or not g.is_contiguous()):
                 return None
-            for key, value, pointer in zip(keys, values, pointers):
-                if (d.get(key) is not value or value.data_ptr() != pointer or value.dtype is not dtype
-                        or value.shape != shape):
+            for key, ref, pointer, column in zip(keys, refs, pointers, states):
+                value = ref()
+                if (value is None or d.get(key) is not value or value.data_ptr() != pointer
+                        or value.dtype is not dtype or value.shape != shape):
                     return None
+                column.append(value)
+            dicts.append(d)
             grads.append(g)
-        return grads
+        return dicts, grads, states
