@@ -109,6 +109,14 @@ def replace_state(shape):
 
 def test_a_replaced_state_is_checked_again():
     run_twins("adamw", replace_state((5, 3)))  # the right shape: taken as the new state
+    kept_alive = []
+
+    def replace_keeping_the_old(params, opt):
+        state = opt.state[params[0]]
+        kept_alive.append(state["exp_avg"])  # alive and unchanged in memory: only its identity tells
+        state["exp_avg"] = state["exp_avg"].clone()
+
+    run_twins("adamw", replace_keeping_the_old)
     with pytest.raises(ParameterMismatch, match="state 'exp_avg' has shape"):
         run_twins("adamw", replace_state((4,)))
 
@@ -160,6 +168,16 @@ def _state_viewed_smaller(params, opt):
     v.data = v.data.view(-1)[:3]  # the same memory: only the shape tells
 
 
+def _nan_block_scales(params, opt):
+    state = opt.state[params[0]]
+    state["exp_avg_absmax"] = torch.full_like(state["exp_avg_absmax"], float("nan"))
+
+
+def _codes_viewed_smaller(params, opt):
+    codes = opt.state[params[0]]["exp_avg_codes"]
+    codes.data = codes.data.view(-1)[:3]
+
+
 def _parameter_viewed_as_half(params, opt):
     params[0].data = params[0].data.view(torch.float16)  # the same memory, another dtype and shape
 
@@ -167,13 +185,16 @@ def _parameter_viewed_as_half(params, opt):
 FAULTS = {_float64_gradient: "parameter 0 .*the gradient is",
           _short_gradient: "parameter 0 .*the gradient is",
           _state_viewed_smaller: "state 'exp_avg_sq' has shape",
-          _parameter_viewed_as_half: "the gradient is"}
+          _parameter_viewed_as_half: "the gradient is",
+          _nan_block_scales: "'exp_avg_absmax' holds NaN",
+          _codes_viewed_smaller: "'exp_avg_codes' is \\(3,\\)"}
 
 
 @pytest.mark.parametrize("planned", [True, False])
 @pytest.mark.parametrize("fault", list(FAULTS), ids=lambda f: f.__name__.strip("_"))
 def test_what_does_not_fit_is_refused_after_planned_steps(fault, planned):
-    params, opt = make("adamw")
+    coded = fault in (_nan_block_scales, _codes_viewed_smaller)
+    params, opt = make("adamw8bit", min_8bit_size=0) if coded else make("adamw")
     for t in range(3):
         backward(params, t)
         opt.step()
@@ -235,25 +256,65 @@ def test_hyperparameters_that_change_the_kernel_and_a_new_path():
     (params, opt), _ = run_twins("adamw", amsgrad)
     assert "max_exp_avg_sq" in opt.state[params[0]]
     (params, opt), _ = run_twins("adamw", foreach)
-    assert opt.__dict__["_plans"][id(opt.param_groups[0])].chosen == "foreach"  # a plan of its own
+    assert [call.path for call in opt.__dict__["_plans"][id(opt.param_groups[0])].calls] == ["foreach"]
 
 
-def test_no_plan_where_it_does_not_apply():
-    """Coded states, bf16 rounding options, several dtypes in a group: every step the long way."""
-    cases = [("adamw8bit", {"min_8bit_size": 0}), ("adamw", {"stochastic_rounding": True}),
-             ("adamw", {"kahan_summation": True})]
-    for name, hp in cases:
-        params, opt = make(name, **hp)
+@pytest.mark.parametrize("path", ["fused", "triton"])
+@pytest.mark.parametrize("min_8bit_size", [0, 12])
+def test_8bit_states_are_planned_too(path, min_8bit_size):
+    """Coded states read and written by the kernel itself; with min_8bit_size=12 the two larger tensors
+    are coded and the two smaller keep fp32 state: two calls, one plan."""
+    (params, planned), _ = run_twins("adamw8bit", path=path, min_8bit_size=min_8bit_size)
+    assert taken(planned) >= STEPS // 2
+    coded = ["exp_avg_codes" in planned.state[p] for p in params]
+    assert coded == [p.numel() >= min_8bit_size for p in params]
+
+
+def test_8bit_coding_changed_between_steps():
+    def code_all(params, opt):
+        opt.param_groups[0]["min_8bit_size"] = 0  # the small tensors' states are coded at the next step
+
+    (params, opt), _ = run_twins("adamw8bit", code_all, min_8bit_size=12)
+    assert all("exp_avg_codes" in opt.state[p] for p in params)
+
+
+@pytest.mark.parametrize("path", ["fused", "foreach", "triton"])
+def test_matrix_rules_and_mixed_dtypes_are_planned(path):
+    """Adafactor keeps row and column statistics for matrices and a full v for vectors: one call each."""
+    (_, planned), _ = run_twins("adafactor", path=path)
+    assert taken(planned) >= STEPS // 2
+    twins = []
+    for _ in range(2):
+        g = torch.Generator().manual_seed(1)
+        params = [torch.nn.Parameter(torch.randn(5, 3, generator=g)),
+                  torch.nn.Parameter(torch.randn(4, generator=g, dtype=torch.float64))]
+        twins.append((params, optimlab.create("adamw", params, path=path)))
+    for t in range(6):
+        for k, (params, opt) in enumerate(twins):
+            if k == 1:
+                long_way(opt)
+            backward(params, t)
+            opt.step()
+    assert_same(*twins)
+    assert taken(twins[0][1]) == 5
+
+
+def test_a_state_a_parameter_did_not_keep_is_seen():
+    """A full `variance` added by hand to a matrix's Adafactor state (which keeps row and column ones):
+    the long way takes it as the state is now, and so must the planned optimizer."""
+    def add_variance(params, opt):
+        opt.state[params[0]]["variance"] = torch.ones(params[0].shape)
+
+    run_twins("adafactor", add_variance)
+
+
+def test_no_plan_with_rounding_options():
+    for hp in ({"stochastic_rounding": True}, {"kahan_summation": True}):
+        params, opt = make("adamw", **hp)
         for t in range(3):
             backward(params, t)
             opt.step()
-        assert taken(opt) == 0, name
-    mixed = [torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(3, dtype=torch.float64))]
-    opt = optimlab.create("adamw", mixed)
-    for t in range(3):
-        backward(mixed, t)
-        opt.step()
-    assert taken(opt) == 0
+        assert taken(opt) == 0, hp
 
 
 def test_pickled_and_copied_optimizers_leave_their_plans_behind():
@@ -309,13 +370,17 @@ CHANGES = [_replace_state, _swap_state_memory, _move_parameter, _delete_state, _
            _toggle_path]
 
 
+RANDOM = {"adamw": {}, "nadam": {}, "radam": {}, "adopt": {}, "adamw8bit": {"min_8bit_size": 12},
+          "adafactor": {}}
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(["adamw", "nadam", "radam", "adopt"]),
+@given(st.sampled_from(list(RANDOM)),
        st.lists(st.tuples(st.sampled_from([None, *range(len(CHANGES))]), st.integers(0, len(SHAPES) - 1),
                           st.sampled_from(["grad", "no grad", "strided grad"])), min_size=2, max_size=10))
 def test_random_sequences_of_changes_between_steps(name, actions):
     """Each action: maybe a change, then a step (a parameter without a gradient, or with a strided one)."""
-    twins = [make(name, weight_decay=0.05), make(name, weight_decay=0.05)]
+    twins = [make(name, weight_decay=0.05, **RANDOM[name]), make(name, weight_decay=0.05, **RANDOM[name])]
     for t, (change, j, grad) in enumerate(actions):
         for k, (params, opt) in enumerate(twins):
             if change is not None:

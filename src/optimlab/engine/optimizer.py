@@ -172,8 +172,8 @@ class RuleOptimizer(torch.optim.Optimizer):
         if plan is not None and plan.step(self, group, self.hyper(group)):
             plans[id(group)] = plan
             return
-        if self._step_group_long(group) and not _coded_symbols(type(self)):
-            plans[id(group)] = Plan.make(self, group, self.hyper(group))
+        if self._step_group_long(group):
+            plans[id(group)] = Plan.make(self, group, self.hyper(group), _coded_symbols(type(self)))
 
     def _step_group_long(self, group: dict) -> bool:
         """The step of a group, every check and choice made afresh; True where it stepped every parameter

@@ -176,6 +176,23 @@ def _grouped(rule: Rule, h: SimpleNamespace, params, states: dict[str, list]) ->
 _NONE = type(None)
 
 
+def one_call_each(path: str, rule: Rule, h: SimpleNamespace, params, states: dict[str, list]) -> list | None:
+    """How `run` steps these parameters where each of its groups is one call of a fast path that takes the
+    states as they are stored (codes read by the kernel itself): [(path, parameter indices)]; None where
+    a group would take another way (the tensor path, a subclass, states decoded around the step)."""
+    calls = []
+    for (device, dtype, dense, has, plain, coded), idx in _grouped(rule, h, params, states).items():
+        chosen = choose(path, rule, device, dense) if plain and dense else "tensor"
+        if chosen not in ("fused", "triton", "foreach"):
+            return None
+        if coded and (chosen == "foreach"
+                      or chosen == "fused" and not cgen.reads_codes(graph_of(rule, h, kept=has))
+                      or chosen == "triton" and not _triton_reads_codes(rule, h, has, False)):
+            return None
+        calls.append((chosen, idx))
+    return calls
+
+
 def _triton_reads_codes(rule: Rule, h: SimpleNamespace, has: tuple, capturable: bool) -> bool:
     """Whether the Triton kernel reads and writes the coded states itself (cgen.reads_codes): traced as
     run_triton traces it (capturable=True: with the per-step scalars)."""
@@ -296,6 +313,13 @@ def run_foreach(rule: Rule, h, params, grads, states) -> None:
 
 
 def run_fused(rule: Rule, h, params, grads, states, rounding: lowprec.Rounding | None = None) -> None:
+    kernel, _, arrays, extents, extra = fused_arguments(rule, h, params, grads, states, rounding)
+    kernel(arrays, h, extents or None, extra)
+
+
+def fused_arguments(rule: Rule, h, params, grads, states, rounding: lowprec.Rounding | None = None):
+    """The fused kernel for these tensors and what it takes: (kernel, array names, arrays in that order,
+    extents, extra tensors); see native.Kernel.__call__."""
     static, kept = static_key(h), tuple(states)
     coded = {sym: xs[0].codec for sym, xs in states.items() if isinstance(xs[0], codec.Coded)}
     flags = rounding.flags if rounding is not None else (False, False)
@@ -313,7 +337,8 @@ def run_fused(rule: Rule, h, params, grads, states, rounding: lowprec.Rounding |
                     for key in [*(rounding.key(t, name) for name in names), rounding.comp_key(t)]]
     if rounding is not None and rounding.kahan:
         extra = list(rounding.comps)
-    kernel([arrays[name] for name in kernel_arrays(graph, coded)], h, extents or None, extra)
+    names = kernel_arrays(graph, coded)
+    return kernel, names, [arrays[name] for name in names], extents, extra
 
 
 def kernel_arrays(graph: Graph, coded: dict) -> list[str]:
