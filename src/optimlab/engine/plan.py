@@ -201,7 +201,7 @@ class Plan:
                         or value.dtype is not kind or value.shape != size):
                     return None
                 values[key] = value
-            if any(key in d for key in absent):
+            if absent and any(key in d for key in absent):
                 return None
             dicts.append(d)
             grads.append(g)

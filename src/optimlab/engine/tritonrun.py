@@ -79,9 +79,13 @@ def launch(kernel_of, arrays: list[list[torch.Tensor]], h, shapes=None, steps=No
     """One step: the tensors of each combination of storage dtypes (bf16 parameters with fp32 state, as
     torch's fused kernels take them, beside all-bf16 ones) through `kernel_of(dtypes)`, in one launch
     per pass. See Kernel.__call__ for the arguments."""
+    columns = [[x.dtype for x in xs] for xs in arrays]
     groups: dict[tuple, list[int]] = {}
-    for i, dtypes in enumerate(zip(*[[x.dtype for x in xs] for xs in arrays])):
-        groups.setdefault(dtypes, []).append(i)
+    if all(len(set(column)) == 1 for column in columns):  # one dtype per array: the usual case
+        groups[tuple(column[0] for column in columns)] = list(range(len(arrays[0])))
+    else:
+        for i, dtypes in enumerate(zip(*columns)):
+            groups.setdefault(dtypes, []).append(i)
     for dtypes, idx in groups.items():
         def pick(xs, idx=idx):
             return xs if xs is None or len(groups) == 1 else [xs[i] for i in idx]
