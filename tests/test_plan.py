@@ -428,3 +428,19 @@ def test_a_removed_group_takes_its_plan_along():
     backward(params, 3)
     opt.step()
     assert list(opt.__dict__["_plans"]) == [id(opt.param_groups[0])]
+
+
+def test_a_plan_that_cannot_be_made_is_a_warning_after_the_step(monkeypatch):
+    """The step has happened: raising then would invite the caller to take it twice."""
+    from optimlab.engine import plan
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    params, opt = make("adamw")
+    monkeypatch.setattr(plan.Plan, "make", broken)
+    before = [p.detach().clone() for p in params]
+    backward(params, 0)
+    with pytest.warns(plan.PlanWarning, match="could not plan its next step .*boom"):
+        opt.step()
+    assert all(not torch.equal(p.detach(), q) for p, q in zip(params, before))  # the step was taken

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from types import SimpleNamespace
 from typing import Callable
 
@@ -16,7 +17,7 @@ import torch
 
 from . import boundary, codec, interop, lowprec, paths, sharded
 from .graph import ELEMENT, SCALAR
-from .plan import Plan
+from .plan import Plan, PlanWarning
 from .rule import Rule, State
 
 
@@ -172,8 +173,13 @@ class RuleOptimizer(torch.optim.Optimizer):
         if plan is not None and plan.step(self, group, self.hyper(group)):
             plans[id(group)] = plan
             return
-        if self._step_group_long(group):
+        if not self._step_group_long(group):
+            return
+        try:
             plans[id(group)] = Plan.make(self, group, self.hyper(group), _coded_symbols(type(self)))
+        except Exception as err:  # the step is taken: an error now would invite the caller to take it again
+            warnings.warn(f"optimlab: {type(self).__name__} could not plan its next step ({err!r}); steps "
+                          "take the long way (please report this)", PlanWarning, stacklevel=3)
 
     def _step_group_long(self, group: dict) -> bool:
         """The step of a group, every check and choice made afresh; True where it stepped every parameter

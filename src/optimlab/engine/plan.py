@@ -144,8 +144,9 @@ class Plan:
         if any(isinstance(x, torch.Tensor) and (type(x) not in paths.PLAIN or not x.is_contiguous())
                for xs in states.values() for x in xs):
             return None
+        upcoming = SimpleNamespace(**vars(h), **opt.rule.step_scalars(h, int(t) + 1, dict(carried)))
         try:
-            calls = paths.one_call_each(opt.path, opt.rule, h, params, states)
+            calls = paths.one_call_each(opt.path, opt.rule, upcoming, params, states)
             return None if calls is None else cls(opt, group, h, params, dicts, t, states, calls, coded_syms)
         except native.CompilerUnavailable:
             return None
@@ -207,3 +208,8 @@ class Plan:
             grads.append(g)
             stored.append(values)
         return dicts, grads, stored
+
+
+class PlanWarning(RuntimeWarning):
+    """A plan could not be made after a step that was taken: the next steps take the long way. Never
+    expected (the test suite turns it into an error); a step that already happened is not undone."""
