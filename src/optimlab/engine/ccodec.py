@@ -13,11 +13,13 @@ compare both with the torch encoder and the map's table, and with each other ins
 
 How the intrinsics encode without seven comparisons: each midpoint between two decades of the map lies
 in its own binary exponent range (binade), so the float exponent of |q| says how many of them lie below
-|q| but one, which one comparison settles. That gives k, log2 of the decade's number of codes: its last
-code and its slope (n / 0.9, a power of two times float(1/0.9)) follow by shifts, its scale 10^(6-d) from
-a 16-entry table by one permute. They decode by looking up each byte of map[code] in a 256-byte table
-(two 128-byte VBMI permutes and a blend per byte, 64 codes at a time), then interleaving the four bytes
-back into floats.
+|q| but one, which one comparison settles. That gives k, log2 of the decade's number of codes. The slope
+n / 0.9 is float(1/0.9) · 2^k and scaling by 2^k commutes with rounding, so the decade's scale and its
+0.1 are tabled times 2^k and multiplied by the one constant float(1/0.9): four 16-entry tables by k
+(scale, tenth, last bucket, first rank), one permute each, give the torch encoder's bits (all 2³² float32
+inputs compared with the shift-based encoder before it). They decode by looking up each byte of
+map[code] in a 256-byte table (two 128-byte VBMI permutes and a blend per byte, 64 codes at a time),
+then interleaving the four bytes back into floats.
 """
 
 from __future__ import annotations
@@ -121,25 +123,36 @@ def _avx512(codec: Blockwise8bit) -> list[str]:
     first_binade, below, inside = binades(codec)
     # the permute reads an exponent's low five bits: table entry e % 32 is binade e (no subtraction)
     rotate = [(k - first_binade) % BINADES for k in range(BINADES)]
-    # the encoder works with k = d + shift, log2 of the decade's codes (d = -1: the zero code, 7: 1)
-    # 10^(6-d) by k % 16; 0 outside the decades makes t = -0.1 · slope < 0 (∞ · 0: NaN, INT_MIN), so j = 0
-    scale = [0.0] * 16
+    # The encoder works with k = d + shift, log2 of the decade's codes (d = -1: the zero code, 7: 1), and
+    # tables by k % 16. The slope n_d / 0.9 is float(1/0.9) · 2^k, and scaling by 2^k commutes with float
+    # rounding, so (a·10^(6-d) − 0.1)·slope = (a·S_k − C_k)·float(1/0.9) with S_k = 10^(6-d)·2^k and
+    # C_k = 0.1·2^k, bit for bit. Outside the decades S = C = 0 gives j = 0, and the rank is BASE_k:
+    # OFFSET − 1 (the zero code) below them, 255 (the code of 1) above.
+    offset = OFFSET[codec.signed]
+    scaled_scale, scaled_tenth, last, base = [0.0] * 16, [0.0] * 16, [0] * 16, [0] * 16
+    for d in range(-1, 8):
+        k = d + shift
+        base[k % 16] = offset - 1 if d < 0 else 255 if d == 7 else offset + 2 ** k - 1
+        if 0 <= d < 7:
+            scaled_scale[k % 16] = float(np.float32(c.scale[d]) * np.float32(2.0 ** k))
+            scaled_tenth[k % 16] = float(np.float32(0.1) * np.float32(2.0 ** k))
+            last[k % 16] = 2 ** k - 1
     for d in range(7):
-        scale[(d + shift) % 16] = float(c.scale[d])
-    for d in range(7):  # n_d / 0.9 is float(1/0.9) times a power of two: the encoder adds k to its exponent
         if np.float32(c.slope[d]) != np.float32(1 / 0.9) * np.float32(2.0 ** (d + shift)):
             raise AssertionError("a slope is not a power of two times float(1/0.9)")
-    if c.first[:7] != [OFFSET[codec.signed] + 2 ** (d + shift) - 1 for d in range(7)]:
+    if c.first[:7] != [offset + 2 ** (d + shift) - 1 for d in range(7)]:
         raise AssertionError("a decade's first code is not OFFSET + n_d - 1")
     byte_planes = [(codec.table.view(np.uint32) >> (8 * k)) & 0xFF for k in range(4)]
     aligned = "__attribute__((aligned(64)))"
     tables = [
         f"#define LOWEST_{x} {float(2.0 ** (first_binade - 127)).hex()}f  /* the first binade */",
         f"#define HIGHEST_{x} {float(2.0 ** (first_binade + BINADES - 1 - 127)).hex()}f  /* the last */",
-        f"#define OFFSET_{x} {OFFSET[codec.signed]}",
         f"static const float BOUND_{x}[32] {aligned} = {{{_hexf(inside[rotate])}}};",
         f"static const int32_t BELOW_{x}[32] {aligned} = {{{_ints(below[rotate] + shift - 1)}}};",
-        f"static const float SCALE_{x}[16] {aligned} = {{{_hexf(scale)}}};",
+        f"static const float SCALE_{x}[16] {aligned} = {{{_hexf(scaled_scale)}}};  /* S_k */",
+        f"static const float TENTH_{x}[16] {aligned} = {{{_hexf(scaled_tenth)}}};  /* C_k */",
+        f"static const int32_t LAST_{x}[16] {aligned} = {{{_ints(last)}}};  /* the decade's last bucket */",
+        f"static const int32_t BASE_{x}[16] {aligned} = {{{_ints(base)}}};  /* the rank of bucket 0 */",
         f"static const uint8_t BYTES_{x}[4][256] {aligned} = {{"
         + ", ".join("{" + _ints(t) + "}" for t in byte_planes) + "};"]
     # signed: the negative codes mirror the positive ones, 254 - rank, saturating (1 has no mirror)
@@ -180,15 +193,14 @@ ALWAYS_INLINE __m512i encode16_$X(__m512 q) {  /* the ranks of 16 values, as int
   __m512i k = _mm512_permutex2var_epi32(_mm512_load_si512(BELOW_$X), e, _mm512_load_si512(BELOW_$X + 16));
   const __m512 bound = _mm512_permutex2var_ps(_mm512_load_ps(BOUND_$X), e, _mm512_load_ps(BOUND_$X + 16));
   k = _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask(a, bound, _CMP_GT_OQ), k, _mm512_set1_epi32(1));
-  /* the decade's constants: last = 2^k - 1 (-1 for k = -1), slope = 2^k · float(1/0.9), scale tabled */
-  const __m512i last = _mm512_sub_epi32(_mm512_sllv_epi32(_mm512_set1_epi32(1), k), _mm512_set1_epi32(1));
-  const __m512 slope = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(_mm512_set1_ps(1 / 0.9f)),
-                                                             _mm512_slli_epi32(k, 23)));
+  /* j = ⌊(a·S_k − C_k)·float(1/0.9)⌋, never below 0 (a lies above the decade's lower bound), at most
+     the decade's last bucket; the rank counts from the decade's first code */
   const __m512 scaled = _mm512_mul_ps(a, _mm512_permutexvar_ps(k, _mm512_load_ps(SCALE_$X)));
-  const __m512i j = _mm512_cvttps_epi32(_mm512_mul_ps(_mm512_sub_ps(scaled, _mm512_set1_ps(0.1f)), slope));
-  /* j clamped to [0, last] (to 0 where last = -1), from the decade's first code, OFFSET + last */
-  return _mm512_add_epi32(_mm512_max_epi32(_mm512_min_epi32(j, last), _mm512_setzero_si512()),
-                          _mm512_add_epi32(last, _mm512_set1_epi32(OFFSET_$X)));
+  const __m512 t = _mm512_mul_ps(_mm512_sub_ps(scaled, _mm512_permutexvar_ps(k, _mm512_load_ps(TENTH_$X))),
+                                 _mm512_set1_ps(1 / 0.9f));
+  const __m512i last = _mm512_permutexvar_epi32(k, _mm512_load_si512(LAST_$X));
+  const __m512i j = _mm512_min_epi32(_mm512_cvttps_epi32(t), last);
+  return _mm512_add_epi32(j, _mm512_permutexvar_epi32(k, _mm512_load_si512(BASE_$X)));
 }
 /* 64 values from w on (the first `left` of them, where fewer are left), as 64 codes */
 ALWAYS_INLINE __m512i encode64_$X(const float *restrict w, __m512 inverse, int64_t left) {
