@@ -444,3 +444,30 @@ def test_a_plan_that_cannot_be_made_is_a_warning_after_the_step(monkeypatch):
     with pytest.warns(plan.PlanWarning, match="could not plan its next step .*boom"):
         opt.step()
     assert all(not torch.equal(p.detach(), q) for p, q in zip(params, before))  # the step was taken
+
+
+@pytest.mark.parametrize("name", ["adamw", "adamw8bit", "adafactor", "lion", "sgd"])
+def test_a_training_loop_with_a_scheduler_and_clipping(name):
+    """A model, autograd's gradients (new tensors each step), torch's LR scheduler and gradient clipping:
+    the planned optimizer and one that takes the long way every step end bit-identical."""
+    runs = []
+    for long in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.LayerNorm(64), torch.nn.GELU(),
+                                    torch.nn.Linear(64, 4))
+        hp = {"min_8bit_size": 256} if name == "adamw8bit" else {"momentum": 0.9} if name == "sgd" else {}
+        opt = optimlab.create(name, model.parameters(), lr=1e-2, **hp)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(  # and β₁ or momentum, where the rule has one
+            opt, max_lr=1e-2, total_steps=40, cycle_momentum=name != "adafactor")
+        x, y = torch.randn(64, 16), torch.randint(0, 4, (64,))
+        for _ in range(40):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            if long:
+                long_way(opt)
+            opt.step()
+            schedule.step()
+        runs.append((list(model.parameters()), opt))
+    assert_same(*runs)
+    assert taken(runs[0][1]) >= 30
