@@ -173,20 +173,22 @@ class RuleOptimizer(torch.optim.Optimizer):
         if plan is not None and plan.step(self, group, self.hyper(group)):
             plans[id(group)] = plan
             return
-        if not self._step_group_long(group):
+        h = self._step_group_long(group)
+        if h is None:
             return
         try:
-            plans[id(group)] = Plan.make(self, group, self.hyper(group), _coded_symbols(type(self)))
+            plans[id(group)] = Plan.make(self, group, h, _coded_symbols(type(self)))
         except Exception as err:  # the step is taken: an error now would invite the caller to take it again
             warnings.warn(f"optimlab: {type(self).__name__} could not plan its next step ({err!r}); steps "
                           "take the long way (please report this)", PlanWarning, stacklevel=3)
 
-    def _step_group_long(self, group: dict) -> bool:
-        """The step of a group, every check and choice made afresh; True where it stepped every parameter
-        with a gradient (not a step that only made state, nor a capturable one)."""
+    def _step_group_long(self, group: dict) -> SimpleNamespace | None:
+        """The step of a group, every check and choice made afresh; the group's h where it stepped every
+        parameter with a gradient, else None (no gradients, a step that only made state, a capturable one:
+        nothing to plan from)."""
         params = [p for p in group["params"] if p.grad is not None]
         if not params:
-            return False
+            return None
         h = self.hyper(group)
         kept = self.rule.kept(h)
         carried = tuple(self.rule.scalar_state)
@@ -210,10 +212,10 @@ class RuleOptimizer(torch.optim.Optimizer):
         boundary.admit(h, checked, [p for p, _ in dense], [state for _, state in dense],
                        lambda i: self._describe(dense[i][0]))
         if self._creates_state_only(group, params, prepared):
-            return False
+            return None
         if self.capturable:
             self._step_on_device(h, kept, list(zip(params, prepared)))
-            return False
+            return None
         for p, state in zip(params, prepared):
             key = (float(state["step"]), *(float(state[k]) for k in carried))
             buckets.setdefault(key, []).append((p, state))
@@ -233,7 +235,7 @@ class RuleOptimizer(torch.optim.Optimizer):
                 state["step"] = float(t)  # a Python number: counting 200 tensors' steps costs nothing
                 for key in carried:
                     state[key] = scalars[key]
-        return True
+        return h
 
     @staticmethod
     def _creates_state_only(group: dict, params: list, prepared: list) -> bool:

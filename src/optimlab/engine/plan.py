@@ -122,8 +122,9 @@ class Plan:
         """A plan for the step `group` just took, or None where a plan does not apply. `coded_syms`: the
         states the optimizer may store through a codec."""
         params = [p for p in group["params"] if p.grad is not None]
-        if not params or opt.capturable or group.get("stochastic_rounding") or group.get("kahan_summation"):
-            return None
+        if (not params or not opt.rule.traceable or opt.capturable or group.get("stochastic_rounding")
+                or group.get("kahan_summation")):
+            return None  # (a rule that is not elementwise takes the tensor path: never one call)
         for p in params:
             g = p.grad
             if (type(p) not in paths.PLAIN or p.is_complex() or p.numel() == 0
