@@ -21,6 +21,7 @@ from collections import Counter
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
@@ -252,6 +253,76 @@ def sophia_hessian_case(rank, world):
     return {"refused": ""}
 
 
+def classifier(dtype) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).to(dtype)
+
+
+SOPHIA = {"lr": 0.05, "weight_decay": 0.1, "update_period": 2}
+
+
+def sophia_ddp_case(estimator, rank, world, group=True):
+    """Sophia under DDP (fp64) with its Hessian refreshed at steps 0 and 2, each rank from its own half of
+    the batch (its own sampled labels for GNB, the same probe vector for Hutchinson), against one process
+    on the whole batch. With group=False: the warning, and how far the ranks' Hessians drift apart."""
+    import warnings
+
+    dtype, labels = torch.float64, torch.tensor([0, 1, 2, 0, 1, 2, 1, 0])
+    xs = batches(dtype)
+    half = len(labels) // world
+    local = slice(rank * half, (rank + 1) * half)
+    seed = {"gnb": lambda step, r: 100 * step + r, "hutchinson": lambda step, r: 100 * step}[estimator]
+    model = DistributedDataParallel(classifier(dtype))
+    opt = optimlab.create("sophia", model.parameters(), estimator=estimator, **SOPHIA,
+                          process_group=dist.group.WORLD if group else None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step, x in enumerate(xs):
+            if estimator == "gnb":
+                opt.update_hessian(lambda x=x: model(x[local]),
+                                   generator=torch.Generator().manual_seed(seed(step, rank)))
+            else:
+                opt.update_hessian(lambda x=x: F.cross_entropy(model(x[local]), labels[local]),
+                                   generator=torch.Generator().manual_seed(seed(step, rank)))
+            opt.zero_grad()
+            F.cross_entropy(model(x[local]), labels[local]).backward()
+            opt.step()
+    warned = any("process_group" in str(w.message) for w in caught)
+    hessians = torch.cat([opt.state[p]["hessian"].reshape(-1) for p in model.parameters()])
+    gathered = [torch.empty_like(hessians) for _ in range(world)]
+    dist.all_gather(gathered, hessians)
+    drift = (gathered[0] - gathered[1]).abs().max().item()
+    if not group:
+        return {"warned": warned, "hessian_drift": drift}
+    # one process on the whole batch: the same labels drawn (GNB) or probe vector (Hutchinson)
+    ref = classifier(dtype)
+    ref_opt = optimlab.create("sophia", ref.parameters(), estimator=estimator, **SOPHIA)
+    params, β2 = list(ref.parameters()), ref_opt.defaults["betas"][1]
+    for step, x in enumerate(xs):
+        if step % SOPHIA["update_period"] == 0 and estimator == "gnb":
+            drawn = []
+            for r in range(world):
+                probs = torch.softmax(ref(x[r * half:(r + 1) * half]).detach().double(), -1)
+                own = torch.Generator().manual_seed(seed(step, r))
+                drawn.append(torch.multinomial(probs, 1, generator=own).squeeze(-1))
+            ĝ = torch.autograd.grad(F.cross_entropy(ref(x), torch.cat(drawn)), params)
+            for p, g in zip(params, ĝ):  # h ← β₂h + (1 − β₂)·B·ĝ², B the whole batch
+                h = ref_opt.state[p].get("hessian", torch.zeros_like(p))
+                ref_opt.state[p]["hessian"] = β2 * h + (1 - β2) * len(labels) * g * g
+        elif step % SOPHIA["update_period"] == 0:  # the mean of the halves' losses: the whole batch's
+            ref_opt.update_hessian(lambda x=x: F.cross_entropy(ref(x), labels),
+                                   generator=torch.Generator().manual_seed(seed(step, 0)))
+        ref_opt.zero_grad()
+        for r in range(world):
+            F.cross_entropy(ref(x[r * half:(r + 1) * half]), labels[r * half:(r + 1) * half]).backward()
+        for p in params:
+            p.grad /= world
+        ref_opt.step()
+    error = torch.tensor([max_difference(model, ref)])
+    dist.all_reduce(error, op=dist.ReduceOp.MAX)  # both ranks' parameters
+    return {"error": error.item(), "hessian_drift": drift, "warned": warned}
+
+
 def clip_and_monitor_case(rank, world, xs):
     """AdamW with clip_grad_norm_ before each step, and LAMB with a clipping GradNormMonitor: the norms
     they see and the training they give equal the single process's."""
@@ -310,6 +381,9 @@ def main():
         attempt(f"{name}/mixed/fp64", mixed_case, name, rank, world)
         attempt(f"{name}/columns/fp64", mixed_case, name, rank, world, columns=True)
     attempt("sophia/update_hessian", sophia_hessian_case, rank, world)
+    for estimator in ("gnb", "hutchinson"):
+        attempt(f"sophia/ddp/{estimator}", sophia_ddp_case, estimator, rank, world)
+        attempt(f"sophia/ddp-without-group/{estimator}", sophia_ddp_case, estimator, rank, world, group=False)
     try:
         results.update(clip_and_monitor_case(rank, world, batches(torch.float32)))
     except Exception as err:

@@ -189,3 +189,18 @@ def test_split_and_replicated_dtensors_in_one_group_equal_plain_tensors(ranks, n
 
 def test_sophias_hessian_estimate_under_fsdp2_is_refused_clearly(ranks):
     assert "FSDP2-sharded parameters" in _result(ranks, "sophia/update_hessian")["refused"]
+
+
+@pytest.mark.parametrize("estimator", ["gnb", "hutchinson"])
+def test_sophias_hessian_under_ddp_is_the_global_batchs_on_every_rank(ranks, estimator):
+    """With process_group, each rank's estimate from its half of the batch is combined into the estimate
+    of the whole batch (GNB: B·ĝ² of the summed gradient, not a mean of squares): both ranks train as one
+    process on the whole batch, Hessian refreshes included (fp64)."""
+    result = _result(ranks, f"sophia/ddp/{estimator}")
+    assert result["error"] <= TOLERANCE["fp64"] and result["hessian_drift"] == 0.0 and not result["warned"]
+
+
+@pytest.mark.parametrize("estimator", ["gnb", "hutchinson"])
+def test_sophia_under_ddp_without_a_process_group_warns_that_replicas_drift(ranks, estimator):
+    result = _result(ranks, f"sophia/ddp-without-group/{estimator}")
+    assert result["warned"] and result["hessian_drift"] > 1e-4  # what the warning is about

@@ -172,3 +172,39 @@ def test_hutchinson_on_a_model_without_double_backward_says_what_to_do():
 
     with pytest.raises(RuntimeError, match="estimator='gnb'"):
         opt.update_hessian(loss)
+
+
+def test_process_group_is_refused_without_torch_distributed_and_kept_out_of_checkpoints():
+    θ = torch.ones(3, requires_grad=True)
+    with pytest.raises(ValueError, match="process_group was given but torch.distributed is not initialised"):
+        optimlab.Sophia([θ], process_group=object())
+    opt = optimlab.create("sophia", [θ], process_group=None)  # a setting of the object, not of its groups
+    assert "process_group" not in opt.param_groups[0]
+    assert "process_group" not in opt.state_dict()["param_groups"][0]
+
+
+@pytest.mark.parametrize("estimator", ["gnb", "hutchinson"])
+def test_a_process_group_of_one_rank_estimates_as_one_process(estimator):
+    """The combining code (one all-reduce per device and dtype, a parameter the loss does not reach kept
+    untouched) on a gloo group of one: the Hessians made without a group. Two ranks: test_distributed.py."""
+    import torch.distributed as dist
+
+    def run(group):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+        unused = torch.nn.Parameter(torch.ones(2))
+        opt = optimlab.Sophia([*model.parameters(), unused], estimator=estimator, process_group=group)
+        x, y = torch.randn(6, 4, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 0, 1, 2])
+        closure = (lambda: model(x)) if estimator == "gnb" else (lambda: torch.nn.functional.cross_entropy(
+            model(x), y))
+        opt.update_hessian(closure, generator=torch.Generator().manual_seed(2))
+        assert "hessian" not in opt.state[unused]
+        return [opt.state[p]["hessian"] for p in model.parameters()]
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        combined = run(dist.group.WORLD)
+    finally:
+        dist.destroy_process_group()
+    for ours, alone in zip(combined, run(None)):
+        torch.testing.assert_close(ours, alone, rtol=1e-14, atol=0)

@@ -52,7 +52,8 @@ class Spec:
     def check_names(self, hyper: dict) -> None:
         valid = self.defaults
         for key in hyper:
-            if key not in valid and key not in ("path", *TORCH_KEYWORDS, *ROUNDING_OPTIONS):
+            known = ("path", *TORCH_KEYWORDS, *ROUNDING_OPTIONS, *self.cls.settings)
+            if key not in valid and key not in known:
                 hint = difflib.get_close_matches(key, list(valid), n=1)
                 raise ValueError(
                     f"{self.name} has no hyperparameter {key!r}"

@@ -21,16 +21,17 @@ from .plan import Plan, PlanWarning
 from .rule import Rule, State
 
 
-def hyperparameters(local_vars: dict) -> dict:
-    """An optimizer's keyword arguments from its __init__'s locals()."""
-    return {k: v for k, v in local_vars.items() if k not in ("self", "params", "path", "__class__")}
+def hyperparameters(local_vars: dict, settings: tuple = ()) -> dict:
+    """An optimizer's keyword arguments from its __init__'s locals(), less its `settings`."""
+    skipped = ("self", "params", "path", "__class__", *settings)
+    return {k: v for k, v in local_vars.items() if k not in skipped}
 
 
 @functools.cache
 def _signature_defaults(cls) -> tuple:
     return tuple((k, p.default) for k, p in inspect.signature(cls.__init__).parameters.items()
                  if p.default is not inspect.Parameter.empty
-                 and k not in ("path", *interop.TORCH_KEYWORDS, *lowprec.OPTIONS))
+                 and k not in ("path", *interop.TORCH_KEYWORDS, *lowprec.OPTIONS, *cls.settings))
 
 
 @functools.cache
@@ -63,6 +64,9 @@ class RuleOptimizer(torch.optim.Optimizer):
     unpack: dict[str, tuple[str, ...]] = {"betas": ("beta1", "beta2")}
     # hyperparameters this class fixes for its rule (AdamW: the Adam rule with decoupled decay)
     fixed: dict = {}
+    # __init__ keywords that configure the optimizer object, not its groups (Sophia's process_group):
+    # neither hyperparameters nor in checkpoints
+    settings: tuple[str, ...] = ()
     # Complex parameters run as real ones (torch.view_as_real), as torch does where the rule is elementwise.
     complex_as_real: bool = False
     # Sparse gradients, as torch has them: None (refused), "dense" (the rule on the densified gradient:

@@ -11,11 +11,18 @@
 `update_hessian` runs its estimator only when the next update is one of the paper's t ≡ 1 (mod k)
 steps (otherwise it returns None without calling the closure), and folds the estimate into the EMA
 h ← β₂h + (1 − β₂)ĥ. Sophia-H (`estimator="hutchinson"`) takes a closure that returns the loss.
+
+Under DDP, pass `process_group` (DDP's): each rank estimates from its own batch and the estimates are
+combined over the ranks in one all-reduce, as one process would estimate on the global batch, so the
+replicas keep equal Hessians (and equal parameters).
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..engine import sharded
@@ -34,8 +41,9 @@ def sophia(h, θ, g, m, h_diag):
     return θ, m, h_diag
 
 
-def hutchinson(loss: torch.Tensor, params: list, generator=None) -> list:
-    """u ⊙ Hu with Rademacher u: an unbiased estimate of diag(H), from one Hessian-vector product."""
+def hutchinson(loss: torch.Tensor, params: list, generator=None, group=None) -> list:
+    """u ⊙ Hu with Rademacher u: an unbiased estimate of diag(H), from one Hessian-vector product.
+    With `group`, the mean over its ranks: the estimate for the mean of their losses (DDP's objective)."""
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise ValueError("the Hutchinson estimator needs the closure to return the loss, a tensor with one "
                          f"element; got {type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}")
@@ -54,11 +62,16 @@ def hutchinson(loss: torch.Tensor, params: list, generator=None) -> list:
                            f"this model does not support ({error}); use estimator='gnb', or for attention "
                            "torch.nn.attention.sdpa_kernel(SDPBackend.MATH)") from error
     found = {p: u * hu for (p, _), u, hu in zip(used, us, hvps) if hu is not None}
-    return [found.get(p) for p in params]
+    estimates = [found.get(p) for p in params]
+    if group is None:
+        return estimates
+    sums, ranks = _summed_over_ranks(estimates, params, 1, group)
+    return [None if s is None else s / ranks for s in sums]
 
 
-def gauss_newton_bartlett(logits: torch.Tensor, params: list, generator=None) -> list:
-    """B · ĝ ⊙ ĝ, ĝ the gradient of the mean cross-entropy of labels ŷ drawn from softmax(logits)."""
+def gauss_newton_bartlett(logits: torch.Tensor, params: list, generator=None, group=None) -> list:
+    """B · ĝ ⊙ ĝ, ĝ the gradient of the mean cross-entropy of labels ŷ drawn from softmax(logits).
+    With `group`, of the global batch: ĝ = Σ_r B_r·ĝ_r / B, B = Σ_r B_r over its ranks."""
     if logits.dim() < 2:
         raise ValueError(f"the Gauss-Newton-Bartlett estimator needs logits of shape (..., classes); got a "
                          f"{logits.dim()}-d tensor (a closure for estimator='hutchinson' returns the loss)")
@@ -68,7 +81,31 @@ def gauss_newton_bartlett(logits: torch.Tensor, params: list, generator=None) ->
     ŷ = _sampled(lambda device: torch.multinomial(probs.to(device), 1, generator=generator),
                  generator, flat.device).squeeze(-1)  # labels drawn from the model itself
     grads = torch.autograd.grad(F.cross_entropy(flat, ŷ), params, allow_unused=True)
+    if group is not None:  # squared after the sum: the global batch's gradient, not a mean of squares
+        sums, B = _summed_over_ranks(grads, params, B, group)
+        grads = [None if s is None else s / B for s in sums]
     return [None if gr is None else B * gr * gr for gr in grads]
+
+
+def _summed_over_ranks(tensors: list, params: list, weight, group) -> tuple[list, float]:
+    """(Σ_r weight_r·tensor_r per tensor, Σ_r weight_r) over the ranks of `group`, in one all-reduce per
+    device and dtype; a tensor None on a rank counts as zeros there, and stays None if it is on all."""
+    by_kind: dict = {}
+    for i, p in enumerate(params):
+        by_kind.setdefault((p.device, p.dtype), []).append(i)
+    sums, total = [None] * len(params), None
+    for (device, dtype), indices in by_kind.items():
+        # each rank's tensors, then whether it had each one, then its weight: all summed at once
+        parts = [(tensors[i] * weight if tensors[i] is not None else torch.zeros_like(params[i])).reshape(-1)
+                 for i in indices]
+        counts = [float(tensors[i] is not None) for i in indices] + [float(weight)]
+        flat = torch.cat([*parts, torch.tensor(counts, dtype=dtype, device=device)])
+        dist.all_reduce(flat, group=group)
+        values = flat[:-len(counts)].split([params[i].numel() for i in indices])
+        for i, value, had in zip(indices, values, flat[-len(counts):-1].tolist()):
+            sums[i] = value.view(params[i].shape) if had > 0 else None
+        total = flat[-1].item()
+    return sums, total
 
 
 def _sampled(draw, generator, device: torch.device) -> torch.Tensor:
@@ -89,9 +126,17 @@ class Sophia(RuleOptimizer):
               "update_period": lambda v: None if isinstance(v, int) and not isinstance(v, bool) and v >= 1
               else "must be an integer ≥ 1", "estimator": _checks.one_of(*ESTIMATORS)}
 
+    settings = ("process_group",)
+    process_group = None  # where an instance has none (one made by unpickling): no averaging
+
     def __init__(self, params, lr=1e-4, betas=(0.965, 0.99), gamma=0.04, eps=1e-12, weight_decay=0.1,
-                 update_period=10, estimator="gnb", *, maximize=False, path="auto"):
-        super().__init__(params, path, **hyperparameters(locals()))
+                 update_period=10, estimator="gnb", *, maximize=False, path="auto", process_group=None):
+        """`process_group`: DDP's group (e.g. `torch.distributed.group.WORLD`), over whose ranks
+        `update_hessian` combines its estimates; None: each process estimates alone."""
+        if process_group is not None and not (dist.is_available() and dist.is_initialized()):
+            raise ValueError("Sophia: process_group was given but torch.distributed is not initialised")
+        super().__init__(params, path, **hyperparameters(locals(), self.settings))
+        self.process_group = process_group
 
     def hessian_due(self) -> bool:
         """Whether the next step() is one at which some group refreshes its estimate (t ≡ 1 mod k)."""
@@ -124,9 +169,16 @@ class Sophia(RuleOptimizer):
                 "Sophia.update_hessian cannot estimate the Hessian of FSDP2-sharded parameters: the loss "
                 "reaches them only through FSDP2's gathered copies, which autograd.grad does not see; "
                 "step() works under FSDP2, with the estimate kept in optimizer.state[p]['hessian']")
+        group = self.process_group
+        if group is None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            warnings.warn("Sophia.update_hessian: torch.distributed has several ranks but the optimizer has "
+                          "no process_group, so each rank keeps its own Hessian estimate; under DDP the "
+                          "replicas then drift apart: pass process_group=torch.distributed.group.WORLD "
+                          "(DDP's group)",
+                          stacklevel=3)  # the caller's line (no_grad's wrapper is one more frame)
         with torch.enable_grad():
             output = closure()
-            estimates = ESTIMATORS[estimator](output, params, generator)
+            estimates = ESTIMATORS[estimator](output, params, generator, group)
         index = 0
         for group, ps in due:
             β2 = group["betas"][1]
