@@ -323,6 +323,21 @@ def sophia_ddp_case(estimator, rank, world, group=True):
     return {"error": error.item(), "hessian_drift": drift, "warned": warned}
 
 
+def sophia_mismatched_case(rank, world):
+    """process_group where the ranks hold different parameters (as ZeroRedundancyOptimizer's partitions
+    do): every rank refuses, none waits on the others."""
+    width = 5 if rank == 0 else 4
+    model = torch.nn.Sequential(torch.nn.Linear(6, width), torch.nn.Tanh(), torch.nn.Linear(width, 3))
+    opt = optimlab.create("sophia", model.parameters(), process_group=dist.group.WORLD)
+    try:
+        opt.update_hessian(lambda: model(batches(torch.float32)[0]))
+    except ValueError as err:
+        refused = torch.tensor([1])
+        dist.all_reduce(refused)  # both ranks got here: nobody hangs
+        return {"refused": str(err), "ranks_refusing": int(refused)}
+    return {"refused": ""}
+
+
 def clip_and_monitor_case(rank, world, xs):
     """AdamW with clip_grad_norm_ before each step, and LAMB with a clipping GradNormMonitor: the norms
     they see and the training they give equal the single process's."""
@@ -384,6 +399,7 @@ def main():
     for estimator in ("gnb", "hutchinson"):
         attempt(f"sophia/ddp/{estimator}", sophia_ddp_case, estimator, rank, world)
         attempt(f"sophia/ddp-without-group/{estimator}", sophia_ddp_case, estimator, rank, world, group=False)
+    attempt("sophia/mismatched", sophia_mismatched_case, rank, world)
     try:
         results.update(clip_and_monitor_case(rank, world, batches(torch.float32)))
     except Exception as err:

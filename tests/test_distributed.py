@@ -204,3 +204,8 @@ def test_sophias_hessian_under_ddp_is_the_global_batchs_on_every_rank(ranks, est
 def test_sophia_under_ddp_without_a_process_group_warns_that_replicas_drift(ranks, estimator):
     result = _result(ranks, f"sophia/ddp-without-group/{estimator}")
     assert result["warned"] and result["hessian_drift"] > 1e-4  # what the warning is about
+
+
+def test_sophias_process_group_refuses_ranks_that_hold_different_parameters(ranks):
+    result = _result(ranks, "sophia/mismatched")
+    assert "hold different parameters" in result["refused"] and result["ranks_refusing"] == 2

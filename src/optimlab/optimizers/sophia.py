@@ -20,6 +20,7 @@ replicas keep equal Hessians (and equal parameters).
 from __future__ import annotations
 
 import warnings
+import zlib
 
 import torch
 import torch.distributed as dist
@@ -90,6 +91,7 @@ def gauss_newton_bartlett(logits: torch.Tensor, params: list, generator=None, gr
 def _summed_over_ranks(tensors: list, params: list, weight, group) -> tuple[list, float]:
     """(Σ_r weight_r·tensor_r per tensor, Σ_r weight_r) over the ranks of `group`, in one all-reduce per
     device and dtype; a tensor None on a rank counts as zeros there, and stays None if it is on all."""
+    _check_same_parameters(params, group)
     by_kind: dict = {}
     for i, p in enumerate(params):
         by_kind.setdefault((p.device, p.dtype), []).append(i)
@@ -106,6 +108,21 @@ def _summed_over_ranks(tensors: list, params: list, weight, group) -> tuple[list
             sums[i] = value.view(params[i].shape) if had > 0 else None
         total = flat[-1].item()
     return sums, total
+
+
+def _check_same_parameters(params: list, group) -> None:
+    """Every rank must combine the same shapes in the same order (DDP's replicas do): a rank with other
+    parameters (ZeroRedundancyOptimizer's partitions, pipeline stages) would sum unrelated numbers or
+    stall its peers, so each rank compares a fingerprint of the layout first and all refuse together."""
+    layout = repr([(tuple(p.shape), str(p.dtype)) for p in params]).encode()
+    mine = torch.tensor([len(params), sum(p.numel() for p in params), zlib.crc32(layout)],
+                        dtype=torch.int64, device=params[0].device)
+    every = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(every, mine, group=group)
+    if any(not torch.equal(other, every[0]) for other in every):
+        raise ValueError("Sophia.update_hessian: the ranks of process_group hold different parameters "
+                         f"(count, elements, layout hash per rank: {[t.tolist() for t in every]}); "
+                         "process_group is for DDP's replicas, where every rank holds the same ones")
 
 
 def _sampled(draw, generator, device: torch.device) -> torch.Tensor:
