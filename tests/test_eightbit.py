@@ -118,6 +118,90 @@ def test_fused_kernel_encodes_as_torch_encodes_even_at_midpoints(coder):
     assert torch.equal(opt.state[p][key + "_absmax"], absmax)
 
 
+# --- the torch encoder against its first transcription ------------------------------------------------
+
+
+def _per_decade_codes(coder, q: np.ndarray) -> np.ndarray:
+    """nearest_codes as it was first written, in numpy float32: the decade by comparing |q| with each
+    bound (a NaN with none: the zero code), then in each decade in turn the bucket
+    ⌊(|q|·10^(6−d) − 0.1)·n_d / 0.9⌋ clamped to the decade, then the negative codes mirrored below zero."""
+    c = coder.decades
+    q = q.astype(np.float32)
+    a = np.abs(q)
+    d = np.full(a.shape, -1)
+    for bound in c.bounds:
+        d += a > bound
+    codes = np.where(d < 0, c.zero, 255)  # below the decades the zero code, above them the code of 1
+    for k in range(7):
+        inside = d == k
+        j = ((a[inside] * c.scale[k] - np.float32(0.1)) * c.slope[k]).astype(np.int32)
+        codes[inside] = c.first[k] + np.minimum(np.maximum(j, 0), c.last[k])
+    if coder.signed:
+        negative = (q < 0) & (d >= 0)
+        codes[negative] = np.maximum(254 - codes[negative], 0)
+    return codes.astype(np.uint8)
+
+
+def _float32_edges(coder, seed: int) -> np.ndarray:
+    """The values where a code changes and three float32 steps either side of each: every decade bound,
+    every bucket edge inside each decade (where (|q|·scale − 0.1)·slope is a whole number), the map's
+    values and midpoints; then ±0, subnormals, ±1, the largest float, ±∞, NaNs of either sign, random
+    magnitudes over fifteen decades and random bit patterns; both signs of everything."""
+    c = coder.decades
+    edges = [c.bounds, coder.table, coder.midpoints]
+    for k in range(7):
+        m = np.arange(c.last[k] + 2, dtype=np.float64)
+        edges.append(((m / np.float64(c.slope[k]) + 0.1) / np.float64(c.scale[k])).astype(np.float32))
+    around = [np.concatenate(edges).astype(np.float32)]
+    up = down = around[0]
+    for _ in range(3):
+        up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(0))
+        around += [up, down]
+    big = np.finfo(np.float32).max
+    special = np.array([0.0, 1e-45, 2e-45, 1e-40, 1.1754942e-38, 1.1754944e-38, 1.0, big, np.inf, np.nan],
+                       dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    spread = (10.0 ** rng.uniform(-13, 2, 20000)).astype(np.float32)
+    bits = rng.integers(0, 2**32, 20000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    values = np.concatenate([*around, special, spread, bits])
+    return np.concatenate([values, -values])
+
+
+@pytest.mark.parametrize("coder", CODECS)
+def test_nearest_codes_are_the_per_decade_formulas_bit_for_bit(coder):
+    """The encoder finds the decade from |q|'s binade and indexes tables by it; its codes must be those
+    of the formulas decade by decade (the C and Triton kernels reproduce them), for every awkward float."""
+    q = _float32_edges(coder, seed=0)
+    codes = coder.nearest_codes(torch.from_numpy(q))
+    np.testing.assert_array_equal(codes.numpy(), _per_decade_codes(coder, q))
+
+
+@pytest.mark.parametrize("coder", CODECS)
+def test_encode_is_the_per_decade_formulas_of_the_scaled_blocks(coder):
+    """encode's codes and absmax against the formulas applied to x / absmax block by block (in float32:
+    x · (1 / absmax), 0 for a zero or NaN block), for whole and ragged lengths, the values above
+    scaled small (many subnormal) and large (∞ blocks)."""
+    x = _float32_edges(coder, seed=1)
+    np.random.default_rng(2).shuffle(x)
+    for scale in (1.0, 1e-30, 1e30):
+        for n in (x.size // codec.BLOCK * codec.BLOCK, x.size - 77, 1):
+            with np.errstate(invalid="ignore", over="ignore"):  # signalling NaNs, and 1e30 · large
+                values = (x[:n] * np.float32(scale)).astype(np.float32)
+            codes, absmax = coder.empty(torch.from_numpy(values))
+            coder.encode(torch.from_numpy(values), codes, absmax)
+            padded = np.zeros(coder.blocks(n) * codec.BLOCK, dtype=np.float32)
+            padded[:n] = values
+            peak = np.abs(padded).reshape(-1, codec.BLOCK).max(axis=1)  # NaN propagates
+            with np.errstate(divide="ignore", over="ignore"):  # 1 / a subnormal peak: ∞
+                inverse = np.where(peak > 0, np.float32(1) / peak, np.float32(0)).astype(np.float32)
+            with np.errstate(invalid="ignore", over="ignore"):
+                scaled = (padded.reshape(-1, codec.BLOCK) * inverse[:, None]).reshape(-1)[:n]
+            nan = np.isnan(peak)  # (numpy keeps a NaN's payload, torch's max gives the default NaN)
+            assert (absmax.isnan().numpy() == nan).all()
+            np.testing.assert_array_equal(absmax.numpy()[~nan].view(np.int32), peak[~nan].view(np.int32))
+            np.testing.assert_array_equal(codes.numpy(), _per_decade_codes(coder, scaled))
+
+
 # --- the optimizer ------------------------------------------------------------------------------------
 
 
