@@ -14,6 +14,7 @@ from eightbit_references import adamw8bit_step, dynamic_map_from_bits, nearest_c
 import optimlab
 from optimlab.engine import codec
 from optimlab.engine.boundary import ParameterMismatch
+from optimlab.optimizers.adam8bit import WITHOUT_ZERO
 
 CODECS = [pytest.param(codec.SIGNED, id="signed"), pytest.param(codec.UNSIGNED, id="unsigned")]
 PATHS = ["tensor", "foreach", "fused"]
@@ -272,6 +273,87 @@ def test_matches_a_float64_transcription_of_the_paper():
     assert (s["exp_avg_codes"].int() - torch.tensor(mc)).abs().max() <= 1
     assert (s["exp_avg_sq_codes"].int() - torch.tensor(vc)).abs().max() <= 1
     assert (s["exp_avg_codes"].int() != torch.tensor(mc)).float().mean() < 0.01
+
+
+def _step_in_place(rule, h, params, grads, states):
+    """A path's update of a coded state m, written into the tensors it was given (as the paths do)."""
+    for g, m in zip(grads, states["m"]):
+        m.mul_(0.9).add_(g, alpha=0.1)
+
+
+def _step_into_new_tensors(rule, h, params, grads, states):
+    states["m"][:] = [m * 0.9 + g * 0.1 for g, m in zip(grads, states["m"])]
+
+
+@pytest.mark.parametrize("step", [_step_in_place, _step_into_new_tensors])
+@pytest.mark.parametrize("coder", [*CODECS, pytest.param(WITHOUT_ZERO, id="without-zero")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_decoded_steps_a_groups_states_together_as_one_by_one(dtype, coder, step):
+    """codec.decoded decodes all of a state's tensors into one buffer, block-aligned, and encodes it
+    whole: the codes and scales must be those of decoding, stepping and encoding each tensor alone, for
+    sizes that are not a multiple of the block, an empty tensor, a NaN block and an infinite one, and a
+    map whose zero code decodes to nonzero (the padding must still count as zeros)."""
+    g = torch.Generator().manual_seed(7)
+    shapes = [(3000,), (64, 80), (0,), (1,), (255,), (256,), (257,), (5, 7, 9), (700,)]
+    values = [torch.randn(s, generator=g) * 10.0 ** torch.randint(-9, 3, s, generator=g) for s in shapes]
+    values[1][3, 7], values[8][600] = float("nan"), float("inf")
+    params = [torch.zeros(s, dtype=dtype) for s in shapes]
+    grads = [(torch.randn(s, generator=g) * 1e-3).to(dtype) for s in shapes]
+
+    def coded():
+        out = []
+        for v in values:
+            codes, absmax = coder.empty(v)
+            coder.encode(v if coder.signed else v.abs(), codes, absmax)
+            out.append(codec.Coded(coder, codes, absmax))
+        return out
+
+    together, alone = coded(), coded()
+    states = {"m": list(together)}
+    codec.decoded(step, None, None, params, grads, states)
+    assert all(x is y for x, y in zip(states["m"], together))  # the holders the optimizer passed
+    compute = torch.float32 if dtype == torch.bfloat16 else dtype
+    for x, θ, grad in zip(alone, params, grads):  # one tensor at a time, as the first transcription did
+        plain = {"m": [coder.decode(x.codes, x.absmax, compute)]}
+        step(None, None, [θ], [grad], plain)
+        coder.encode(plain["m"][0], x.codes, x.absmax)
+    for x, y in zip(together, alone):
+        assert torch.equal(x.codes, y.codes)
+        assert torch.equal(x.absmax.view(torch.int32), y.absmax.view(torch.int32))
+    assert together[1].absmax.isnan().any() and not together[0].absmax.isnan().any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("path", ["foreach", "tensor"])
+def test_a_group_steps_its_coded_states_as_each_tensor_alone(path, dtype):
+    """AdamW8bit on several tensors at once (their states decoded and encoded together) against one
+    optimizer per tensor: the same parameters, codes and scales, bit for bit."""
+    shapes = ((3000,), (64, 80), (256,), (1,), (700,), (5, 7, 9), (0,))
+    g = torch.Generator().manual_seed(4)
+    start = [torch.randn(s, generator=g).to(dtype) for s in shapes]
+    grads = [[(torch.randn(s, generator=g) * 10.0 ** (t % 4 - 3)).to(dtype) for s in shapes]
+             for t in range(5)]
+    grads[3][0][300] = float("nan")  # a NaN block from then on
+    hp = dict(lr=1e-2, min_8bit_size=0, path=path, v_without_zero=True)
+    together = [x.clone().requires_grad_() for x in start]
+    alone = [x.clone().requires_grad_() for x in start]
+    opt = optimlab.create("adamw8bit", together, **hp)
+    opts = [optimlab.create("adamw8bit", [p], **hp) for p in alone]
+    for step in grads:
+        for p, q, grad in zip(together, alone, step):
+            p.grad, q.grad = grad.clone(), grad.clone()
+        opt.step()
+        for o in opts:
+            o.step()
+    bits = {torch.float32: torch.int32, torch.bfloat16: torch.int16}
+    for p, q, o in zip(together, alone, opts):
+        assert torch.equal(p.detach().view(bits[dtype]), q.detach().view(bits[dtype]))
+        for key, value in o.state[q].items():
+            mine = opt.state[p][key]
+            if isinstance(value, torch.Tensor) and value.dtype == torch.float32:
+                mine, value = mine.view(torch.int32), value.view(torch.int32)
+            assert torch.equal(mine, value) if isinstance(value, torch.Tensor) else mine == value, key
+    assert opt.state[together[0]]["exp_avg_absmax"].isnan().any()
 
 
 def test_min_8bit_size_changes_which_tensors_are_coded():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections import defaultdict
 
 import numpy as np
 import torch
@@ -263,12 +264,58 @@ class Coded:
 
 def decoded(run, rule, h, params, grads, states: dict[str, list]) -> None:
     """Run a path on decoded states, then encode them again: how the tensor and foreach paths (and the
-    fused and triton paths where their kernels cannot read codes) step a coded state."""
+    fused and triton paths where their kernels cannot read codes) step a coded state.
+
+    A state's tensors coded alike (one codec, one device) are decoded together into one buffer, each
+    tensor's values starting at a block boundary, so the codec's torch ops run once per state rather
+    than once per tensor (`Batch`); the path steps views of that buffer."""
     compute = torch.float32 if params[0].dtype in (torch.bfloat16, torch.float16) else params[0].dtype
-    plain = {sym: [x.codec.decode(x.codes, x.absmax, compute) if isinstance(x, Coded) else x for x in xs]
-             for sym, xs in states.items()}
-    run(rule, h, params, grads, plain)
+    plain = {sym: list(xs) for sym, xs in states.items()}
+    batches = []
     for sym, xs in states.items():
-        for x, value in zip(xs, plain[sym]):
+        alike = defaultdict(list)
+        for i, x in enumerate(xs):
             if isinstance(x, Coded):
-                x.codec.encode(value, x.codes, x.absmax)
+                alike[(x.codec, x.codes.device)].append(i)
+        for (coder, _), picked in alike.items():
+            batch = Batch(coder, [xs[i] for i in picked], compute)
+            for i, view in zip(picked, batch.views):
+                plain[sym][i] = view
+            batches.append((batch, sym, picked))
+    run(rule, h, params, grads, plain)
+    for batch, sym, picked in batches:
+        batch.encode([plain[sym][i] for i in picked])
+
+
+class Batch:
+    """Coded tensors decoded into one flat buffer: each tensor's values, then zeros up to the end of its
+    last block, so the buffer's blocks are the tensors' blocks and it encodes as they would one by one."""
+
+    def __init__(self, coder: Blockwise8bit, coded: list[Coded], dtype: torch.dtype):
+        self.coder, self.coded = coder, coded
+        sizes = [x.codes.numel() for x in coded]
+        self.blocks = [coder.blocks(n) for n in sizes]
+        self.lengths = [m for n, b in zip(sizes, self.blocks) for m in (n, b * BLOCK - n)]  # values, padding
+        filler = torch.zeros(BLOCK, dtype=torch.uint8, device=coded[0].codes.device)
+        pads = {pad: filler[:pad] for pad in set(self.lengths[1::2])}
+        codes = torch.cat([c for x, pad in zip(coded, self.lengths[1::2])
+                           for c in (x.codes if x.codes.dim() == 1 else x.codes.reshape(-1), pads[pad])])
+        self.values = coder.decode(codes, torch.cat([x.absmax for x in coded]), dtype)
+        pieces = self.values.split(self.lengths)
+        torch._foreach_zero_(list(pieces[1::2]))  # the padding, decoded from code 0: zeros, as encode pads
+        self.views = [_shaped(piece, x.shape) for piece, x in zip(pieces[0::2], coded)]
+
+    def encode(self, stepped: list[torch.Tensor]) -> None:
+        """Encode the buffer (the views `stepped` in place, or a path's new tensors copied in) into each
+        tensor's own codes and absmax, in place: the optimizer's state holds those tensors."""
+        for view, value in zip(self.views, stepped):
+            if value is not view:
+                view.copy_(value)
+        codes, absmax = self.coder.encoded(self.values.to(torch.float32))
+        own = [_shaped(c, x.shape) for c, x in zip(codes.split(self.lengths)[0::2], self.coded)]
+        torch._foreach_copy_([x.codes for x in self.coded], own)
+        torch._foreach_copy_([x.absmax for x in self.coded], list(absmax.split(self.blocks)))
+
+
+def _shaped(x: torch.Tensor, shape) -> torch.Tensor:
+    return x if x.shape == shape else x.view(shape)  # (a view per tensor costs microseconds)
