@@ -142,18 +142,19 @@ class Blockwise8bit:
         _, peak = self.encoded(x.detach().reshape(-1).to(torch.float32).contiguous(), out=codes.view(-1))
         absmax.copy_(peak)
 
-    def encoded(self, flat: torch.Tensor, out=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encoded(self, flat: torch.Tensor, out=None, scratch=False) -> tuple[torch.Tensor, torch.Tensor]:
         """The codes (uint8, flat's length; into `out` if given) and the absmax per block of contiguous
-        float32 values."""
+        float32 values, which may be overwritten if `scratch`."""
         n = flat.numel()
         if n % BLOCK:  # the last block padded with zeros, which leave its absmax as it is
-            flat = torch.nn.functional.pad(flat, (0, self.blocks(n) * BLOCK - n))
+            flat, scratch = torch.nn.functional.pad(flat, (0, self.blocks(n) * BLOCK - n)), True
         rows = flat.view(-1, BLOCK)
         magnitude = rows.abs()
         peak = magnitude.amax(dim=1)  # N_b (NaN propagates: a NaN state stays NaN, as it would in fp32)
         inverse = torch.where(peak > 0, peak.reciprocal(), torch.zeros_like(peak))  # 0 for an all-zero block
-        scaled = (rows * inverse[:, None]).view(-1)[:n]  # in [-1, 1]
-        return self._codes(torch.abs(scaled, out=magnitude.view(-1)[:n]), scaled, out), peak
+        scaled = rows.mul_(inverse[:, None]) if scratch else rows * inverse[:, None]  # in [-1, 1]
+        q = scaled.view(-1)[:n]
+        return self._codes(torch.abs(q, out=magnitude.view(-1)[:n]), q, out), peak
 
     def nearest_codes(self, q: torch.Tensor) -> torch.Tensor:
         """The code (uint8) of the map's value nearest to each q in [-1, 1] (float32), without a search.
@@ -169,29 +170,30 @@ class Blockwise8bit:
         (as the AVX-512 encoder does, ccodec.py). A key of q's sign, |q|'s binade and that comparison
         picks the decade's scale and slope from small tables, and the code of its bucket j from another
         (first + min(j, last), mirrored for q < 0; the zero code below the decades, 1 above): `keyed`."""
-        flat = q.detach().reshape(-1).to(torch.float32).contiguous()
+        flat = q.detach().reshape(-1).to(torch.float32, copy=True)  # (_codes overwrites it)
         return self._codes(flat.abs(), flat).view(q.shape)
 
     def _codes(self, a: torch.Tensor, q: torch.Tensor, out=None) -> torch.Tensor:
-        """nearest_codes of the flat float32 q, given a = |q|, which it overwrites (into `out` if given).
-        Written in place where it can be: a new tensor of a's size costs about as much as an operation
-        (its pages are touched for the first time), so each buffer serves several steps."""
+        """nearest_codes of the flat float32 q, given a = |q| (into `out` if given). a and q are
+        overwritten: their storage is the working buffers, since a new tensor of their size costs about
+        as much as an operation (its pages are touched for the first time)."""
         k = self.keyed
         inside, scale, slope, codes, tenth = self._tensors_on(a.device, "keyed", lambda: (
             k.inside, k.scale, k.slope, k.codes, np.float32(0.1)))
         bits = a.view(torch.int32)  # ordered as the floats: a ≥ 0, and a NaN's sign bit is clear
+        binade = q.view(torch.int32)  # q is read once, for its sign bit
         if self.signed:  # q's sign bit (the mirrored half; ±0 and NaN take the zero code either way), binade
-            binade = (q.view(torch.int32) >> 23).bitwise_and_(2 * BINADES - 1)
+            binade.bitwise_right_shift_(23).bitwise_and_(2 * BINADES - 1)
         else:
-            binade = bits >> 23  # |q|'s binade: its biased exponent
+            torch.bitwise_right_shift(bits, 23, out=binade)  # |q|'s binade: its biased exponent
         above = inside.index_select(0, binade)
         torch.sub(bits, above, out=above).clamp_(0, 1)  # 1 where a lies above the bound inside its binade
         key = above.add_(binade, alpha=2)
-        scaled = torch.index_select(scale, 0, key, out=binade.view(torch.float32))  # (binade's storage)
-        torch.mul(a, scaled, out=scaled)  # (|q|·scale − 0.1)·slope, as written above
+        scaled = torch.index_select(scale, 0, key, out=q)  # (|q|·scale − 0.1)·slope, as written above
+        torch.mul(a, scaled, out=scaled)
         scaled -= tenth
-        scaled *= slope.index_select(0, key)
-        j = bits.copy_(scaled)  # truncated toward 0, as .to(torch.int32) does; into a's storage
+        scaled *= torch.index_select(slope, 0, key, out=a)  # (a is read for the last time above)
+        j = bits.copy_(scaled)  # truncated toward 0, as .to(torch.int32) does
         j.clamp_(0, k.buckets - 1)  # (a below its decade's first bucket: 0)
         return torch.index_select(codes, 0, j.add_(key, alpha=k.buckets), out=out)
 
@@ -311,7 +313,7 @@ class Batch:
         for view, value in zip(self.views, stepped):
             if value is not view:
                 view.copy_(value)
-        codes, absmax = self.coder.encoded(self.values.to(torch.float32))
+        codes, absmax = self.coder.encoded(self.values.to(torch.float32), scratch=True)  # the views' last use
         own = [_shaped(c, x.shape) for c, x in zip(codes.split(self.lengths)[0::2], self.coded)]
         torch._foreach_copy_([x.codes for x in self.coded], own)
         torch._foreach_copy_([x.absmax for x in self.coded], list(absmax.split(self.blocks)))
