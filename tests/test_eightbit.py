@@ -14,6 +14,7 @@ from eightbit_references import adamw8bit_step, dynamic_map_from_bits, nearest_c
 import optimlab
 from optimlab.engine import codec
 from optimlab.engine.boundary import ParameterMismatch
+from optimlab.optimizers.adam8bit import WITHOUT_ZERO
 
 CODECS = [pytest.param(codec.SIGNED, id="signed"), pytest.param(codec.UNSIGNED, id="unsigned")]
 PATHS = ["tensor", "foreach", "fused"]
@@ -118,6 +119,90 @@ def test_fused_kernel_encodes_as_torch_encodes_even_at_midpoints(coder):
     assert torch.equal(opt.state[p][key + "_absmax"], absmax)
 
 
+# --- the torch encoder against its first transcription ------------------------------------------------
+
+
+def _per_decade_codes(coder, q: np.ndarray) -> np.ndarray:
+    """nearest_codes as it was first written, in numpy float32: the decade by comparing |q| with each
+    bound (a NaN with none: the zero code), then in each decade in turn the bucket
+    ⌊(|q|·10^(6−d) − 0.1)·n_d / 0.9⌋ clamped to the decade, then the negative codes mirrored below zero."""
+    c = coder.decades
+    q = q.astype(np.float32)
+    a = np.abs(q)
+    d = np.full(a.shape, -1)
+    for bound in c.bounds:
+        d += a > bound
+    codes = np.where(d < 0, c.zero, 255)  # below the decades the zero code, above them the code of 1
+    for k in range(7):
+        inside = d == k
+        j = ((a[inside] * c.scale[k] - np.float32(0.1)) * c.slope[k]).astype(np.int32)
+        codes[inside] = c.first[k] + np.minimum(np.maximum(j, 0), c.last[k])
+    if coder.signed:
+        negative = (q < 0) & (d >= 0)
+        codes[negative] = np.maximum(254 - codes[negative], 0)
+    return codes.astype(np.uint8)
+
+
+def _float32_edges(coder, seed: int) -> np.ndarray:
+    """The values where a code changes and three float32 steps either side of each: every decade bound,
+    every bucket edge inside each decade (where (|q|·scale − 0.1)·slope is a whole number), the map's
+    values and midpoints; then ±0, subnormals, ±1, the largest float, ±∞, NaNs of either sign, random
+    magnitudes over fifteen decades and random bit patterns; both signs of everything."""
+    c = coder.decades
+    edges = [c.bounds, coder.table, coder.midpoints]
+    for k in range(7):
+        m = np.arange(c.last[k] + 2, dtype=np.float64)
+        edges.append(((m / np.float64(c.slope[k]) + 0.1) / np.float64(c.scale[k])).astype(np.float32))
+    around = [np.concatenate(edges).astype(np.float32)]
+    up = down = around[0]
+    for _ in range(3):
+        up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(0))
+        around += [up, down]
+    big = np.finfo(np.float32).max
+    special = np.array([0.0, 1e-45, 2e-45, 1e-40, 1.1754942e-38, 1.1754944e-38, 1.0, big, np.inf, np.nan],
+                       dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    spread = (10.0 ** rng.uniform(-13, 2, 20000)).astype(np.float32)
+    bits = rng.integers(0, 2**32, 20000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    values = np.concatenate([*around, special, spread, bits])
+    return np.concatenate([values, -values])
+
+
+@pytest.mark.parametrize("coder", CODECS)
+def test_nearest_codes_are_the_per_decade_formulas_bit_for_bit(coder):
+    """The encoder finds the decade from |q|'s binade and indexes tables by it; its codes must be those
+    of the formulas decade by decade (the C and Triton kernels reproduce them), for every awkward float."""
+    q = _float32_edges(coder, seed=0)
+    codes = coder.nearest_codes(torch.from_numpy(q))
+    np.testing.assert_array_equal(codes.numpy(), _per_decade_codes(coder, q))
+
+
+@pytest.mark.parametrize("coder", CODECS)
+def test_encode_is_the_per_decade_formulas_of_the_scaled_blocks(coder):
+    """encode's codes and absmax against the formulas applied to x / absmax block by block (in float32:
+    x · (1 / absmax), 0 for a zero or NaN block), for whole and ragged lengths, the values above
+    scaled small (many subnormal) and large (∞ blocks)."""
+    x = _float32_edges(coder, seed=1)
+    np.random.default_rng(2).shuffle(x)
+    for scale in (1.0, 1e-30, 1e30):
+        for n in (x.size // codec.BLOCK * codec.BLOCK, x.size - 77, 1):
+            with np.errstate(invalid="ignore", over="ignore"):  # signalling NaNs, and 1e30 · large
+                values = (x[:n] * np.float32(scale)).astype(np.float32)
+            codes, absmax = coder.empty(torch.from_numpy(values))
+            coder.encode(torch.from_numpy(values), codes, absmax)
+            padded = np.zeros(coder.blocks(n) * codec.BLOCK, dtype=np.float32)
+            padded[:n] = values
+            peak = np.abs(padded).reshape(-1, codec.BLOCK).max(axis=1)  # NaN propagates
+            with np.errstate(divide="ignore", over="ignore"):  # 1 / a subnormal peak: ∞
+                inverse = np.where(peak > 0, np.float32(1) / peak, np.float32(0)).astype(np.float32)
+            with np.errstate(invalid="ignore", over="ignore"):
+                scaled = (padded.reshape(-1, codec.BLOCK) * inverse[:, None]).reshape(-1)[:n]
+            nan = np.isnan(peak)  # (numpy keeps a NaN's payload, torch's max gives the default NaN)
+            assert (absmax.isnan().numpy() == nan).all()
+            np.testing.assert_array_equal(absmax.numpy()[~nan].view(np.int32), peak[~nan].view(np.int32))
+            np.testing.assert_array_equal(codes.numpy(), _per_decade_codes(coder, scaled))
+
+
 # --- the optimizer ------------------------------------------------------------------------------------
 
 
@@ -188,6 +273,87 @@ def test_matches_a_float64_transcription_of_the_paper():
     assert (s["exp_avg_codes"].int() - torch.tensor(mc)).abs().max() <= 1
     assert (s["exp_avg_sq_codes"].int() - torch.tensor(vc)).abs().max() <= 1
     assert (s["exp_avg_codes"].int() != torch.tensor(mc)).float().mean() < 0.01
+
+
+def _step_in_place(rule, h, params, grads, states):
+    """A path's update of a coded state m, written into the tensors it was given (as the paths do)."""
+    for g, m in zip(grads, states["m"]):
+        m.mul_(0.9).add_(g, alpha=0.1)
+
+
+def _step_into_new_tensors(rule, h, params, grads, states):
+    states["m"][:] = [m * 0.9 + g * 0.1 for g, m in zip(grads, states["m"])]
+
+
+@pytest.mark.parametrize("step", [_step_in_place, _step_into_new_tensors])
+@pytest.mark.parametrize("coder", [*CODECS, pytest.param(WITHOUT_ZERO, id="without-zero")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_decoded_steps_a_groups_states_together_as_one_by_one(dtype, coder, step):
+    """codec.decoded decodes all of a state's tensors into one buffer, block-aligned, and encodes it
+    whole: the codes and scales must be those of decoding, stepping and encoding each tensor alone, for
+    sizes that are not a multiple of the block, an empty tensor, a NaN block and an infinite one, and a
+    map whose zero code decodes to nonzero (the padding must still count as zeros)."""
+    g = torch.Generator().manual_seed(7)
+    shapes = [(3000,), (64, 80), (0,), (1,), (255,), (256,), (257,), (5, 7, 9), (700,)]
+    values = [torch.randn(s, generator=g) * 10.0 ** torch.randint(-9, 3, s, generator=g) for s in shapes]
+    values[1][3, 7], values[8][600] = float("nan"), float("inf")
+    params = [torch.zeros(s, dtype=dtype) for s in shapes]
+    grads = [(torch.randn(s, generator=g) * 1e-3).to(dtype) for s in shapes]
+
+    def coded():
+        out = []
+        for v in values:
+            codes, absmax = coder.empty(v)
+            coder.encode(v if coder.signed else v.abs(), codes, absmax)
+            out.append(codec.Coded(coder, codes, absmax))
+        return out
+
+    together, alone = coded(), coded()
+    states = {"m": list(together)}
+    codec.decoded(step, None, None, params, grads, states)
+    assert all(x is y for x, y in zip(states["m"], together))  # the holders the optimizer passed
+    compute = torch.float32 if dtype == torch.bfloat16 else dtype
+    for x, θ, grad in zip(alone, params, grads):  # one tensor at a time, as the first transcription did
+        plain = {"m": [coder.decode(x.codes, x.absmax, compute)]}
+        step(None, None, [θ], [grad], plain)
+        coder.encode(plain["m"][0], x.codes, x.absmax)
+    for x, y in zip(together, alone):
+        assert torch.equal(x.codes, y.codes)
+        assert torch.equal(x.absmax.view(torch.int32), y.absmax.view(torch.int32))
+    assert together[1].absmax.isnan().any() and not together[0].absmax.isnan().any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("path", ["foreach", "tensor"])
+def test_a_group_steps_its_coded_states_as_each_tensor_alone(path, dtype):
+    """AdamW8bit on several tensors at once (their states decoded and encoded together) against one
+    optimizer per tensor: the same parameters, codes and scales, bit for bit."""
+    shapes = ((3000,), (64, 80), (256,), (1,), (700,), (5, 7, 9), (0,))
+    g = torch.Generator().manual_seed(4)
+    start = [torch.randn(s, generator=g).to(dtype) for s in shapes]
+    grads = [[(torch.randn(s, generator=g) * 10.0 ** (t % 4 - 3)).to(dtype) for s in shapes]
+             for t in range(5)]
+    grads[3][0][300] = float("nan")  # a NaN block from then on
+    hp = dict(lr=1e-2, min_8bit_size=0, path=path, v_without_zero=True)
+    together = [x.clone().requires_grad_() for x in start]
+    alone = [x.clone().requires_grad_() for x in start]
+    opt = optimlab.create("adamw8bit", together, **hp)
+    opts = [optimlab.create("adamw8bit", [p], **hp) for p in alone]
+    for step in grads:
+        for p, q, grad in zip(together, alone, step):
+            p.grad, q.grad = grad.clone(), grad.clone()
+        opt.step()
+        for o in opts:
+            o.step()
+    bits = {torch.float32: torch.int32, torch.bfloat16: torch.int16}
+    for p, q, o in zip(together, alone, opts):
+        assert torch.equal(p.detach().view(bits[dtype]), q.detach().view(bits[dtype]))
+        for key, value in o.state[q].items():
+            mine = opt.state[p][key]
+            if isinstance(value, torch.Tensor) and value.dtype == torch.float32:
+                mine, value = mine.view(torch.int32), value.view(torch.int32)
+            assert torch.equal(mine, value) if isinstance(value, torch.Tensor) else mine == value, key
+    assert opt.state[together[0]]["exp_avg_absmax"].isnan().any()
 
 
 def test_min_8bit_size_changes_which_tensors_are_coded():

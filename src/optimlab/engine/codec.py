@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections import defaultdict
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ import torch
 # kernel's chunk of 4096 elements (and the Triton kernels' of 1024), so a block never straddles two threads.
 BLOCK = 256
 BITS = 8
+BINADES = 256  # biased float32 exponents: the torch encoder's tables have one row per binade of |q|
 
 
 def dynamic_map(signed: bool, exponent_bits: int = BITS - 1) -> np.ndarray:
@@ -84,8 +86,50 @@ class Blockwise8bit:
                        first=first, last=[n[d] - 1 for d in range(7)],
                        zero=offset - (1 if self.signed else 0))
 
+    @functools.cached_property
+    def keyed(self) -> Keyed:
+        """`nearest_codes`' decades by key (see there), made from `decades`: per binade the decade bound
+        inside it; per key the decade's scale and slope, and the code of each of its buckets."""
+        c = self.decades
+        bits = c.bounds.view(np.int32)
+        binade = (bits >> 23).tolist()
+        if len(set(binade)) != len(binade):
+            raise AssertionError("two decade bounds share a binade: one comparison cannot tell them apart")
+        # No bound inside a binade: its start (one decade either side). The last binade's start is ∞:
+        # above it lie only NaNs, which take the zero code.
+        inside = np.arange(BINADES, dtype=np.int32) << 23
+        inside[binade] = bits
+        signs, buckets = (2 if self.signed else 1), max(c.last) + 1
+        scale, slope = np.zeros((2, 2 * BINADES * signs), np.float32)
+        codes = np.zeros((2 * BINADES * signs, buckets), np.uint8)
+        for key in range(2 * BINADES * signs):
+            negative, e, above = key // (2 * BINADES), key // 2 % BINADES, key % 2
+            d = sum(b < e for b in binade) + (above and e in binade) - 1  # the bounds below |q|, less one
+            if e == BINADES - 1 and above:  # NaN: the zero code (every comparison with a bound is false)
+                d = -1
+            if 0 <= d < 7:  # outside the decades scale = slope = 0: j = 0, and their one code for any j
+                scale[key], slope[key] = c.scale[d], c.slope[d]
+            for j in range(buckets):
+                rank = c.zero if d < 0 else 255 if d == 7 else c.first[d] + min(j, c.last[d])
+                # the negative codes mirror the positive ones below zero (1 has no mirror)
+                codes[key, j] = max(254 - rank, 0) if negative and d >= 0 else rank
+        return Keyed(inside=np.tile(inside, signs), scale=scale, slope=slope, codes=codes.reshape(-1),
+                     buckets=buckets)
+
+    @functools.cached_property
+    def _on_device(self) -> dict:
+        return {}
+
+    def _tensors_on(self, device, what: str, make):
+        """`make()`'s tensors on `device`, made once per device (the tables are constant)."""
+        key = (what, torch.device(device))
+        found = self._on_device.get(key)
+        if found is None:
+            found = self._on_device[key] = tuple(torch.as_tensor(t, device=device) for t in make())
+        return found
+
     def tensors(self, device) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.as_tensor(self.table, device=device), torch.as_tensor(self.midpoints, device=device))
+        return self._tensors_on(device, "map", lambda: (self.table, self.midpoints))
 
     @staticmethod
     def blocks(numel: int) -> int:
@@ -95,45 +139,73 @@ class Blockwise8bit:
 
     def encode(self, x: torch.Tensor, codes: torch.Tensor, absmax: torch.Tensor) -> None:
         """Quantise x into `codes` (x's shape, uint8) and `absmax` (one float32 per block), in place."""
-        flat = x.detach().reshape(-1).to(torch.float32)
-        n = flat.numel()
-        padded = torch.nn.functional.pad(flat, (0, self.blocks(n) * BLOCK - n)).view(-1, BLOCK)
-        peak = padded.abs().amax(dim=1)  # N_b (NaN propagates: a NaN state stays NaN, as it would in fp32)
-        inverse = torch.where(peak > 0, peak.reciprocal(), torch.zeros_like(peak))  # 0 for an all-zero block
-        scaled = padded * inverse[:, None]  # in [-1, 1]
-        codes.view(-1).copy_(self.nearest_codes(scaled.reshape(-1)[:n]))
+        _, peak = self.encoded(x.detach().reshape(-1).to(torch.float32).contiguous(), out=codes.view(-1))
         absmax.copy_(peak)
 
+    def encoded(self, flat: torch.Tensor, out=None, scratch=False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The codes (uint8, flat's length; into `out` if given) and the absmax per block of contiguous
+        float32 values, which may be overwritten if `scratch`."""
+        n = flat.numel()
+        if n % BLOCK:  # the last block padded with zeros, which leave its absmax as it is
+            flat, scratch = torch.nn.functional.pad(flat, (0, self.blocks(n) * BLOCK - n)), True
+        rows = flat.view(-1, BLOCK)
+        magnitude = rows.abs()
+        peak = magnitude.amax(dim=1)  # N_b (NaN propagates: a NaN state stays NaN, as it would in fp32)
+        inverse = torch.where(peak > 0, peak.reciprocal(), torch.zeros_like(peak))  # 0 for an all-zero block
+        scaled = rows.mul_(inverse[:, None]) if scratch else rows * inverse[:, None]  # in [-1, 1]
+        q = scaled.view(-1)[:n]
+        return self._codes(torch.abs(q, out=magnitude.view(-1)[:n]), q, out), peak
+
     def nearest_codes(self, q: torch.Tensor) -> torch.Tensor:
-        """The code of the map's value nearest to each q in [-1, 1] (float32), without a search.
+        """The code (uint8) of the map's value nearest to each q in [-1, 1] (float32), without a search.
 
         Which decade of the map |q| falls in is where it lies among the seven midpoints between decades
         (and the ones next to 0 and 1); within decade d the codes are the midpoints of equal buckets, so
         the nearest is the bucket |q| falls in: ⌊(|q|·10^(6−d) − 0.1) · n_d / 0.9⌋. Exact but for values
         within float32 rounding of a boundary inside a decade (a tie, either code is as near). The fused
-        kernel does the same float32 operations in the same order (cgen.py), so both give the same codes."""
-        c = self.decades
-        a = q.abs()
-        d = torch.full(a.shape, -1, dtype=torch.int64, device=q.device)
-        for bound in c.bounds.tolist():
-            d += a > bound  # -1: the zero code; 0 … 6: a decade; 7: the code of 1
-        inside = d.clamp(0, 6)
-        scale, slope, first, last = (torch.as_tensor(t, device=q.device)[inside]
-                                     for t in (c.scale, c.slope, np.array(c.first[:7]), np.array(c.last)))
-        j = ((a * scale - torch.tensor(0.1, dtype=torch.float32)) * slope).to(torch.int32)
-        rank = first + torch.minimum(j.clamp_min(0), last)
-        rank = torch.where(d == 7, 255, rank)
-        if self.signed:  # the negative codes mirror the positive ones below zero (1 has no mirror)
-            rank = torch.where(q < 0, (254 - rank).clamp_min(0), rank)
-        return torch.where(d < 0, c.zero, rank)
+        kernel does the same float32 operations in the same order (cgen.py), so both give the same codes.
+
+        In few torch ops (each costs a pass over the tensor): every bound lies in a binade of its own, so
+        the float exponent of |q| and one comparison, with the bound inside its binade, tell the decade
+        (as the AVX-512 encoder does, ccodec.py). A key of q's sign, |q|'s binade and that comparison
+        picks the decade's scale and slope from small tables, and the code of its bucket j from another
+        (first + min(j, last), mirrored for q < 0; the zero code below the decades, 1 above): `keyed`."""
+        flat = q.detach().reshape(-1).to(torch.float32, copy=True)  # (_codes overwrites it)
+        return self._codes(flat.abs(), flat).view(q.shape)
+
+    def _codes(self, a: torch.Tensor, q: torch.Tensor, out=None) -> torch.Tensor:
+        """nearest_codes of the flat float32 q, given a = |q| (into `out` if given). a and q are
+        overwritten: their storage is the working buffers, since a new tensor of their size costs about
+        as much as an operation (its pages are touched for the first time)."""
+        k = self.keyed
+        inside, scale, slope, codes, tenth = self._tensors_on(a.device, "keyed", lambda: (
+            k.inside, k.scale, k.slope, k.codes, np.float32(0.1)))
+        bits = a.view(torch.int32)  # ordered as the floats: a ≥ 0, and a NaN's sign bit is clear
+        binade = q.view(torch.int32)  # q is read once, for its sign bit
+        if self.signed:  # q's sign bit (the mirrored half; ±0 and NaN take the zero code either way), binade
+            binade.bitwise_right_shift_(23).bitwise_and_(2 * BINADES - 1)
+        else:
+            torch.bitwise_right_shift(bits, 23, out=binade)  # |q|'s binade: its biased exponent
+        above = inside.index_select(0, binade)
+        torch.sub(bits, above, out=above).clamp_(0, 1)  # 1 where a lies above the bound inside its binade
+        key = above.add_(binade, alpha=2)
+        scaled = torch.index_select(scale, 0, key, out=q)  # (|q|·scale − 0.1)·slope, as written above
+        torch.mul(a, scaled, out=scaled)
+        scaled -= tenth
+        scaled *= torch.index_select(slope, 0, key, out=a)  # (a is read for the last time above)
+        j = bits.copy_(scaled)  # truncated toward 0, as .to(torch.int32) does
+        j.clamp_(0, k.buckets - 1)  # (a below its decade's first bucket: 0)
+        return torch.index_select(codes, 0, j.add_(key, alpha=k.buckets), out=out)
 
     def decode(self, codes: torch.Tensor, absmax: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """map[code] · N_b, in float32 (then `dtype`), with the codes' shape."""
         table, _ = self.tensors(codes.device)
-        n = codes.numel()
-        values = table[codes.reshape(-1).long()]
-        per_element = absmax.repeat_interleave(BLOCK)[:n]
-        return (values * per_element).view(codes.shape).to(dtype)
+        values = table.index_select(0, codes.reshape(-1).int())  # (index_select takes int32 indices)
+        whole = values.numel() // BLOCK * BLOCK
+        values[:whole].view(-1, BLOCK).mul_(absmax[:whole // BLOCK, None])
+        if whole < values.numel():  # a ragged last block
+            values[whole:].mul_(absmax[-1])
+        return values.view(codes.shape).to(dtype)
 
     def empty(self, θ: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Codes and absmax of an all-zero state for θ."""
@@ -153,6 +225,21 @@ class Decades:
     first: list
     last: list
     zero: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Keyed:
+    """A map's decades by key, for the torch encoder: key = 2·(|q|'s binade, plus BINADES if q's sign bit
+    is set) + (1 if |q| lies above the decade bound inside its binade). `inside` (int32, per binade and
+    sign): the bits of that bound; `scale` and `slope` (float32, per key): the decade's 10^(6−d) and
+    n_d / 0.9 (0 outside the decades); `codes` (uint8, per key and bucket j < buckets): first_d +
+    min(j, last_d), mirrored for q < 0, or the zero code or the code of 1 outside the decades."""
+
+    inside: np.ndarray
+    scale: np.ndarray
+    slope: np.ndarray
+    codes: np.ndarray
+    buckets: int
 
 
 SIGNED = Blockwise8bit(signed=True)
@@ -179,12 +266,58 @@ class Coded:
 
 def decoded(run, rule, h, params, grads, states: dict[str, list]) -> None:
     """Run a path on decoded states, then encode them again: how the tensor and foreach paths (and the
-    fused and triton paths where their kernels cannot read codes) step a coded state."""
+    fused and triton paths where their kernels cannot read codes) step a coded state.
+
+    A state's tensors coded alike (one codec, one device) are decoded together into one buffer, each
+    tensor's values starting at a block boundary, so the codec's torch ops run once per state rather
+    than once per tensor (`Batch`); the path steps views of that buffer."""
     compute = torch.float32 if params[0].dtype in (torch.bfloat16, torch.float16) else params[0].dtype
-    plain = {sym: [x.codec.decode(x.codes, x.absmax, compute) if isinstance(x, Coded) else x for x in xs]
-             for sym, xs in states.items()}
-    run(rule, h, params, grads, plain)
+    plain = {sym: list(xs) for sym, xs in states.items()}
+    batches = []
     for sym, xs in states.items():
-        for x, value in zip(xs, plain[sym]):
+        alike = defaultdict(list)
+        for i, x in enumerate(xs):
             if isinstance(x, Coded):
-                x.codec.encode(value, x.codes, x.absmax)
+                alike[(x.codec, x.codes.device)].append(i)
+        for (coder, _), picked in alike.items():
+            batch = Batch(coder, [xs[i] for i in picked], compute)
+            for i, view in zip(picked, batch.views):
+                plain[sym][i] = view
+            batches.append((batch, sym, picked))
+    run(rule, h, params, grads, plain)
+    for batch, sym, picked in batches:
+        batch.encode([plain[sym][i] for i in picked])
+
+
+class Batch:
+    """Coded tensors decoded into one flat buffer: each tensor's values, then zeros up to the end of its
+    last block, so the buffer's blocks are the tensors' blocks and it encodes as they would one by one."""
+
+    def __init__(self, coder: Blockwise8bit, coded: list[Coded], dtype: torch.dtype):
+        self.coder, self.coded = coder, coded
+        sizes = [x.codes.numel() for x in coded]
+        self.blocks = [coder.blocks(n) for n in sizes]
+        self.lengths = [m for n, b in zip(sizes, self.blocks) for m in (n, b * BLOCK - n)]  # values, padding
+        filler = torch.zeros(BLOCK, dtype=torch.uint8, device=coded[0].codes.device)
+        pads = {pad: filler[:pad] for pad in set(self.lengths[1::2])}
+        codes = torch.cat([c for x, pad in zip(coded, self.lengths[1::2])
+                           for c in (x.codes if x.codes.dim() == 1 else x.codes.reshape(-1), pads[pad])])
+        self.values = coder.decode(codes, torch.cat([x.absmax for x in coded]), dtype)
+        pieces = self.values.split(self.lengths)
+        torch._foreach_zero_(list(pieces[1::2]))  # the padding, decoded from code 0: zeros, as encode pads
+        self.views = [_shaped(piece, x.shape) for piece, x in zip(pieces[0::2], coded)]
+
+    def encode(self, stepped: list[torch.Tensor]) -> None:
+        """Encode the buffer (the views `stepped` in place, or a path's new tensors copied in) into each
+        tensor's own codes and absmax, in place: the optimizer's state holds those tensors."""
+        for view, value in zip(self.views, stepped):
+            if value is not view:
+                view.copy_(value)
+        codes, absmax = self.coder.encoded(self.values.to(torch.float32), scratch=True)  # the views' last use
+        own = [_shaped(c, x.shape) for c, x in zip(codes.split(self.lengths)[0::2], self.coded)]
+        torch._foreach_copy_([x.codes for x in self.coded], own)
+        torch._foreach_copy_([x.absmax for x in self.coded], list(absmax.split(self.blocks)))
+
+
+def _shaped(x: torch.Tensor, shape) -> torch.Tensor:
+    return x if x.shape == shape else x.view(shape)  # (a view per tensor costs microseconds)
