@@ -186,8 +186,9 @@ class Sophia(RuleOptimizer):
                 "Sophia.update_hessian cannot estimate the Hessian of FSDP2-sharded parameters: the loss "
                 "reaches them only through FSDP2's gathered copies, which autograd.grad does not see; "
                 "step() works under FSDP2, with the estimate kept in optimizer.state[p]['hessian']")
-        group = self.process_group
-        if group is None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        process_group = self.process_group
+        several_ranks = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if process_group is None and several_ranks:
             warnings.warn("Sophia.update_hessian: torch.distributed has several ranks but the optimizer has "
                           "no process_group, so each rank keeps its own Hessian estimate; under DDP the "
                           "replicas then drift apart: pass process_group=torch.distributed.group.WORLD "
@@ -195,7 +196,7 @@ class Sophia(RuleOptimizer):
                           stacklevel=3)  # the caller's line (no_grad's wrapper is one more frame)
         with torch.enable_grad():
             output = closure()
-            estimates = ESTIMATORS[estimator](output, params, generator, group)
+            estimates = ESTIMATORS[estimator](output, params, generator, process_group)
         index = 0
         for group, ps in due:
             β2 = group["betas"][1]
