@@ -73,14 +73,15 @@ class Plan:
     """The step of one group, as the last step left it. Use `Plan.make`."""
 
     def __init__(self, opt, group: dict, h: SimpleNamespace, params: list, dicts: list[dict], t: float,
-                 states: dict[str, list], calls: list[tuple[str, list[int]]], coded_syms: frozenset):
+                 states: dict[str, list], calls: list[tuple[str, list[int]]], coded_syms: frozenset,
+                 kept: dict, upcoming: SimpleNamespace):
+        """`kept`: the rule's kept states under h; `upcoming`: what the rule sees at the next step."""
         rule = opt.rule
         self.rule, self.group, self.path, self.t = rule, group, opt.path, t
         self.min_8bit_size = getattr(h, "min_8bit_size", None)
         self.carried = {key: dicts[0][key] for key in rule.scalar_state}
         self.params = tuple(params)
         self.meta = tuple((p.shape, p.dtype, p.device, p.data_ptr()) for p in params)
-        kept = rule.kept(h)
         # per parameter: each stored tensor (key, weak reference, pointer, dtype, shape), and the keys that
         # must stay absent for the long way to see what the plan saw
         self.stored, self.absent = [], []
@@ -100,8 +101,7 @@ class Plan:
             self.stored.append(tuple((key, weakref.ref(v), v.data_ptr(), v.dtype, v.shape)
                                      for key, v in stored))
             self.absent.append(tuple(absent))
-        upcoming, _ = self.upcoming(h)  # static scalars of the next step: ADOPT's first, RAdam's branch
-        self.static = static_key(upcoming)
+        self.static = static_key(upcoming)  # static scalars of the next step: ADOPT's first, RAdam's branch
         self.calls = []
         for path, idx in calls:
             first = [states[sym][idx[0]] for sym in kept]
@@ -148,7 +148,8 @@ class Plan:
         upcoming = SimpleNamespace(**vars(h), **opt.rule.step_scalars(h, int(t) + 1, dict(carried)))
         try:
             calls = paths.one_call_each(opt.path, opt.rule, upcoming, params, states)
-            return None if calls is None else cls(opt, group, h, params, dicts, t, states, calls, coded_syms)
+            return None if calls is None else cls(opt, group, h, params, dicts, t, states, calls, coded_syms,
+                                                  kept, upcoming)
         except native.CompilerUnavailable:
             return None
 
