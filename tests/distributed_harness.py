@@ -242,7 +242,7 @@ def mixed_case(name, rank, world, columns=False):
 
 
 def sophia_hessian_case(rank, world):
-    """Sophia's Hessian estimate under FSDP2: a clear refusal, not a crash inside autograd."""
+    """Sophia's Hutchinson estimate under FSDP2: a clear refusal, not a crash inside autograd."""
     model = shard(make_model())
     opt = optimlab.create("sophia", model.parameters(), estimator="hutchinson")
     x = batches(torch.float32)[0]
@@ -261,10 +261,17 @@ def classifier(dtype) -> torch.nn.Module:
 SOPHIA = {"lr": 0.05, "weight_decay": 0.1, "update_period": 2}
 
 
-def sophia_ddp_case(estimator, rank, world, group=True):
+def grads_of(model) -> list:
+    """Each parameter's whole gradient as a list of numbers (None where it has none): comparable by ==."""
+    return [None if p.grad is None else whole(p.grad).tolist() for p in model.parameters()]
+
+
+def sophia_ddp_case(estimator, rank, world, group=True, fsdp2=False):
     """Sophia under DDP (fp64) with its Hessian refreshed at steps 0 and 2, each rank from its own half of
     the batch (its own sampled labels for GNB, the same probe vector for Hutchinson), against one process
-    on the whole batch. With group=False: the warning, and how far the ranks' Hessians drift apart."""
+    on the whole batch. With group=False: the warning, and how far the ranks' Hessians drift apart.
+    fsdp2=True: the same under FSDP2 (GNB, model= given), and whether the gradients present when
+    update_hessian is called are there, unchanged, after it."""
     import warnings
 
     dtype, labels = torch.float64, torch.tensor([0, 1, 2, 0, 1, 2, 1, 0])
@@ -272,13 +279,19 @@ def sophia_ddp_case(estimator, rank, world, group=True):
     half = len(labels) // world
     local = slice(rank * half, (rank + 1) * half)
     seed = {"gnb": lambda step, r: 100 * step + r, "hutchinson": lambda step, r: 100 * step}[estimator]
-    model = DistributedDataParallel(classifier(dtype))
+    model = shard(classifier(dtype)) if fsdp2 else DistributedDataParallel(classifier(dtype))
     opt = optimlab.create("sophia", model.parameters(), estimator=estimator, **SOPHIA,
-                          process_group=dist.group.WORLD if group else None)
+                          process_group=dist.group.WORLD if group and not fsdp2 else None)
+    grads_kept = True
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for step, x in enumerate(xs):
-            if estimator == "gnb":
+            if fsdp2:
+                before = grads_of(model)
+                opt.update_hessian(lambda x=x: model(x[local]), model=model,
+                                   generator=torch.Generator().manual_seed(seed(step, rank)))
+                grads_kept &= grads_of(model) == before
+            elif estimator == "gnb":
                 opt.update_hessian(lambda x=x: model(x[local]),
                                    generator=torch.Generator().manual_seed(seed(step, rank)))
             else:
@@ -288,7 +301,7 @@ def sophia_ddp_case(estimator, rank, world, group=True):
             F.cross_entropy(model(x[local]), labels[local]).backward()
             opt.step()
     warned = any("process_group" in str(w.message) for w in caught)
-    hessians = torch.cat([opt.state[p]["hessian"].reshape(-1) for p in model.parameters()])
+    hessians = torch.cat([whole(opt.state[p]["hessian"]).reshape(-1) for p in model.parameters()])
     gathered = [torch.empty_like(hessians) for _ in range(world)]
     dist.all_gather(gathered, hessians)
     drift = (gathered[0] - gathered[1]).abs().max().item()
@@ -320,7 +333,7 @@ def sophia_ddp_case(estimator, rank, world, group=True):
         ref_opt.step()
     error = torch.tensor([max_difference(model, ref)])
     dist.all_reduce(error, op=dist.ReduceOp.MAX)  # both ranks' parameters
-    return {"error": error.item(), "hessian_drift": drift, "warned": warned}
+    return {"error": error.item(), "hessian_drift": drift, "warned": warned, "grads_kept": grads_kept}
 
 
 def sophia_mismatched_case(rank, world):
@@ -400,6 +413,7 @@ def main():
         attempt(f"sophia/ddp/{estimator}", sophia_ddp_case, estimator, rank, world)
         attempt(f"sophia/ddp-without-group/{estimator}", sophia_ddp_case, estimator, rank, world, group=False)
     attempt("sophia/mismatched", sophia_mismatched_case, rank, world)
+    attempt("sophia/fsdp2/gnb", sophia_ddp_case, "gnb", rank, world, fsdp2=True)
     try:
         results.update(clip_and_monitor_case(rank, world, batches(torch.float32)))
     except Exception as err:

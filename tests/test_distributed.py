@@ -187,8 +187,16 @@ def test_split_and_replicated_dtensors_in_one_group_equal_plain_tensors(ranks, n
     assert err <= TOLERANCE["fp64"], f"{name}: {err:.3g}"
 
 
-def test_sophias_hessian_estimate_under_fsdp2_is_refused_clearly(ranks):
-    assert "FSDP2-sharded parameters" in _result(ranks, "sophia/update_hessian")["refused"]
+def test_sophias_hutchinson_estimate_under_fsdp2_is_refused_clearly(ranks):
+    assert "under FSDP2 needs estimator='gnb'" in _result(ranks, "sophia/update_hessian")["refused"]
+
+
+def test_sophias_gnb_under_fsdp2_is_the_global_batchs_and_keeps_the_gradients(ranks):
+    """GNB's gradient through FSDP2's own backward (reduce-scattered, averaged over the mesh): both ranks
+    train as one process on the whole batch, Hessian refreshes included (fp64), and the gradients present
+    when update_hessian is called are there unchanged after it."""
+    result = _result(ranks, "sophia/fsdp2/gnb")
+    assert result["error"] <= TOLERANCE["fp64"] and result["hessian_drift"] == 0.0 and result["grads_kept"]
 
 
 @pytest.mark.parametrize("estimator", ["gnb", "hutchinson"])

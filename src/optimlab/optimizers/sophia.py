@@ -73,19 +73,51 @@ def hutchinson(loss: torch.Tensor, params: list, generator=None, group=None) -> 
 def gauss_newton_bartlett(logits: torch.Tensor, params: list, generator=None, group=None) -> list:
     """B · ĝ ⊙ ĝ, ĝ the gradient of the mean cross-entropy of labels ŷ drawn from softmax(logits).
     With `group`, of the global batch: ĝ = Σ_r B_r·ĝ_r / B, B = Σ_r B_r over its ranks."""
-    if logits.dim() < 2:
-        raise ValueError(f"the Gauss-Newton-Bartlett estimator needs logits of shape (..., classes); got a "
-                         f"{logits.dim()}-d tensor (a closure for estimator='hutchinson' returns the loss)")
-    flat = logits.reshape(-1, logits.shape[-1])
+    flat, ŷ = _sampled_labels(logits, generator)
     B = flat.shape[0]  # samples (tokens) the loss averages over
-    probs = torch.softmax(flat.detach().double(), dim=-1)
-    ŷ = _sampled(lambda device: torch.multinomial(probs.to(device), 1, generator=generator),
-                 generator, flat.device).squeeze(-1)  # labels drawn from the model itself
     grads = torch.autograd.grad(F.cross_entropy(flat, ŷ), params, allow_unused=True)
     if group is not None:  # squared after the sum: the global batch's gradient, not a mean of squares
         sums, B = _summed_over_ranks(grads, params, B, group)
         grads = [None if s is None else s / B for s in sums]
     return [None if gr is None else B * gr * gr for gr in grads]
+
+
+def gauss_newton_bartlett_fsdp2(logits: torch.Tensor, params: list, model, generator=None) -> list:
+    """GNB of the global batch for FSDP2's shards: the sampled loss's backward runs through FSDP2 (as the
+    official training script's runs through DDP), which leaves each shard W⁻¹·Σ_r B_r·ĝ_r, W its mesh's
+    ranks; every gradient of `model` is set aside before and put back after."""
+    flat, ŷ = _sampled_labels(logits, generator)
+    everything = list(model.parameters())
+    if not {id(p) for p in params} <= {id(p) for p in everything}:
+        raise ValueError("Sophia.update_hessian: model= must hold the optimizer's parameters")
+    kept = [p.grad for p in everything]
+    for p in everything:
+        p.grad = None
+    try:
+        F.cross_entropy(flat, ŷ, reduction="sum").backward()
+        averaged = [p.grad for p in params]
+    finally:
+        for p, grad in zip(everything, kept):
+            p.grad = grad
+    mesh = params[0].device_mesh
+    B = torch.tensor([float(flat.shape[0])], dtype=torch.float64, device=flat.device)
+    for dim in range(mesh.ndim):  # Σ_r B_r over the mesh
+        dist.all_reduce(B, group=mesh.get_group(dim))
+    B = B.item()
+    ĝs = [None if a is None else a * (mesh.size() / B) for a in averaged]  # the global batch's gradient
+    return [None if ĝ is None else B * ĝ * ĝ for ĝ in ĝs]
+
+
+def _sampled_labels(logits: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits as rows (..., classes) and one label per row drawn from the model's own softmax."""
+    if logits.dim() < 2:
+        raise ValueError(f"the Gauss-Newton-Bartlett estimator needs logits of shape (..., classes); got a "
+                         f"{logits.dim()}-d tensor (a closure for estimator='hutchinson' returns the loss)")
+    flat = logits.reshape(-1, logits.shape[-1])
+    probs = torch.softmax(flat.detach().double(), dim=-1)
+    ŷ = _sampled(lambda device: torch.multinomial(probs.to(device), 1, generator=generator),
+                 generator, flat.device).squeeze(-1)
+    return flat, ŷ
 
 
 def _summed_over_ranks(tensors: list, params: list, weight, group) -> tuple[list, float]:
@@ -169,9 +201,10 @@ class Sophia(RuleOptimizer):
         return out
 
     @torch.no_grad()
-    def update_hessian(self, closure, generator: torch.Generator | None = None):
+    def update_hessian(self, closure, generator: torch.Generator | None = None, model=None):
         """Refresh the Hessian-diagonal EMA of the parameters that are due; returns the closure's output
-        (logits for 'gnb', the loss for 'hutchinson') or None when nothing was due."""
+        (logits for 'gnb', the loss for 'hutchinson') or None when nothing was due. Under FSDP2 (GNB
+        only), `model` is the sharded model: its gradients are set aside around the estimate's backward."""
         due = self._due()
         if not due:
             return None
@@ -182,10 +215,7 @@ class Sophia(RuleOptimizer):
         (estimator,) = estimators
         params = [p for _, ps in due for p in ps]
         if any(sharded.is_sharded(p) for p in params):  # FSDP2 computes with gathered copies, not these
-            raise NotImplementedError(
-                "Sophia.update_hessian cannot estimate the Hessian of FSDP2-sharded parameters: the loss "
-                "reaches them only through FSDP2's gathered copies, which autograd.grad does not see; "
-                "step() works under FSDP2, with the estimate kept in optimizer.state[p]['hessian']")
+            return self._update_fsdp2(closure, generator, model, due, params, estimator)
         process_group = self.process_group
         several_ranks = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         if process_group is None and several_ranks:
@@ -197,6 +227,26 @@ class Sophia(RuleOptimizer):
         with torch.enable_grad():
             output = closure()
             estimates = ESTIMATORS[estimator](output, params, generator, process_group)
+        self._fold(due, estimates, estimator)
+        return output
+
+    def _update_fsdp2(self, closure, generator, model, due, params, estimator):
+        """update_hessian where the parameters are FSDP2's shards: autograd.grad cannot reach them (the
+        loss sees FSDP2's gathered copies), so the estimate's gradient comes from FSDP2's own backward."""
+        if estimator != "gnb" or not all(sharded.is_sharded(p) for p in params) or model is None:
+            raise NotImplementedError(
+                "Sophia.update_hessian under FSDP2 needs estimator='gnb' (Hutchinson's double backward "
+                "does not run through FSDP2), every due parameter sharded, and model=, the FSDP2 model "
+                "whose gradients it sets aside while FSDP2 reduces the estimate's; step() works either "
+                "way, with the estimate kept in optimizer.state[p]['hessian']")
+        with torch.enable_grad():
+            output = closure()
+            estimates = gauss_newton_bartlett_fsdp2(output, params, model, generator)
+        self._fold(due, estimates, estimator)
+        return output
+
+    def _fold(self, due, estimates: list, estimator: str) -> None:
+        """h ← β₂h + (1 − β₂)ĥ for each due parameter the loss reached (estimates in `due`'s order)."""
         index = 0
         for group, ps in due:
             β2 = group["betas"][1]
@@ -212,4 +262,3 @@ class Sophia(RuleOptimizer):
                     state["hessian"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
                 h_diag = state["hessian"]
                 h_diag.copy_(β2 * h_diag + (1 - β2) * sign * ĥ.to(h_diag.dtype))  # h ← β₂h + (1 − β₂)ĥ
-        return output
