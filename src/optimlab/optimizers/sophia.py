@@ -14,7 +14,8 @@ h ← β₂h + (1 − β₂)ĥ. Sophia-H (`estimator="hutchinson"`) takes a clos
 
 Under DDP, pass `process_group` (DDP's): each rank estimates from its own batch and the estimates are
 combined over the ranks in one all-reduce, as one process would estimate on the global batch, so the
-replicas keep equal Hessians (and equal parameters).
+replicas keep equal Hessians (and equal parameters). Under FSDP2, pass `update_hessian(..., model=)`:
+GNB's gradient then comes from FSDP2's own backward.
 """
 
 from __future__ import annotations
