@@ -136,6 +136,7 @@ def summary(label: str, ours: list[float], base: list[float], rng: random.Random
             f"of draws{bad}")
 
 
+@functools.cache  # once per process: the ablations build the task's model
 def compared(task: str, other_path: bool, with_ablations: bool) -> tuple[dict, dict]:
     """The main rows (fp32, 8-bit, and 8-bit on the other path) and the ablations asked for."""
     rows = {"fp32": plain("adamw"), "8-bit": plain("adamw8bit")}

@@ -20,6 +20,7 @@ GNB's gradient then comes from FSDP2's own backward.
 
 from __future__ import annotations
 
+import functools
 import warnings
 import zlib
 
@@ -216,22 +217,30 @@ class Sophia(RuleOptimizer):
         (estimator,) = estimators
         params = [p for _, ps in due for p in ps]
         if any(sharded.is_sharded(p) for p in params):  # FSDP2 computes with gathered copies, not these
-            return self._update_fsdp2(closure, generator, model, due, params, estimator)
-        process_group = self.process_group
+            self._check_fsdp2(params, model, estimator)
+            estimate = functools.partial(gauss_newton_bartlett_fsdp2, params=params, model=model,
+                                         generator=generator)
+        else:
+            self._warn_without_group()
+            estimate = functools.partial(ESTIMATORS[estimator], params=params, generator=generator,
+                                         group=self.process_group)
+        with torch.enable_grad():
+            output = closure()
+            estimates = estimate(output)
+        self._fold(due, estimates, estimator)
+        return output
+
+    def _warn_without_group(self) -> None:
         several_ranks = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        if process_group is None and several_ranks:
+        if self.process_group is None and several_ranks:
             warnings.warn("Sophia.update_hessian: torch.distributed has several ranks but the optimizer has "
                           "no process_group, so each rank keeps its own Hessian estimate; under DDP the "
                           "replicas then drift apart: pass process_group=torch.distributed.group.WORLD "
                           "(DDP's group)",
-                          stacklevel=3)  # the caller's line (no_grad's wrapper is one more frame)
-        with torch.enable_grad():
-            output = closure()
-            estimates = ESTIMATORS[estimator](output, params, generator, process_group)
-        self._fold(due, estimates, estimator)
-        return output
+                          stacklevel=4)  # the caller's line (no_grad's wrapper and this are two more frames)
 
-    def _update_fsdp2(self, closure, generator, model, due, params, estimator):
+    @staticmethod
+    def _check_fsdp2(params: list, model, estimator: str) -> None:
         """update_hessian where the parameters are FSDP2's shards: autograd.grad cannot reach them (the
         loss sees FSDP2's gathered copies), so the estimate's gradient comes from FSDP2's own backward."""
         if estimator != "gnb" or not all(sharded.is_sharded(p) for p in params) or model is None:
@@ -240,11 +249,6 @@ class Sophia(RuleOptimizer):
                 "does not run through FSDP2), every due parameter sharded, and model=, the FSDP2 model "
                 "whose gradients it sets aside while FSDP2 reduces the estimate's; step() works either "
                 "way, with the estimate kept in optimizer.state[p]['hessian']")
-        with torch.enable_grad():
-            output = closure()
-            estimates = gauss_newton_bartlett_fsdp2(output, params, model, generator)
-        self._fold(due, estimates, estimator)
-        return output
 
     def _fold(self, due, estimates: list, estimator: str) -> None:
         """h ← β₂h + (1 − β₂)ĥ for each due parameter the loss reached (estimates in `due`'s order)."""
